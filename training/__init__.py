@@ -1,0 +1,1 @@
+"""Training: LoRA adapters for behaviour, and the base-model folders they are trained on."""
