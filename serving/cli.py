@@ -100,6 +100,47 @@ def models_list(ctx: typer.Context) -> None:
     console.print(table)
 
 
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on (default 8000)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file")] = None,
+) -> None:
+    """Serve the OpenAI-compatible API: base model, adapters, profiles and collections."""
+    settings = _reload(ctx, config, serving={"host": host, "port": port})
+    _serve(settings)
+
+
+def _reload(ctx: typer.Context, config: Path | None, **overrides: dict[str, object]) -> Settings:
+    """Settings again with this command's flags on top (flags beat env and file)."""
+    flags = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in overrides.items()}
+    flags = {k: v for k, v in flags.items() if v}
+    if config is None and not flags:
+        return settings_of(ctx)
+    parent = ctx.find_root().params
+    try:
+        return load_settings(config or parent.get("config"), base_model=parent.get("base_model"), **flags)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    from serving.app import create_app
+    from training.models import check_model_dir
+
+    problem = check_model_dir(settings.base_model_path)
+    if problem:
+        raise fail(f"base model not usable: {problem}. Run: ragtune models import-default")
+    console.print(
+        f"serving [bold]{settings.base_model_name}[/] on http://{settings.serving.host}:{settings.serving.port}"
+        " (the engine takes about a minute to start on a CPU)"
+    )
+    uvicorn.run(create_app(settings), host=settings.serving.host, port=settings.serving.port)
+
+
 def _mount() -> None:
     from retrieval.cli import register as register_retrieval
     from training.cli import register as register_training

@@ -96,6 +96,8 @@ def import_default(models_dir: Path, *, name: str = DEFAULT_MODEL_NAME, force: b
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     models_dir.mkdir(parents=True, exist_ok=True)
+    for stale in models_dir.glob(f".{name}.*"):  # left by an import that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

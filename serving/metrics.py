@@ -1,0 +1,44 @@
+"""Prometheus metrics, one registry per app (no module-level singletons)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ragtune_requests", "HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "ragtune_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.ttft = Histogram(
+            "ragtune_time_to_first_token_seconds",
+            "time to the first generated token",
+            ["kind"],
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.tokens = Counter("ragtune_tokens", "tokens processed", ["type"], registry=r)
+        self.retrieval = Histogram(
+            "ragtune_retrieval_seconds",
+            "retrieval latency per request",
+            ["mode"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
+        )
+        self.model_use = Counter(
+            "ragtune_model_requests", "generation requests per model", ["kind", "model"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

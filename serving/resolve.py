@@ -1,0 +1,87 @@
+"""What the OpenAI `model` field names: the base model, an adapter, or a profile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from retrieval.errors import NotFoundError, RagtuneError
+from serving.adapters import AdapterRegistry
+from serving.protocol import ModelCard
+from serving.settings import ProfileSettings
+
+
+class ModelNotFound(NotFoundError):
+    code = "model_not_found"
+
+
+class ProfileNotFound(NotFoundError):
+    code = "profile_not_found"
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: Literal["base", "adapter", "profile"]
+    name: str
+    adapter: str | None
+    profile: ProfileSettings | None
+
+
+class ModelResolver:
+    def __init__(self, base_name: str, adapters: AdapterRegistry, profiles: dict[str, ProfileSettings]):
+        self.base_name = base_name
+        self._adapters = adapters
+        self._profiles = dict(profiles)
+
+    def resolve(self, model: str) -> Target:
+        if model == self.base_name:
+            return Target("base", model, None, None)
+        if model in self._profiles:
+            profile = self._profiles[model]
+            return Target("profile", model, profile.adapter, profile)
+        if self._adapters.get(model) is not None:
+            return Target("adapter", model, model, None)
+        raise ModelNotFound(
+            f"model {model!r} does not exist; GET /v1/models lists the base model, adapters and profiles",
+            param="model",
+        )
+
+    def cards(self) -> list[ModelCard]:
+        cards = [ModelCard(id=self.base_name, kind="base", root=self.base_name)]
+        for entry in self._adapters.entries():
+            cards.append(
+                ModelCard(
+                    id=entry.name,
+                    kind="adapter",
+                    parent=self.base_name,
+                    root=str(entry.ref.path),
+                    created=int(entry.loaded_at),
+                )
+            )
+        for name, profile in sorted(self._profiles.items()):
+            cards.append(ModelCard(id=name, kind="profile", parent=profile.adapter or self.base_name))
+        return cards
+
+    def profiles(self) -> dict[str, ProfileSettings]:
+        return dict(self._profiles)
+
+    def get_profile(self, name: str) -> ProfileSettings:
+        if name not in self._profiles:
+            raise ProfileNotFound(f"profile {name!r} does not exist", param="name")
+        return self._profiles[name]
+
+    def put_profile(self, name: str, profile: ProfileSettings) -> bool:
+        """Create or replace a profile; returns True when it replaced one."""
+        if name == self.base_name or self._adapters.get(name) is not None:
+            raise RagtuneError(
+                f"{name!r} already names the base model or an adapter; pick another profile name",
+                param="name",
+                code="name_taken",
+            )
+        replaced = name in self._profiles
+        self._profiles[name] = profile
+        return replaced
+
+    def delete_profile(self, name: str) -> None:
+        self.get_profile(name)
+        del self._profiles[name]

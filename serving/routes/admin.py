@@ -1,0 +1,93 @@
+"""Runtime management: adapters (load, replace, unload) and profiles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from serving.adapters import AdapterNotFound, LoadedAdapter
+from serving.deps import AdaptersDep, LibraryDep, ResolverDep
+from serving.protocol import AdapterLoadRequest, ProfileBody
+from serving.settings import ProfileSettings
+
+router = APIRouter()
+
+
+def _adapter_json(entry: LoadedAdapter) -> dict[str, Any]:
+    info = entry.info
+    return {
+        "name": entry.name,
+        "path": str(entry.ref.path),
+        "version": entry.ref.version,
+        "rank": info.rank,
+        "alpha": info.alpha,
+        "target_modules": info.target_modules,
+        "base_model": info.base_model_name,
+        "loaded_at": int(entry.loaded_at),
+        "in_flight": entry.in_flight,
+        "manifest": info.manifest,
+    }
+
+
+@router.get("/v1/adapters")
+async def list_adapters(adapters: AdaptersDep) -> dict[str, Any]:
+    return {"object": "list", "data": [_adapter_json(e) for e in adapters.entries()]}
+
+
+@router.post("/v1/adapters", response_model=None)
+async def load_adapter(
+    body: AdapterLoadRequest, adapters: AdaptersDep, resolver: ResolverDep
+) -> JSONResponse:
+    if body.name == resolver.base_name or body.name in resolver.profiles():
+        from retrieval.errors import RagtuneError
+
+        raise RagtuneError(
+            f"{body.name!r} already names the base model or a profile; pick another adapter name",
+            param="name",
+            code="name_taken",
+        )
+    entry, replaced = await adapters.load(body.name, body.path)
+    return JSONResponse({**_adapter_json(entry), "replaced": replaced}, status_code=200 if replaced else 201)
+
+
+@router.delete("/v1/adapters/{name}")
+async def unload_adapter(name: str, adapters: AdaptersDep) -> dict[str, Any]:
+    await adapters.unload(name)
+    return {"name": name, "deleted": True}
+
+
+@router.get("/v1/profiles")
+async def list_profiles(resolver: ResolverDep) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"name": n, **p.model_dump()} for n, p in sorted(resolver.profiles().items())],
+    }
+
+
+@router.get("/v1/profiles/{name}")
+async def get_profile(name: str, resolver: ResolverDep) -> dict[str, Any]:
+    return {"name": name, **resolver.get_profile(name).model_dump()}
+
+
+@router.put("/v1/profiles/{name}", response_model=None)
+async def put_profile(
+    name: str, body: ProfileBody, resolver: ResolverDep, adapters: AdaptersDep, library: LibraryDep
+) -> JSONResponse:
+    if body.adapter and adapters.get(body.adapter) is None:
+        raise AdapterNotFound(
+            f"adapter {body.adapter!r} is not loaded; POST /v1/adapters first", param="adapter"
+        )
+    if body.collection and body.collection not in library.names():
+        library.open(body.collection)  # raises CollectionNotFound with the standard message
+    replaced = resolver.put_profile(name, ProfileSettings(**body.model_dump()))
+    return JSONResponse(
+        {"name": name, **body.model_dump(), "replaced": replaced}, status_code=200 if replaced else 201
+    )
+
+
+@router.delete("/v1/profiles/{name}")
+async def delete_profile(name: str, resolver: ResolverDep) -> dict[str, Any]:
+    resolver.delete_profile(name)
+    return {"name": name, "deleted": True}

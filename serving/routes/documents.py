@@ -1,0 +1,94 @@
+"""Collections and documents over HTTP: writes are seen by the very next chat request."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+
+from retrieval import Document
+from serving.deps import LibraryDep
+from serving.protocol import CollectionCreate, SearchBody, Source, UpsertBody
+
+router = APIRouter(prefix="/v1/collections")
+
+
+@router.get("")
+async def list_collections(library: LibraryDep) -> dict[str, Any]:
+    data = []
+    for name in library.names():
+        coll = await asyncio.to_thread(library.open, name)
+        data.append({"name": name, **(await asyncio.to_thread(coll.stats))})
+    return {"object": "list", "data": data}
+
+
+@router.post("", status_code=201)
+async def create_collection(body: CollectionCreate, library: LibraryDep) -> dict[str, Any]:
+    options = body.model_dump(exclude={"name"}, exclude_none=True)
+    coll = await asyncio.to_thread(library.create, body.name, **options)
+    return {"name": body.name, **(await asyncio.to_thread(coll.stats))}
+
+
+@router.get("/{name}")
+async def collection_stats(name: str, library: LibraryDep) -> dict[str, Any]:
+    coll = await asyncio.to_thread(library.open, name)
+    return {"name": name, **(await asyncio.to_thread(coll.stats))}
+
+
+@router.delete("/{name}")
+async def drop_collection(name: str, library: LibraryDep) -> dict[str, Any]:
+    await asyncio.to_thread(library.drop, name)
+    return {"name": name, "deleted": True}
+
+
+@router.post("/{name}/documents")
+async def upsert_documents(name: str, body: UpsertBody, library: LibraryDep) -> dict[str, Any]:
+    coll = await asyncio.to_thread(library.open, name)
+    docs = [Document(d.id, d.text, d.title, d.source, d.metadata) for d in body.documents]
+    result = await asyncio.to_thread(coll.upsert, docs)
+    return {"added": result.added, "updated": result.updated, "unchanged": result.unchanged}
+
+
+@router.get("/{name}/documents")
+async def list_documents(
+    name: str, library: LibraryDep, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+) -> dict[str, Any]:
+    coll = await asyncio.to_thread(library.open, name)
+    docs = await asyncio.to_thread(coll.list_documents, offset=offset, limit=limit)
+    return {"object": "list", "data": [asdict(d) for d in docs]}
+
+
+@router.get("/{name}/documents/{doc_id:path}")
+async def get_document(name: str, doc_id: str, library: LibraryDep) -> dict[str, Any]:
+    coll = await asyncio.to_thread(library.open, name)
+    return asdict(await asyncio.to_thread(coll.get, doc_id))
+
+
+@router.delete("/{name}/documents/{doc_id:path}", response_model=None)
+async def delete_document(name: str, doc_id: str, library: LibraryDep) -> JSONResponse:
+    coll = await asyncio.to_thread(library.open, name)
+    await asyncio.to_thread(coll.get, doc_id)  # 404 for an unknown id, not a silent no-op
+    deleted = await asyncio.to_thread(coll.delete, [doc_id])
+    return JSONResponse({"id": doc_id, "deleted": deleted == 1})
+
+
+@router.post("/{name}/search")
+async def search(name: str, body: SearchBody, library: LibraryDep) -> dict[str, Any]:
+    coll = await asyncio.to_thread(library.open, name)
+    hits = await asyncio.to_thread(coll.search, body.query, k=body.top_k, mode=body.mode, filter=body.filter)
+    data = [
+        Source(
+            index=i,
+            document_id=h.document_id,
+            chunk_id=h.chunk_id,
+            title=h.title,
+            source=h.source,
+            score=h.score,
+            text=h.text,
+        ).model_dump()
+        for i, h in enumerate(hits, start=1)
+    ]
+    return {"object": "list", "data": data}

