@@ -1,0 +1,171 @@
+"""The app through FastAPI's TestClient with an echo engine: prompt assembly, fitting, errors.
+
+The echo engine answers with the end of its prompt, so these tests see exactly what the model
+would have been given. The library is real (SQLite + FAISS + MiniLM in tmp_path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from retrieval import Document, Library
+from serving.app import create_app
+from serving.settings import load_settings
+from tests.doubles import EchoEngine
+
+BASE = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base_model: Path):  # noqa: ANN201
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_model)
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path,
+    base_model: Path,
+    tokenizer,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+) -> Iterator[tuple[TestClient, EchoEngine, Library]]:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(
+        models_dir=base_model.parent,
+        adapters_dir=tmp_path / "adapters",
+        indexes_dir=tmp_path / "indexes",
+        serving={"profiles": {"notes": {"collection": "notes", "top_k": 2, "system_prompt": "Be terse."}}},
+    )
+    (tmp_path / "adapters").mkdir()
+    engine = EchoEngine(tokenizer)
+    library = Library(settings.indexes_dir, settings.retrieval)
+    notes = library.create("notes")
+    notes.upsert(
+        [
+            Document("a", "The lighthouse keeper's cat is named Biscuit.", title="Cat"),
+            Document("b", "The lighthouse was built in 1871 from granite.", title="Lighthouse"),
+            Document("c", "Tide tables are posted on the harbour office door.", title="Tides"),
+        ]
+    )
+    with TestClient(create_app(settings, engine=engine, library=library)) as client:
+        yield client, engine, library
+    library.close()
+
+
+def chat(client: TestClient, **body: object) -> dict:
+    resp = client.post("/v1/chat/completions", json={"model": BASE, "max_tokens": 400, **body})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def test_context_block_and_sources_agree(served) -> None:  # noqa: ANN001
+    client, _, _ = served
+    body = chat(client, model="notes", messages=[{"role": "user", "content": "What is the cat called?"}])
+    prompt_tail = body["choices"][0]["message"]["content"]
+    sources = body["sources"]
+    assert sources[0]["document_id"] == "a" and [s["index"] for s in sources] == [1, 2]
+    for s in sources:  # the numbers in the prompt are the numbers in `sources`
+        assert f"[{s['index']}] {s['title']}\n{s['text']}" in prompt_tail
+    assert "Question: What is the cat called?" in prompt_tail
+    assert body["usage"]["completion_tokens"] == len(client.app.state.engine.prompts[-1][-400:])  # type: ignore[attr-defined]
+
+
+def test_profile_system_prompt_and_rag_false(served) -> None:  # noqa: ANN001
+    client, engine, _ = served
+    chat(client, model="notes", messages=[{"role": "user", "content": "cat?"}], rag=False)
+    text = engine.tokenizer.decode(engine.prompts[-1])
+    assert "Be terse." in text and "[1]" not in text
+
+
+def test_context_is_fitted_to_the_model_length(served) -> None:  # noqa: ANN001
+    client, engine, library = served
+    long_text = " ".join(f"Granite block {i} was cut from the quarry near the cape." for i in range(150))
+    library.open("notes").upsert([Document("long", long_text, title="Quarry")])
+    body = chat(
+        client,
+        model="notes",
+        max_tokens=64,
+        messages=[{"role": "user", "content": "Which quarry supplied the granite block?"}],
+    )
+    assert len(engine.prompts[-1]) + 64 <= engine.max_model_len
+    assert body["sources"], "the best chunk survives, cut to fit"
+    assert len(body["sources"][0]["text"]) < len(long_text)
+
+
+def test_rag_override_filter_and_unknown_collection(served) -> None:  # noqa: ANN001
+    client, _, _ = served
+    body = chat(
+        client,
+        messages=[{"role": "user", "content": "lighthouse"}],
+        rag={"collection": "notes", "top_k": 1, "mode": "sparse"},
+    )
+    assert len(body["sources"]) == 1
+    resp = client.post(
+        "/v1/chat/completions",
+        json={"model": BASE, "messages": [{"role": "user", "content": "x"}], "rag": {"collection": "nope"}},
+    )
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "collection_not_found"
+
+
+def test_streaming_events(served) -> None:  # noqa: ANN001
+    client, _, _ = served
+    with client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": "notes",
+            "messages": [{"role": "user", "content": "cat"}],
+            "max_tokens": 5,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as resp:
+        events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    import json
+
+    assert events[-1] == "[DONE]"
+    parsed = [json.loads(e) for e in events[:-1]]
+    assert parsed[0]["choices"][0]["delta"]["role"] == "assistant" and parsed[0]["sources"]
+    assert parsed[-1]["usage"]["completion_tokens"] == 5 and parsed[-1]["choices"] == []
+    assert any(p["choices"] and p["choices"][0]["finish_reason"] == "length" for p in parsed)
+
+
+def test_profiles_over_http(served) -> None:  # noqa: ANN001
+    client, _, _ = served
+    assert client.put("/v1/profiles/tides", json={"collection": "notes", "top_k": 1}).status_code == 201
+    assert "tides" in [m["id"] for m in client.get("/v1/models").json()["data"]]
+    bad = client.put("/v1/profiles/x", json={"collection": "missing"})
+    assert bad.status_code == 404
+    bad = client.put("/v1/profiles/y", json={"adapter": "missing"})
+    assert bad.status_code == 404 and bad.json()["error"]["code"] == "adapter_not_found"
+    taken = client.put(f"/v1/profiles/{BASE}", json={})
+    assert taken.status_code == 400 and taken.json()["error"]["code"] == "name_taken"
+    assert client.delete("/v1/profiles/tides").status_code == 200
+    assert client.delete("/v1/profiles/tides").status_code == 404
+
+
+def test_documents_api_errors(served) -> None:  # noqa: ANN001
+    client, _, _ = served
+    assert client.post("/v1/collections", json={"name": "notes"}).status_code == 409
+    assert client.get("/v1/collections/missing").status_code == 404
+    resp = client.post("/v1/collections/notes/documents", json={"documents": []})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "documents"
+    resp = client.post("/v1/collections/notes/documents", json={"documents": [{"id": "e", "text": ""}]})
+    assert resp.status_code == 400
+    assert client.get("/v1/collections/notes/documents/a").json()["text"].startswith("The lighthouse keeper")
+    assert client.delete("/v1/collections/notes/documents/zzz").status_code == 404
+    resp = client.post("/v1/collections/notes/search", json={"query": "cat", "filter": {"x": {"$bogus": 1}}})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_filter"
+
+
+def test_completions_and_max_tokens_default(served) -> None:  # noqa: ANN001
+    client, engine, _ = served
+    resp = client.post("/v1/completions", json={"model": BASE, "prompt": "Once upon a time"})
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["object"] == "text_completion" and "Once upon a time" in body["choices"][0]["text"]
