@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from retrieval.settings import SearchMode
 
@@ -92,13 +92,14 @@ class _SamplingRequest(BaseModel):
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _has_user_turn(self) -> ChatCompletionRequest:
-        if not any(m.role == "user" for m in self.messages):
-            raise ValueError("messages must contain at least one message with role 'user'")
-        for m in self.messages:
+    @field_validator("messages")
+    @classmethod
+    def _has_user_turn(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if not any(m.role == "user" for m in messages):
+            raise ValueError("must contain at least one message with role 'user'")
+        for m in messages:
             m.text()  # content parts are checked here so the error names the field
-        return self
+        return messages
 
 
 class CompletionRequest(_SamplingRequest):

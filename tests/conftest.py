@@ -40,7 +40,7 @@ def base_model() -> Path:
 def make_lora_adapter(base: Path, dest: Path, *, seed: int, rank: int = 8, manifest: bool = True) -> Path:
     """A LoRA adapter with random (non-zero) weights: it changes the base model's output.
 
-    Training is not needed to test serving; `init_lora_weights=False` gives B != 0.
+    Training is not needed to test serving: random A and B, large enough to move greedy output.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -54,6 +54,10 @@ def make_lora_adapter(base: Path, dest: Path, *, seed: int, rank: int = 8, manif
         r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False
     )
     peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0.0, 0.09)
     peft_model.save_pretrained(dest)
     if manifest:
         meta = {
