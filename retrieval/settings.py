@@ -27,3 +27,18 @@ class RetrievalSettings(BaseModel):
     mode: SearchMode = "hybrid"
     rrf_k: int = Field(60, ge=1, description="reciprocal rank fusion constant")
     lock_timeout: float = Field(30.0, ge=0, description="seconds a second writer waits")
+    candidates: int = Field(
+        100, ge=1, description="hits taken from each of dense and sparse before hybrid fusion"
+    )
+    max_document_chars: int = Field(
+        10_000_000, ge=1, description="larger documents are refused (InvalidDocument)"
+    )
+    query_cache_size: int = Field(1024, ge=0, description="query embeddings kept (LRU); 0 turns it off")
+    snapshot_interval: float = Field(
+        10.0, ge=0, description="seconds between FAISS snapshot saves while writing (always on close)"
+    )
+    hnsw_m: int = Field(32, ge=4, description="HNSW graph degree")
+    hnsw_ef_construction: int = Field(80, ge=8)
+    hnsw_ef_search: int = Field(64, ge=1)
+    ivf_nlist: int = Field(0, ge=0, description="IVF cells; 0 picks about 4*sqrt(vectors)")
+    ivf_nprobe: int = Field(16, ge=1, description="IVF cells searched per query")
