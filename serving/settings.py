@@ -39,7 +39,9 @@ class EngineSettings(BaseModel):
 
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
     max_model_len: int = Field(2048, ge=128)
-    kv_cache_gib: float = Field(2.0, gt=0, description="KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    kv_cache_gib: int | None = Field(
+        None, ge=1, description="KV cache on CPU in GiB (sets VLLM_CPU_KVCACHE_SPACE; default: that, or 2)"
+    )
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     max_num_seqs: int = Field(64, ge=1)
     enable_lora: bool = True
