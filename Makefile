@@ -42,7 +42,7 @@ test-fast: install
 	$(BIN)/pytest -q -m "not engine"
 
 bench: model
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check serving retrieval training tests bench
