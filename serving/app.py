@@ -110,8 +110,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [e for e in exc.errors() if not _is_union_noise(e)] or list(exc.errors())
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+        errors: list[dict[str, Any]] = [e for e in exc.errors() if not _is_union_noise(e)] or list(exc.errors())
+        first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
         param = _field(first.get("loc", ())) or None
         if first.get("type") == "json_invalid":
             message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}"
