@@ -16,7 +16,7 @@ import anyio
 from retrieval import Hit, Library
 from retrieval.context import ContextChunk, apply_context, fit_chunks, with_context
 from retrieval.errors import RagtuneError
-from serving.adapters import AdapterRegistry
+from serving.adapters import AdapterNotFound, AdapterRegistry
 from serving.engine import Delta, Engine, SamplingOptions
 from serving.metrics import Metrics
 from serving.protocol import (
@@ -179,6 +179,13 @@ class GenerationService:
         kept: list[ContextChunk],
         retrieval_ms: float | None,
     ) -> Prepared:
+        if target.adapter is not None and self.adapters.get(target.adapter) is None:
+            # Checked here, not at generation: a stream must not fail after its headers are sent.
+            raise AdapterNotFound(
+                f"model {target.name!r} uses adapter {target.adapter!r}, which is not loaded; "
+                "POST /v1/adapters to load it",
+                param="model",
+            )
         limit = self.engine.max_model_len
         if len(prompt_ids) >= limit:  # fit_chunks keeps this from happening; a guard, not a path
             raise ContextLengthExceeded(f"the prompt has {len(prompt_ids)} tokens; the context is {limit}")
