@@ -1,0 +1,162 @@
+"""Pure pieces of the retrieval layer: filters, FTS queries, RRF, vector indexes, migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from retrieval_fixtures import real_embedder, settings
+
+from retrieval.chunking import split_document
+from retrieval.collection import rrf
+from retrieval.errors import InvalidFilter
+from retrieval.filters import compile_filter, parse_filter
+from retrieval.store import SCHEMA_VERSION, Store, fts_query
+from retrieval.vectors import INDEX_TYPES, HNSWIndex, IVFIndex
+
+ROWS = [
+    {"lang": "en", "year": 2020, "tags": "a", "draft": True, "n": {"x": 1}},
+    {"lang": "fr", "year": 2023, "draft": False},
+    {"lang": "en", "year": 2024},
+]
+
+
+def _match(filter: dict) -> list[int]:
+    import json
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE documents (i INTEGER, metadata TEXT)")
+    conn.executemany("INSERT INTO documents VALUES (?, ?)", [(i, json.dumps(r)) for i, r in enumerate(ROWS)])
+    where, params = compile_filter(filter, column="metadata")
+    return [r[0] for r in conn.execute(f"SELECT i FROM documents WHERE {where} ORDER BY i", params)]
+
+
+@pytest.mark.parametrize(
+    ("filter", "expected"),
+    [
+        ({"lang": "en"}, [0, 2]),
+        ({"lang": "en", "year": {"$gte": 2021}}, [2]),
+        ({"year": {"$in": [2020, 2024]}}, [0, 2]),
+        ({"year": {"$nin": [2020]}}, [1, 2]),
+        ({"lang": {"$ne": "en"}}, [1]),
+        ({"draft": {"$exists": True}}, [0, 1]),
+        ({"draft": {"$exists": False}}, [2]),
+        ({"draft": True}, [0]),
+        ({"tags": {"$ne": "a"}}, [1, 2]),
+        ({"n.x": 1}, [0]),
+        ({"year": {"$gt": 2020, "$lt": 2024}}, [1]),
+        ({}, [0, 1, 2]),
+    ],
+)
+def test_filters_select_the_right_rows(filter: dict, expected: list[int]) -> None:
+    assert _match(filter) == expected
+
+
+@pytest.mark.parametrize(
+    ("filter", "message"),
+    [
+        ({"lang": {"$regex": "e"}}, "unknown operator '$regex'"),
+        ({"lang": ["en"]}, "values are JSON scalars"),
+        ({"year": {"$in": []}}, "non-empty JSON array"),
+        ({"year": {"$in": 2020}}, "non-empty JSON array"),
+        ({"bad field!": 1}, "bad field name"),
+        ({"draft": {"$exists": "yes"}}, "true or false"),
+        ({"year": {"$gt": None}}, "cannot order against null"),
+        ({"lang": {}}, "empty operator object"),
+    ],
+)
+def test_malformed_filters_name_the_problem(filter: dict, message: str) -> None:
+    with pytest.raises(InvalidFilter, match=message.replace("$", r"\$").replace("(", r"\(")):
+        compile_filter(filter)
+
+
+def test_parse_filter_rejects_non_objects() -> None:
+    assert parse_filter('{"a": 1}') == {"a": 1}
+    with pytest.raises(InvalidFilter, match="not valid JSON"):
+        parse_filter("{a: 1}")
+    with pytest.raises(InvalidFilter, match="JSON object"):
+        parse_filter("[1]")
+
+
+def test_fts_query_quotes_terms_and_drops_stopwords() -> None:
+    assert (
+        fts_query('what is the "boundary" layer? AND NOT x-y')
+        == '"boundary" OR "layer" OR "not" OR "x" OR "y"'
+    )
+    assert fts_query("the") == '"the"'  # only stopwords: keep them rather than match nothing
+    assert fts_query("?!") is None
+
+
+def test_rrf_rewards_agreement() -> None:
+    fused = rrf([[(1, 0.9), (2, 0.8), (3, 0.1)], [(3, 9.0), (1, 5.0)]], k=60)
+    assert [i for i, _ in fused] == [1, 3, 2]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+
+
+def test_migrations_set_schema_version(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite")
+    assert store.writer.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    tables = {r[0] for r in store.writer.execute("SELECT name FROM sqlite_master")}
+    assert {"documents", "chunks", "chunks_fts", "meta"} <= tables
+    store.close()
+    Store(tmp_path / "s.sqlite").close()  # re-opening an up-to-date store migrates nothing
+
+
+def test_chunks_have_offsets_overlap_and_titles() -> None:
+    emb = real_embedder()
+    text = " ".join(f"word{i} alpha beta" for i in range(120))
+    chunks = split_document(text, "A title", emb, chunk_tokens=64, overlap=16)
+    assert len(chunks) > 3
+    for c in chunks:
+        assert c.text == text[c.start : c.end]
+        assert c.embed_text.startswith("A title\n") and c.tokens <= 64 + 4
+        assert c.text[0] != " " and (c.start == 0 or text[c.start - 1] == " ")  # starts on a word
+    assert chunks[1].start < chunks[0].end  # overlap
+    assert chunks[-1].end == len(text)
+    one = split_document("A title. Then the body.", "A title", emb, chunk_tokens=64, overlap=8)
+    assert one[0].embed_text == "A title. Then the body."  # title already leads the text
+
+
+def _vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_indexes_search_delete_and_round_trip(kind: str, tmp_path: Path) -> None:
+    x = _vectors(300)
+    ids = np.arange(1000, 1300, dtype=np.int64)
+    index = INDEX_TYPES[kind].build(16, settings(), ids, x)
+    scores, found = index.search(x[5], 3)
+    assert found[0] == 1005 and scores[0] == pytest.approx(1.0, abs=1e-5)
+    index.remove(np.array([1005, 1006], dtype=np.int64))
+    assert index.live == 298
+    _, found = index.search(x[5], 10)
+    assert 1005 not in found and len(found) == 10
+    _, found = index.search(x[7], 5, allowed=np.array([1007, 1100], dtype=np.int64))
+    assert sorted(found.tolist()) == [1007, 1100]
+    index.save(tmp_path / "v.faiss")
+    again = INDEX_TYPES[kind].load(tmp_path / "v.faiss", 16, settings(), index.state())
+    assert again.live == 298 and set(again.live_ids().tolist()) == set(ids.tolist()) - {1005, 1006}
+
+
+def test_hnsw_tombstones_ask_for_compaction() -> None:
+    x = _vectors(2000)
+    index = HNSWIndex.build(16, settings(), np.arange(2000, dtype=np.int64), x)
+    index.remove(np.arange(300, dtype=np.int64))
+    assert index.ntotal == 2000 and index.live == 1700 and not index.needs_rebuild
+    index.remove(np.arange(300, 500, dtype=np.int64))
+    assert index.needs_rebuild  # over a fifth of the graph is dead
+
+
+def test_ivf_trains_once_it_has_enough_vectors() -> None:
+    small = IVFIndex.build(16, settings(), np.arange(100, dtype=np.int64), _vectors(100))
+    assert not small.is_ivf and not small.needs_rebuild
+    big = IVFIndex.build(16, settings(ivf_nprobe=64), np.arange(5000, dtype=np.int64), _vectors(5000))
+    assert big.is_ivf and big.trained_on == 5000
+    _, found = big.search(_vectors(5000)[42], 1)
+    assert found[0] == 42
+    big.remove(np.array([42], dtype=np.int64))
+    assert 42 not in big.ids() and big.ntotal == 4999
