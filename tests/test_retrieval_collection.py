@@ -1,4 +1,5 @@
 """Collections end to end: real SQLite in tmp_path, real FAISS, the real MiniLM embedder."""
+# ruff: noqa: F811  (pytest fixtures imported from retrieval_fixtures are redefined as arguments)
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """File loaders, folder sync, the CLI, and crash safety under a real `kill -9`."""
+# ruff: noqa: F811  (pytest fixtures imported from retrieval_fixtures are redefined as arguments)
 
 from __future__ import annotations
 
