@@ -139,6 +139,8 @@ def test_profiles_over_http(served) -> None:  # noqa: ANN001
     client, _, _ = served
     assert client.put("/v1/profiles/tides", json={"collection": "notes", "top_k": 1}).status_code == 201
     assert "tides" in [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert client.get("/v1/models/tides").json()["kind"] == "profile"
+    assert client.get("/v1/models/nope").json()["error"]["code"] == "model_not_found"
     bad = client.put("/v1/profiles/x", json={"collection": "missing"})
     assert bad.status_code == 404
     bad = client.put("/v1/profiles/y", json={"adapter": "missing"})

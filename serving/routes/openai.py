@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from serving.chat import Prepared, Result
 from serving.deps import EngineDep, GenerationDep, MetricsDep, ResolverDep
-from serving.protocol import ChatCompletionRequest, CompletionRequest, ModelList, new_id, now
+from serving.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, new_id, now
 
 router = APIRouter()
 
@@ -138,6 +138,12 @@ async def _completion_chunks(
 @router.get("/v1/models")
 async def list_models(resolver: ResolverDep) -> ModelList:
     return ModelList(data=resolver.cards())
+
+
+@router.get("/v1/models/{model:path}")
+async def get_model(model: str, resolver: ResolverDep) -> ModelCard:
+    resolver.resolve(model)  # 404 model_not_found for an unknown name
+    return next(card for card in resolver.cards() if card.id == model)
 
 
 @router.get("/health", response_model=None)
