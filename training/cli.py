@@ -1,9 +1,283 @@
-"""Commands of the training package, mounted on the root `ragtune` app by serving.cli."""
+"""Commands of the training package, mounted on the root `ragtune` app by serving.cli.
+
+`ragtune train`, `ragtune adapters list|validate` and `ragtune eval behaviour`. Flags override
+the `training` section of the settings; heavy imports happen inside the commands.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from retrieval.errors import RagtuneError
+
+console = Console()
+err_console = Console(stderr=True)
+adapters_app = typer.Typer(help="LoRA adapters under adapters/.", no_args_is_help=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _settings(ctx: typer.Context) -> Any:
+    obj = ctx.find_root().obj
+    if obj is None:
+        raise RuntimeError("settings were not loaded")
+    return obj
+
+
+def _resolve_base(settings: Any, base: str | None) -> Path:
+    if base is None:
+        return settings.base_model_path
+    candidate = Path(base).expanduser()
+    return candidate if candidate.is_absolute() or candidate.exists() else settings.models_dir / base
+
+
+Opt = typer.Option
+
+
+def train_command(
+    ctx: typer.Context,
+    data: Annotated[
+        Path, Opt("--data", help="JSONL (messages / alpaca / prompt-completion) or a datasets folder")
+    ],
+    name: Annotated[str, Opt("--name", help="adapter name: writes adapters/NAME/")],
+    base: Annotated[str | None, Opt("--base", help="base model folder name under models/ or a path")] = None,
+    epochs: Annotated[float | None, Opt(help="passes over the data")] = None,
+    max_steps: Annotated[int | None, Opt("--max-steps", help="stop after N optimizer steps")] = None,
+    lr: Annotated[float | None, Opt(help="learning rate")] = None,
+    rank: Annotated[int | None, Opt(help="LoRA rank (8, 16, 32, 64, ...)")] = None,
+    alpha: Annotated[int | None, Opt(help="LoRA alpha")] = None,
+    dropout: Annotated[float | None, Opt(help="LoRA dropout")] = None,
+    target_modules: Annotated[
+        str | None, Opt("--target-modules", help="comma-separated module names")
+    ] = None,
+    max_seq_len: Annotated[
+        int | None, Opt("--max-seq-len", help="longer examples are cut (or skipped)")
+    ] = None,
+    too_long: Annotated[str | None, Opt("--too-long", help="truncate | skip")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size")] = None,
+    grad_accum: Annotated[int | None, Opt("--grad-accum")] = None,
+    eval_split: Annotated[float | None, Opt("--eval-split", help="fraction held out for eval loss")] = None,
+    seed: Annotated[int | None, Opt()] = None,
+    precision: Annotated[str | None, Opt(help="auto | bf16 | fp16 | fp32")] = None,
+    collection: Annotated[
+        str | None, Opt("--collection", help="add retrieved context from this collection (RAFT)")
+    ] = None,
+    context_p: Annotated[float | None, Opt("--context-p", help="chance the answering chunk is shown")] = None,
+    distractors: Annotated[int | None, Opt("--distractors", help="distractor chunks per example")] = None,
+    resume: Annotated[
+        bool, Opt("--resume", help="continue an interrupted run from its last checkpoint")
+    ] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="replace an existing adapter of this name")] = False,
+) -> None:
+    """Train a LoRA adapter for a behaviour and write adapters/NAME/."""
+    from pydantic import ValidationError
+
+    from training.train import train
+
+    settings = _settings(ctx)
+    flags = {
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "lr": lr,
+        "rank": rank,
+        "alpha": alpha,
+        "dropout": dropout,
+        "target_modules": [t.strip() for t in target_modules.split(",") if t.strip()]
+        if target_modules
+        else None,
+        "max_seq_len": max_seq_len,
+        "too_long": too_long,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "eval_split": eval_split,
+        "seed": seed,
+        "precision": precision,
+        "context_p": context_p,
+        "context_distractors": distractors,
+    }
+    merged = settings.training.model_dump() | {k: v for k, v in flags.items() if v is not None}
+    try:
+        training_settings = type(settings.training).model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors()
+        )
+        raise _fail(problems) from None
+    try:
+        train(
+            data,
+            name,
+            base_model=_resolve_base(settings, base),
+            adapters_dir=settings.adapters_dir,
+            settings=training_settings,
+            collection=collection,
+            indexes_dir=settings.indexes_dir,
+            retrieval_settings=settings.retrieval,
+            resume=resume,
+            overwrite=overwrite,
+            console=err_console,
+        )
+    except RagtuneError as exc:
+        raise _fail(exc.message) from None
+    except KeyboardInterrupt:
+        raise _fail(
+            f"interrupted; adapters/{name} is unchanged. Continue from the last checkpoint with "
+            f"`ragtune train --data {data} --name {name} --resume` (same flags)",
+            code=130,
+        ) from None
+
+
+@adapters_app.command("list")
+def adapters_list(ctx: typer.Context) -> None:
+    """Show each adapter, its rank, base model, metrics and whether it is servable."""
+    from training.adapters import list_adapters
+
+    settings = _settings(ctx)
+    found = list_adapters(
+        settings.adapters_dir,
+        base_model_path=settings.base_model_path,
+        max_lora_rank=settings.engine.max_lora_rank,
+    )
+    if not found:
+        console.print(
+            f"no adapters in {settings.adapters_dir}; train one with: ragtune train --data ... --name ..."
+        )
+        return
+    table = Table("name", "rank", "base", "eval loss", "created", "status")
+    for name, info in found:
+        if isinstance(info, str):
+            table.add_row(name, "", "", "", "", f"[red]invalid[/]: {info}")
+            continue
+        m = info.manifest or {}
+        loss = (m.get("eval_metrics") or {}).get("eval_loss")
+        table.add_row(
+            name,
+            str(info.rank),
+            info.base_model_name or "?",
+            f"{loss:.3f}" if loss is not None else "",
+            str(m.get("created", "")),
+            "[green]ok[/]",
+        )
+    console.print(table)
+
+
+@adapters_app.command("validate")
+def adapters_validate(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="adapter name under adapters/")],
+    engine: Annotated[bool, Opt("--engine/--no-engine", help="also load it in vLLM (about a minute)")] = True,
+) -> None:
+    """Check an adapter statically, then load it in vLLM with its base and generate with and without it."""
+    from training.adapters import inspect_adapter
+
+    settings = _settings(ctx)
+    path = settings.adapters_dir / name
+    try:
+        info = inspect_adapter(
+            path, base_model_path=settings.base_model_path, max_lora_rank=settings.engine.max_lora_rank
+        )
+    except RagtuneError as exc:
+        raise _fail(exc.message) from None
+    console.print(
+        f"[green]static check passed:[/] {name} (LoRA rank {info.rank}, base {info.base_model_name})"
+    )
+    if not engine:
+        return
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.validate",
+        "--adapter",
+        str(path),
+        "--base",
+        str(settings.base_model_path),
+        "--max-lora-rank",
+        str(max(info.rank, settings.engine.max_lora_rank)),
+    ]
+    with console.status("loading the adapter in vLLM (about a minute) ..."):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    report = None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            report = json.loads(line)
+            break
+    if proc.returncode != 0 or report is None:
+        tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-15:])
+        raise _fail(f"vLLM could not load adapter '{name}':\n{tail}")
+    console.print(f"base   : {report['base']!r}")
+    console.print(f"adapter: {report['adapter']!r}")
+    verdict = "changes the output" if report["differs"] else "[yellow]gives the same output as the base[/]"
+    console.print(f"[green]vLLM loaded it[/] in {report['load_s']:.0f} s; the adapter {verdict}")
+
+
+def eval_behaviour_command(
+    ctx: typer.Context,
+    adapter: Annotated[
+        str | None, Opt("--adapter", help="adapter name (omit to score the base only)")
+    ] = None,
+    data: Annotated[Path, Opt("--data", help="held-out JSONL: messages + expected")] = Path(
+        "examples/house-style/heldout.jsonl"
+    ),
+    scorer: Annotated[
+        Path | None, Opt("--scorer", help="Python file with score(); default score.py beside data")
+    ] = None,
+    limit: Annotated[int | None, Opt(help="score only the first N prompts")] = None,
+    max_new_tokens: Annotated[int, Opt("--max-new-tokens")] = 96,
+    output: Annotated[Path | None, Opt("--json", help="also write the results here")] = None,
+) -> None:
+    """Score the base model and an adapter on held-out prompts with a behaviour scorer."""
+    from training.adapters import inspect_adapter
+    from training.evaluate import eval_behaviour
+
+    settings = _settings(ctx)
+    adapter_path = None
+    try:
+        if adapter is not None:
+            adapter_path = settings.adapters_dir / adapter
+            inspect_adapter(adapter_path, base_model_path=settings.base_model_path, max_lora_rank=512)
+        results = eval_behaviour(
+            data,
+            base_model=settings.base_model_path,
+            adapter=adapter_path,
+            scorer=scorer,
+            max_new_tokens=max_new_tokens,
+            limit=limit,
+            console=err_console,
+        )
+    except RagtuneError as exc:
+        raise _fail(exc.message) from None
+    table = Table(
+        "model", *results["base"].keys(), title=f"behaviour on {results['examples']} held-out prompts"
+    )
+    for label in ("base", "adapter"):
+        if label in results:
+            table.add_row(
+                label if label == "base" else f"adapter {adapter}",
+                *(f"{v:.3f}" for v in results[label].values()),
+            )
+    console.print(table)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2, ensure_ascii=False))
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     """Add this package's commands to the root app and its `eval` group."""
+    app.command("train")(train_command)
+    app.add_typer(adapters_app, name="adapters")
+    eval_app.command("behaviour")(eval_behaviour_command)

@@ -1,5 +1,7 @@
 """Settings of LoRA training (a section of the root settings, `RAGTUNE_TRAINING__*`)."""
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -7,6 +9,7 @@ class TrainingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
     lr: float = Field(2e-4, gt=0)
     rank: int = Field(16, description="LoRA rank; vLLM accepts 1, 8, 16, 32, 64, 128, 256, 320, 512")
     alpha: int = Field(32, ge=1)
@@ -23,7 +26,24 @@ class TrainingSettings(BaseModel):
         ]
     )
     max_seq_len: int = Field(1024, ge=32)
+    too_long: Literal["truncate", "skip"] = Field(
+        "truncate", description="what to do with examples longer than max_seq_len (both are counted)"
+    )
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     eval_split: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto",
+        description="'auto': bf16 on CUDA or on CPUs with AVX512-BF16/AMX, else fp32 (fp16 on old GPUs)",
+    )
+    group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
+    logging_steps: int = Field(5, ge=1)
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps (for --resume)")
+    eval_steps: int = Field(50, ge=1)
+    context_p: float = Field(
+        0.8, ge=0, le=1, description="--collection: probability the relevant chunk is in the context (RAFT)"
+    )
+    context_distractors: int = Field(
+        3, ge=0, le=20, description="--collection: distractor chunks per example"
+    )

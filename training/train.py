@@ -1,0 +1,411 @@
+"""One LoRA training run, top to bottom: check inputs, build examples, wrap the base with LoRA,
+train with checkpoints, then write adapters/NAME/ atomically (PEFT files, manifest, config, metrics).
+
+`train()` is the whole run; the CLI only turns flags into its arguments. Checkpoints and the
+metrics log of a run in progress live in adapters/.runs/NAME/, so `--resume` finds them and an
+interrupted run never touches a previous adapters/NAME/.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from retrieval.context import CONTEXT_FORMAT_VERSION
+from retrieval.errors import ConflictError, RagtuneError
+from training.adapters import (
+    CONFIG_FILE,
+    MANIFEST,
+    RUNS_DIR,
+    VLLM_LORA_RANKS,
+    inspect_adapter,
+)
+from training.data import fingerprint, load_examples, tokenize_examples
+from training.loss import assistant_loss
+from training.loss import collate as collate_labelled
+from training.models import ModelError, check_model_dir, model_fingerprint
+from training.settings import TrainingSettings
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+METRICS_FILE = "metrics.jsonl"
+RUN_STATE = "run.json"
+
+
+class TrainError(RagtuneError):
+    """A run cannot start or resume; the message says which flag or file to change."""
+
+    code = "training_error"
+
+
+class AdapterExists(ConflictError):
+    code = "adapter_exists"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str  # "cuda" or "cpu"
+    precision: str  # "bf16", "fp16" or "fp32"
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_hardware(precision: str) -> Hardware:
+    import torch
+
+    if torch.cuda.is_available():
+        if precision == "auto":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return Hardware("cuda", precision)
+    if precision == "fp16":
+        raise TrainError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU", param="precision")
+    if precision == "auto":
+        precision = "bf16" if cpu_has_bf16() else "fp32"
+    return Hardware("cpu", precision)
+
+
+def ragtune_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ragtune")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak resident memory of this process (CPU) or peak allocated GPU memory (CUDA)."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    found = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def split_eval(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """Seeded split; at least one eval item when fraction > 0 and two or more items exist."""
+    if fraction <= 0 or len(items) < 2:
+        return list(items), []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(max(1, round(len(items) * fraction)), len(items) - 1)
+    held = set(order[:n_eval])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+def train(
+    data: Path,
+    name: str,
+    *,
+    base_model: Path,
+    adapters_dir: Path,
+    settings: TrainingSettings | None = None,
+    collection: str | None = None,
+    indexes_dir: Path | None = None,
+    retrieval_settings: Any = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train a LoRA adapter on `data` and write it to `adapters_dir/name`; return that folder."""
+    s = settings or TrainingSettings()
+    console = console or Console(stderr=True)
+    started = time.time()
+
+    # 1. Check everything that can be checked before loading a model.
+    if not NAME_RE.match(name):
+        raise TrainError(
+            f"--name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            param="name",
+        )
+    if s.rank not in VLLM_LORA_RANKS:
+        raise TrainError(f"--rank {s.rank}: vLLM serves only ranks {VLLM_LORA_RANKS}", param="rank")
+    problem = check_model_dir(base_model)
+    if problem is not None:
+        raise ModelError(
+            f"base model: {problem}. Pass --base with a model folder (see `ragtune models list`) "
+            "or run `ragtune models import-default`",
+            param="base",
+        )
+    dest = adapters_dir / name
+    if dest.exists() and not overwrite:
+        raise AdapterExists(
+            f"adapter '{name}' already exists at {dest}; "
+            "pass --overwrite to replace it or choose another --name",
+            param="name",
+        )
+    hw = pick_hardware(s.precision)
+
+    # 2. Examples: load and validate all of them, add retrieved context, split off an eval set.
+    examples, given_eval = load_examples(data)
+    data_fp = fingerprint(examples + (given_eval or []))
+    raft_stats = None
+    if collection is not None:
+        from retrieval import Library
+        from training.raft import add_context
+
+        if indexes_dir is None or retrieval_settings is None:
+            raise TrainError("--collection needs indexes_dir and retrieval settings", param="collection")
+        library = Library(indexes_dir, retrieval_settings)
+        try:
+            coll = library.open(collection)
+            examples, raft_stats = add_context(
+                examples, coll, p=s.context_p, distractors=s.context_distractors, seed=s.seed
+            )
+            if given_eval:
+                given_eval, _ = add_context(
+                    given_eval, coll, p=s.context_p, distractors=s.context_distractors, seed=s.seed + 1
+                )
+        finally:
+            library.close()
+        data_fp = fingerprint(examples + (given_eval or []))
+    train_ex, eval_ex = (examples, given_eval) if given_eval else split_eval(examples, s.eval_split, s.seed)
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_set = tokenize_examples(tokenizer, train_ex, max_seq_len=s.max_seq_len, too_long=s.too_long)
+    eval_set = tokenize_examples(tokenizer, eval_ex, max_seq_len=s.max_seq_len, too_long=s.too_long)
+    if not train_set.rows:
+        raise TrainError(
+            f"no training example fits --max-seq-len {s.max_seq_len} ({train_set.skipped} skipped); raise it",
+            param="max_seq_len",
+        )
+    cut = train_set.truncated + eval_set.truncated
+    dropped = train_set.skipped + eval_set.skipped
+    console.print(
+        f"{len(train_set.rows)} training / {len(eval_set.rows)} eval examples, "
+        f"{train_set.tokens} tokens ({train_set.label_tokens} carry loss); "
+        f"longer than {s.max_seq_len} tokens: {cut} truncated, {dropped} skipped; "
+        f"{hw.device} {hw.precision}"
+    )
+
+    # 3. The run folder: checkpoints and metrics; resume only the same data and settings.
+    run_dir = adapters_dir / RUNS_DIR / name
+    state = {
+        "data_fingerprint": data_fp,
+        "base_fingerprint": model_fingerprint(base_model),
+        "settings": s.model_dump(),
+        "collection": collection,
+    }
+    checkpoint = None
+    if resume:
+        checkpoint = last_checkpoint(run_dir) if run_dir.is_dir() else None
+        if checkpoint is None:
+            raise TrainError(f"--resume: no checkpoint of '{name}' in {run_dir}; run without --resume")
+        saved = json.loads((run_dir / RUN_STATE).read_text()) if (run_dir / RUN_STATE).exists() else None
+        if saved != json.loads(json.dumps(state)):
+            raise TrainError(
+                f"--resume: the data, base model or settings differ from the interrupted run in {run_dir}; "
+                "use the same flags, or run without --resume to start over"
+            )
+        console.print(f"resuming from {checkpoint}")
+    else:
+        if run_dir.exists():
+            console.print(f"discarding checkpoints of an earlier run in {run_dir} (--resume continues one)")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / RUN_STATE).write_text(json.dumps(state, indent=2))
+
+    # 4. The model: the base in the training precision, LoRA on the target modules.
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainingArguments
+
+    from training.callbacks import MetricsLog, RichProgress
+
+    torch.manual_seed(s.seed)
+    # The frozen base is held in bf16 when training in bf16: half the memory and no per-step
+    # casts; PEFT keeps the LoRA weights (the only trained ones) in fp32.
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[hw.precision]
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    model.config.use_cache = False
+    lora = LoraConfig(
+        r=s.rank,
+        lora_alpha=s.alpha,
+        lora_dropout=s.dropout,
+        target_modules=list(s.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as exc:  # PEFT: "Target modules {...} not found in the base model"
+        raise TrainError(f"--target-modules: {exc}", param="target_modules") from None
+
+    # 5. Train, evaluating before and after, checkpointing every save_steps.
+    def collate(rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+        return collate_labelled(rows, tokenizer.pad_token_id)
+
+    has_eval = bool(eval_set.rows)
+    args = TrainingArguments(
+        output_dir=str(run_dir),
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps,
+        per_device_train_batch_size=s.batch_size,
+        per_device_eval_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.grad_accum,
+        learning_rate=s.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.03,
+        weight_decay=0.0,
+        logging_steps=s.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=s.eval_steps,
+        save_strategy="steps",
+        save_steps=s.save_steps,
+        save_total_limit=2,
+        bf16=hw.precision == "bf16",
+        fp16=hw.precision == "fp16",
+        use_cpu=hw.device == "cpu",
+        train_sampling_strategy="group_by_length" if s.group_by_length else "random",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=hw.device == "cuda",
+        seed=s.seed,
+        data_seed=s.seed,
+    )
+    callbacks: list[Any] = [MetricsLog(run_dir / METRICS_FILE)]
+    if progress:
+        callbacks.append(RichProgress(console))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_set.rows),
+        eval_dataset=Dataset.from_list(eval_set.rows) if has_eval else None,
+        data_collator=collate,
+        compute_loss_func=assistant_loss,  # vocabulary logits only where a label is (training/loss.py)
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints raw dicts; the bar and metrics.jsonl replace it
+    eval_start = None
+    if has_eval and checkpoint is None:
+        eval_start = trainer.evaluate()["eval_loss"]
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    last = trainer.state.log_history[-2:] if has_eval else []
+    done = [h["eval_loss"] for h in last if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+    eval_end = (done[0] if done else trainer.evaluate()["eval_loss"]) if has_eval else None
+    steps = trainer.state.global_step
+    epochs_done = trainer.state.epoch or 0.0
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    train_metrics = {
+        "train_loss": result.training_loss,
+        "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+        "steps": steps,
+        "epochs": round(epochs_done, 3),
+        "examples": len(train_set.rows),
+        "tokens": train_set.tokens,
+        "label_tokens": train_set.label_tokens,
+        "truncated": train_set.truncated,
+        "skipped": train_set.skipped,
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
+        # Exact over whole epochs; tokens of the examples seen, padding excluded.
+        "tokens_per_second": round(
+            train_set.tokens * epochs_done / max(result.metrics["train_runtime"], 1e-9), 1
+        ),
+        "peak_memory_mb": round(peak_memory_mb(hw.device), 1),
+        "device": hw.device,
+        "precision": hw.precision,
+        "resumed_from": checkpoint.name if checkpoint else None,
+        "wall_s": None,
+    }
+    eval_metrics = {
+        "eval_loss_start": eval_start,
+        "eval_loss": eval_end,
+        "examples": len(eval_set.rows),
+        "truncated": eval_set.truncated,
+        "skipped": eval_set.skipped,
+    }
+    if raft_stats is not None:
+        train_metrics["context"] = vars(raft_stats)
+
+    # 6. Write the adapter in a temporary folder, then swap it into place.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=adapters_dir))
+    try:
+        model.save_pretrained(tmp)
+        cfg_path = tmp / "adapter_config.json"
+        peft_cfg = json.loads(cfg_path.read_text())
+        peft_cfg["base_model_name_or_path"] = str(base_model)
+        cfg_path.write_text(json.dumps(peft_cfg, indent=2))
+        (tmp / "README.md").unlink(missing_ok=True)
+        if (run_dir / METRICS_FILE).exists():
+            shutil.copy(run_dir / METRICS_FILE, tmp / METRICS_FILE)
+        train_metrics["wall_s"] = round(time.time() - started, 1)
+        config = {
+            "data": str(data),
+            "name": name,
+            "base_model": str(base_model),
+            "collection": collection,
+            "training": s.model_dump(),
+            "hardware": vars(hw),
+            "retrieval": retrieval_settings.model_dump() if collection and retrieval_settings else None,
+        }
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        manifest = {
+            "name": name,
+            "base_model": str(base_model),
+            "base_model_name": base_model.name,
+            "base_fingerprint": model_fingerprint(base_model),
+            "rank": s.rank,
+            "alpha": s.alpha,
+            "target_modules": sorted(s.target_modules),
+            "data": str(data),
+            "data_fingerprint": data_fp,
+            "collection": collection,
+            "context_format_version": CONTEXT_FORMAT_VERSION,
+            "train_metrics": train_metrics,
+            "eval_metrics": eval_metrics,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "ragtune_version": ragtune_version(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        tmp.chmod(0o755)
+        inspect_adapter(tmp, base_model_path=base_model, max_lora_rank=max(VLLM_LORA_RANKS))
+        old = None
+        if dest.exists():
+            old = adapters_dir / f".{name}.old-{int(time.time())}"
+            dest.rename(old)
+        tmp.rename(dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # the adapter holds the metrics; checkpoints are spent
+    console.print(
+        f"[green]adapter written:[/] {dest}  train loss {result.training_loss:.3f}"
+        + (f", eval loss {eval_start:.3f} -> {eval_end:.3f}" if eval_start is not None else "")
+        + (f", eval loss {eval_end:.3f}" if eval_start is None and eval_end is not None else "")
+    )
+    return dest
