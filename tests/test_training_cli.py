@@ -1,0 +1,49 @@
+"""The training commands through the real `ragtune` CLI: clear errors and exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from serving.cli import app
+
+FIXTURES = Path(__file__).parent / "fixtures" / "training"
+
+
+@pytest.fixture
+def env(tmp_path: Path, base_model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RAGTUNE_ADAPTERS_DIR", str(tmp_path / "adapters"))
+    monkeypatch.setenv("RAGTUNE_BASE_MODEL", str(base_model))
+    return tmp_path / "adapters"
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_bad_data_exits_2_naming_the_lines(env: Path):
+    result = run("train", "--data", str(FIXTURES / "bad.jsonl"), "--name", "x")
+    assert result.exit_code == 2
+    assert "bad.jsonl line 5: invalid JSON" in result.output
+
+
+def test_existing_adapter_name_exits_2(env: Path):
+    (env / "taken").mkdir(parents=True)
+    result = run("train", "--data", str(FIXTURES / "tiny.jsonl"), "--name", "taken")
+    assert result.exit_code == 2 and "--overwrite" in result.output
+
+
+def test_bad_flag_values_name_the_flag(env: Path):
+    result = run("train", "--data", str(FIXTURES / "tiny.jsonl"), "--name", "x", "--too-long", "drop")
+    assert result.exit_code == 2 and "--too-long" in result.output
+
+
+def test_adapters_list_and_validate_report_problems(env: Path):
+    assert "no adapters" in run("adapters", "list").output
+    (env / "half").mkdir(parents=True)
+    listed = run("adapters", "list")
+    assert listed.exit_code == 0 and "adapter_config.json is missing" in listed.output.replace("\n", "")
+    result = run("adapters", "validate", "half", "--no-engine")
+    assert result.exit_code == 2 and "adapter_config.json is missing" in result.output
