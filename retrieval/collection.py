@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, get_args
@@ -51,6 +52,7 @@ MAX_ID_CHARS = 1024
 MAX_K = 1000
 
 Progress = Callable[[int], None]
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ragtune-embed")
 
 
 def content_hash(doc: Document) -> str:
@@ -490,11 +492,21 @@ class Collection:
         if not isinstance(query, str) or not query.strip():
             raise RagtuneError("the query is empty", param="query")
         where, params = compile_filter(filter)
-        qvec = self.embedder.embed_query(query) if mode != "sparse" else None
+        embedder = self.embedder
+        qvec: np.ndarray | Future[np.ndarray] | None = None
+        if mode == "dense":
+            qvec = embedder.embed_query(query)
+        elif mode == "hybrid":
+            # The query embedding (the slow part) runs beside the BM25 query; it reads no store.
+            qvec = _POOL.submit(embedder.embed_query, query)
         depth = k if mode != "hybrid" else max(k, self.settings.candidates)
         with self._reading() as conn:
             dense: list[tuple[int, float]] = []
             sparse: list[tuple[int, float]] = []
+            if mode != "dense":
+                sparse = self._sparse(conn, query, depth, where, params, bool(filter))
+            if isinstance(qvec, Future):
+                qvec = qvec.result()
             if qvec is not None:
                 allowed = None
                 if filter:
@@ -511,8 +523,6 @@ class Collection:
                     )
                 scores, ids = self._vectors.search(qvec, depth, allowed)
                 dense = list(zip(ids.tolist(), scores.tolist(), strict=True))
-            if mode != "dense":
-                sparse = self._sparse(conn, query, depth, where, params, bool(filter))
             if mode == "dense":
                 ranked = dense[:k]
             elif mode == "sparse":

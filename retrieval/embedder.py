@@ -6,10 +6,13 @@ query cache); a backend implements `_encode` for one padded batch.
 
 from __future__ import annotations
 
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,11 +68,15 @@ class Embedder(ABC):
         if lengths is None:
             lengths = self.count_tokens(texts)
         order = np.argsort(-np.asarray(lengths), kind="stable")
-        for lo in range(0, len(order), batch_size):
-            idx = order[lo : lo + batch_size]
-            out[idx] = self._encode([texts[i] for i in idx])
-            if progress is not None:
-                progress(len(idx))
+        batches = [order[lo : lo + batch_size] for lo in range(0, len(order), batch_size)]
+        # Batches run on one worker per core, each on one torch thread (see `_threads`).
+        with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, len(batches))) as pool:
+            futures = {pool.submit(self._encode, [texts[i] for i in idx]): idx for idx in batches}
+            for future in as_completed(futures):
+                idx = futures[future]
+                out[idx] = future.result()
+                if progress is not None:
+                    progress(len(idx))
         return _normalise(out)
 
     def clear_cache(self) -> None:
@@ -149,9 +156,29 @@ class SentenceTransformerEmbedder(Embedder):
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         # Calling the module directly skips encode()'s per-call bookkeeping (~1.5 ms a query).
         features = self.model.preprocess(list(texts))
-        with self._torch.inference_mode():
+        with self._threads(), self._torch.inference_mode():
             out = self.model(features)["sentence_embedding"]
         return out.float().numpy()
+
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        """One intra-op torch thread per forward pass; parallelism comes from running batches
+        side by side. Measured on this 2-core machine while other jobs ran: a query took p50
+        44-60 ms (p90 185-684) on torch's 2 threads and 9-15 ms on one, and 128 abstracts took
+        11-12 s on 2 threads, 6.7-7.6 s on one: the threads' barrier waits are what a busy CPU
+        punishes. The setting is process-wide, so concurrent calls share one save/restore."""
+        with _THREADS_LOCK:
+            if _THREADS_STATE["active"] == 0:
+                _THREADS_STATE["saved"] = self._torch.get_num_threads()
+                self._torch.set_num_threads(1)
+            _THREADS_STATE["active"] += 1
+        try:
+            yield
+        finally:
+            with _THREADS_LOCK:
+                _THREADS_STATE["active"] -= 1
+                if _THREADS_STATE["active"] == 0:
+                    self._torch.set_num_threads(_THREADS_STATE["saved"])
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         enc = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
@@ -164,6 +191,9 @@ class SentenceTransformerEmbedder(Embedder):
         starts = [i == 0 or words[i] != words[i - 1] for i in range(len(words))]
         return offsets, starts  # type: ignore[return-value]
 
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE = {"active": 0, "saved": 1}
 
 BACKENDS: dict[str, type[SentenceTransformerEmbedder]] = {
     "sentence-transformers": SentenceTransformerEmbedder
