@@ -178,9 +178,7 @@ def _inspect(path: Path, base_model_path: Path | None, max_lora_rank: int) -> Ad
             raise AdapterError(f"adapter '{name}': {manifest_path} is corrupt ({exc}); retrain it") from None
     base_name = manifest.get("base_model_name") if manifest else None
     base_fp = manifest.get("base_fingerprint") if manifest else None
-    if base_model_path is None:
-        pass
-    elif manifest is not None:
+    if base_model_path is not None and manifest is not None:
         actual = model_fingerprint(base_model_path)
         if base_fp != actual:
             raise AdapterError(
@@ -188,7 +186,7 @@ def _inspect(path: Path, base_model_path: Path | None, max_lora_rank: int) -> Ad
                 f"the server's base {base_model_path.name} has fingerprint {actual}; "
                 "serve it with its own base or retrain it on this one"
             )
-    else:
+    elif base_model_path is not None:
         declared = cfg.get("base_model_name_or_path")
         if declared:
             base_name = Path(str(declared)).name

@@ -318,6 +318,9 @@ def train(
     steps = trainer.state.global_step
     epochs_done = trainer.state.epoch or 0.0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    runtime = result.metrics["train_runtime"]
+    resumed_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+    session_epochs = epochs_done * (steps - resumed_step) / max(steps, 1)
     train_metrics = {
         "train_loss": result.training_loss,
         "first_logged_loss": losses[0] if losses else None,
@@ -329,11 +332,9 @@ def train(
         "label_tokens": train_set.label_tokens,
         "truncated": train_set.truncated,
         "skipped": train_set.skipped,
-        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
-        # Exact over whole epochs; tokens of the examples seen, padding excluded.
-        "tokens_per_second": round(
-            train_set.tokens * epochs_done / max(result.metrics["train_runtime"], 1e-9), 1
-        ),
+        "train_runtime_s": round(runtime, 2),
+        # Tokens of the examples seen in this session (padding excluded); exact over whole epochs.
+        "tokens_per_second": round(train_set.tokens * session_epochs / max(runtime, 1e-9), 1),
         "peak_memory_mb": round(peak_memory_mb(hw.device), 1),
         "device": hw.device,
         "precision": hw.precision,
