@@ -19,7 +19,9 @@ FIXTURES = Path(__file__).parent / "fixtures" / "training"
 def trained(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real (one-step) adapter trained by ragtune, copied by each test before it is broken."""
     adapters = tmp_path_factory.mktemp("adapters")
-    settings = TrainingSettings(rank=8, alpha=16, max_steps=1, batch_size=2, max_seq_len=64, eval_split=0)
+    settings = TrainingSettings(
+        rank=8, alpha=16, max_steps=1, batch_size=2, max_seq_len=64, eval_split=0, threads=1
+    )
     return train(
         FIXTURES / "tiny.jsonl",
         "ok",

@@ -28,6 +28,7 @@ def tiny_settings(**changes) -> TrainingSettings:
         max_steps=6,
         eval_split=0.2,
         logging_steps=1,
+        threads=1,
         save_steps=2,
         eval_steps=100,
         dropout=0.0,

@@ -20,7 +20,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "training"
 @pytest.mark.timeout(600)
 def test_vllm_loads_a_trained_adapter(base_model: Path, tmp_path: Path):
     settings = TrainingSettings(
-        rank=8, alpha=16, lr=5e-3, max_steps=4, batch_size=4, max_seq_len=96, eval_split=0
+        rank=8, alpha=16, lr=5e-3, max_steps=4, batch_size=4, max_seq_len=96, eval_split=0, threads=1
     )
     adapter = train(
         FIXTURES / "tiny.jsonl",

@@ -71,6 +71,9 @@ def train_command(
     eval_split: Annotated[float | None, Opt("--eval-split", help="fraction held out for eval loss")] = None,
     seed: Annotated[int | None, Opt()] = None,
     precision: Annotated[str | None, Opt(help="auto | bf16 | fp16 | fp32")] = None,
+    threads: Annotated[
+        int | None, Opt(help="torch threads (0: one per core; 1 on a busy shared CPU)")
+    ] = None,
     collection: Annotated[
         str | None, Opt("--collection", help="add retrieved context from this collection (RAFT)")
     ] = None,
@@ -104,6 +107,7 @@ def train_command(
         "eval_split": eval_split,
         "seed": seed,
         "precision": precision,
+        "threads": threads,
         "context_p": context_p,
         "context_distractors": distractors,
     }

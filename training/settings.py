@@ -37,6 +37,12 @@ class TrainingSettings(BaseModel):
         "auto",
         description="'auto': bf16 on CUDA or on CPUs with AVX512-BF16/AMX, else fp32 (fp16 on old GPUs)",
     )
+    threads: int = Field(
+        0,
+        ge=0,
+        description="torch threads while training (0: torch's default, one per core); 1 is faster on a "
+        "CPU shared with other busy processes, where OpenMP threads wait on descheduled partners",
+    )
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps (for --resume)")

@@ -309,12 +309,20 @@ def train(
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts; the bar and metrics.jsonl replace it
     eval_start = None
-    if has_eval and checkpoint is None:
-        eval_start = trainer.evaluate()["eval_loss"]
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    last = trainer.state.log_history[-2:] if has_eval else []
-    done = [h["eval_loss"] for h in last if "eval_loss" in h and h.get("step") == trainer.state.global_step]
-    eval_end = (done[0] if done else trainer.evaluate()["eval_loss"]) if has_eval else None
+    threads = torch.get_num_threads()
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    try:
+        if has_eval and checkpoint is None:
+            eval_start = trainer.evaluate()["eval_loss"]
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        last = trainer.state.log_history[-2:] if has_eval else []
+        done = [
+            h["eval_loss"] for h in last if "eval_loss" in h and h.get("step") == trainer.state.global_step
+        ]
+        eval_end = (done[0] if done else trainer.evaluate()["eval_loss"]) if has_eval else None
+    finally:
+        torch.set_num_threads(threads)
     steps = trainer.state.global_step
     epochs_done = trainer.state.epoch or 0.0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
