@@ -146,7 +146,13 @@ class SentenceTransformerEmbedder(Embedder):
         self.dtype = "bf16" if use_bf16 else "fp32"
         kwargs: dict[str, Any] = {"dtype": torch.bfloat16} if use_bf16 else {}
         self._torch = torch
-        self.model = SentenceTransformer(str(path), device="cpu", model_kwargs=kwargs)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per load clutters CLI output
+        try:
+            self.model = SentenceTransformer(str(path), device="cpu", model_kwargs=kwargs)
+        finally:
+            hf_logging.enable_progress_bar()
         self.model.eval()
         self.id = name
         self.dimension = int(self.model.get_embedding_dimension() or 0)
