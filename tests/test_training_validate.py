@@ -46,6 +46,7 @@ def test_vllm_loads_a_trained_adapter(base_model: Path, tmp_path: Path):
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    # vLLM logs to stdout too; the report is the line validate prints last that starts with {"base"
+    report = json.loads([line for line in proc.stdout.splitlines() if line.startswith('{"base"')][-1])
     assert report["base"] and report["adapter"]
     assert report["differs"], report  # four steps at a high rate already change the greedy answer

@@ -217,7 +217,7 @@ def adapters_validate(
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     report = None
     for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("{"):
+        if line.startswith('{"base"'):
             report = json.loads(line)
             break
     if proc.returncode != 0 or report is None:
