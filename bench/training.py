@@ -314,7 +314,7 @@ def main() -> None:
         print((RESULTS / "training.md").read_text())
         return
 
-    n = args.examples or (32 if args.quick else 96)
+    n = args.examples or (32 if args.quick else 48)
     repeats = args.repeats or (1 if args.quick else 2)
     command = " ".join(["python -m bench.training", *sys.argv[1:]])
     if os.environ.get("OMP_NUM_THREADS"):
