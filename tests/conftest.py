@@ -79,7 +79,20 @@ def adapters_dir(tmp_path_factory: pytest.TempPathFactory, base_model: Path) -> 
     root = tmp_path_factory.mktemp("adapters")
     make_lora_adapter(base_model, root / "style", seed=1)
     make_lora_adapter(base_model, root / "style-v2", seed=2)
+    train_tiny_adapter(base_model, root, "trained")
     return root
+
+
+def train_tiny_adapter(base: Path, adapters_dir: Path, name: str) -> Path:
+    """A few real `ragtune train` steps on the tiny fixture: enough to change greedy output."""
+    from training.settings import TrainingSettings
+    from training.train import train
+
+    settings = TrainingSettings(
+        rank=8, alpha=16, lr=5e-3, max_steps=4, batch_size=4, max_seq_len=96, eval_split=0, threads=1
+    )
+    fixture = Path(__file__).parent / "fixtures" / "training" / "tiny.jsonl"
+    return train(fixture, name, base_model=base, adapters_dir=adapters_dir, settings=settings, progress=False)
 
 
 def _free_port() -> int:

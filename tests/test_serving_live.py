@@ -181,6 +181,19 @@ def test_adapter_load_replace_unload_at_runtime(live_server: LiveServer) -> None
     assert gone.status_code == 404 and error_of(gone)["code"] == "model_not_found"
 
 
+def test_trained_adapter_loads_at_runtime_and_changes_output(live_server: LiveServer) -> None:
+    """An adapter made by `ragtune train` (training.train) goes live without a restart."""
+    http = httpx.Client(base_url=live_server.url, timeout=120)
+    client = live_server.client()
+    question = [{"role": "user", "content": "What colour is the lamp number 3?"}]
+    base = greedy(client, BASE, question).choices[0].message.content
+    loaded = http.post("/v1/adapters", json={"name": "trained", "path": "trained"})
+    assert loaded.status_code == 201, loaded.text
+    assert loaded.json()["manifest"]["base_fingerprint"]
+    assert greedy(client, "trained", question).choices[0].message.content != base
+    http.delete("/v1/adapters/trained")
+
+
 def test_replace_while_in_flight_finishes_on_old_version(live_server: LiveServer) -> None:
     http = httpx.Client(base_url=live_server.url, timeout=120)
     assert http.post("/v1/adapters", json={"name": "swap", "path": "style"}).status_code == 201
