@@ -200,18 +200,7 @@ class GenerationService:
             ignore_eos=req.ignore_eos,
             min_tokens=req.min_tokens,
         )
-        sources = [
-            Source(
-                index=i,
-                document_id=h.document_id,
-                chunk_id=h.chunk_id,
-                title=h.title,
-                source=h.source,
-                score=h.score,
-                text=c.text,
-            )
-            for i, (h, c) in enumerate(zip(hits, kept, strict=False), start=1)
-        ]
+        sources = [Source.of(i, h, c.text) for i, (h, c) in enumerate(zip(hits, kept, strict=False), start=1)]
         return Prepared(new_id("req"), target, prompt_ids, options, sources, retrieval_ms)
 
     # -- generation ----------------------------------------------------------------------

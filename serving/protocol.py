@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from retrieval import Hit
 from retrieval.settings import SearchMode
 
 
@@ -126,6 +127,19 @@ class Source(BaseModel):
     score: float
     text: str
 
+    @classmethod
+    def of(cls, index: int, hit: Hit, text: str | None = None) -> Source:
+        """The source object for a hit; `text` when the prompt carried a cut version of it."""
+        return cls(
+            index=index,
+            document_id=hit.document_id,
+            chunk_id=hit.chunk_id,
+            title=hit.title,
+            source=hit.source,
+            score=hit.score,
+            text=hit.text if text is None else text,
+        )
+
 
 class Usage(BaseModel):
     prompt_tokens: int
@@ -161,17 +175,6 @@ class AdapterLoadRequest(BaseModel):
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     path: str = Field(min_length=1)
-
-
-class ProfileBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    adapter: str | None = None
-    collection: str | None = None
-    top_k: int = Field(5, ge=1, le=100)
-    mode: SearchMode = "hybrid"
-    filter: dict[str, Any] | None = None
-    system_prompt: str | None = None
 
 
 class CollectionCreate(BaseModel):

@@ -117,7 +117,7 @@ def eval_behaviour(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.train import cpu_has_bf16
+    from retrieval.embedder import cpu_has_bf16
 
     console = console or Console(stderr=True)
     rows = load_heldout(data)[:limit]

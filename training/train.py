@@ -24,6 +24,7 @@ import yaml
 from rich.console import Console
 
 from retrieval.context import CONTEXT_FORMAT_VERSION
+from retrieval.embedder import cpu_has_bf16
 from retrieval.errors import ConflictError, RagtuneError
 from training.adapters import (
     CONFIG_FILE,
@@ -57,15 +58,6 @@ class AdapterExists(ConflictError):
 class Hardware:
     device: str  # "cuda" or "cpu"
     precision: str  # "bf16", "fp16" or "fp32"
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def pick_hardware(precision: str) -> Hardware:

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from serving.adapters import AdapterNotFound, LoadedAdapter
 from serving.deps import AdaptersDep, LibraryDep, ResolverDep
-from serving.protocol import AdapterLoadRequest, ProfileBody
+from serving.protocol import AdapterLoadRequest
 from serving.settings import ProfileSettings
 
 router = APIRouter()
@@ -73,7 +73,7 @@ async def get_profile(name: str, resolver: ResolverDep) -> dict[str, Any]:
 
 @router.put("/v1/profiles/{name}", response_model=None)
 async def put_profile(
-    name: str, body: ProfileBody, resolver: ResolverDep, adapters: AdaptersDep, library: LibraryDep
+    name: str, body: ProfileSettings, resolver: ResolverDep, adapters: AdaptersDep, library: LibraryDep
 ) -> JSONResponse:
     if body.adapter and adapters.get(body.adapter) is None:
         raise AdapterNotFound(
@@ -81,7 +81,7 @@ async def put_profile(
         )
     if body.collection and body.collection not in library.names():
         library.open(body.collection)  # raises CollectionNotFound with the standard message
-    replaced = resolver.put_profile(name, ProfileSettings(**body.model_dump()))
+    replaced = resolver.put_profile(name, body)
     return JSONResponse(
         {"name": name, **body.model_dump(), "replaced": replaced}, status_code=200 if replaced else 201
     )

@@ -79,16 +79,5 @@ async def delete_document(name: str, doc_id: str, library: LibraryDep) -> JSONRe
 async def search(name: str, body: SearchBody, library: LibraryDep) -> dict[str, Any]:
     coll = await asyncio.to_thread(library.open, name)
     hits = await asyncio.to_thread(coll.search, body.query, k=body.top_k, mode=body.mode, filter=body.filter)
-    data = [
-        Source(
-            index=i,
-            document_id=h.document_id,
-            chunk_id=h.chunk_id,
-            title=h.title,
-            source=h.source,
-            score=h.score,
-            text=h.text,
-        ).model_dump()
-        for i, h in enumerate(hits, start=1)
-    ]
+    data = [Source.of(i, h).model_dump() for i, h in enumerate(hits, start=1)]
     return {"object": "list", "data": data}
