@@ -11,6 +11,7 @@ index (another process wrote) brings the index up to date from the stored embedd
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -582,7 +583,7 @@ class Collection:
             tombstones = len(self._vectors.dead)
             memory = self._vectors.memory_bytes()
             version = self._version
-        disk = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+        disk = _folder_bytes(self.path)
         return {
             "name": self.name,
             "documents": counts["documents"],
@@ -631,6 +632,16 @@ class Collection:
         finally:
             self._closed = True
             self.store.close()
+
+
+def _folder_bytes(path: Path) -> int:
+    """Bytes of the files in `path`; a snapshot's temporary file may vanish while we look."""
+    total = 0
+    for p in path.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if p.is_file():
+                total += p.stat().st_size
+    return total
 
 
 def rrf(rankings: Sequence[Sequence[tuple[int, float]]], k: int) -> list[tuple[int, float]]:
