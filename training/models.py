@@ -102,7 +102,9 @@ def import_default(models_dir: Path, *, name: str = DEFAULT_MODEL_NAME, force: b
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # float32 is the GGUF loader's fast path; the weights are cast to bf16 below.
-        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        quantized = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
         # The GGUF loader marks the model as quantized and save_pretrained then refuses
         # (transformers 5.x); a fresh model from a clean config takes the dense weights.
         config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
