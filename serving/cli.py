@@ -146,8 +146,7 @@ def demo(
     port: Annotated[int | None, typer.Option(help="port to listen on (default 8000)")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file")] = None,
 ) -> None:
-    """Serve the demo domain: the Northwind Rail handbook as the `demo` collection, the
-    house-style adapter when it has been trained, both bound in the `demo` profile."""
+    """Serve the demo domain: Northwind Rail's handbook and, once trained, its house-style adapter."""
     from retrieval import Library
     from serving.settings import ProfileSettings
     from training.adapters import inspect_adapter
