@@ -77,8 +77,6 @@ class AdapterRegistry:
             ref = AdapterRef(name=name, version=next(self._versions), path=folder)
             try:
                 await self._engine.add_adapter(ref)
-            except RagtuneError:
-                raise
             except Exception as exc:  # the engine's own loader rejected it
                 raise RagtuneError(
                     f"the engine could not load adapter {name!r} from {folder}: {exc}",

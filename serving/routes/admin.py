@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from retrieval.errors import RagtuneError
 from serving.adapters import AdapterNotFound, LoadedAdapter
 from serving.deps import AdaptersDep, LibraryDep, ResolverDep
 from serving.protocol import AdapterLoadRequest
@@ -41,8 +42,6 @@ async def load_adapter(
     body: AdapterLoadRequest, adapters: AdaptersDep, resolver: ResolverDep
 ) -> JSONResponse:
     if body.name == resolver.base_name or body.name in resolver.profiles():
-        from retrieval.errors import RagtuneError
-
         raise RagtuneError(
             f"{body.name!r} already names the base model or a profile; pick another adapter name",
             param="name",
