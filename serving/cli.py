@@ -100,12 +100,17 @@ def models_list(ctx: typer.Context) -> None:
     console.print(table)
 
 
+HostOpt = Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")]
+PortOpt = Annotated[int | None, typer.Option(help="port to listen on (default 8000)")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file")]
+
+
 @app.command()
 def serve(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option(help="port to listen on (default 8000)")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file")] = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Serve the OpenAI-compatible API: base model, adapters, profiles and collections."""
     settings = _reload(ctx, config, serving={"host": host, "port": port})
@@ -142,9 +147,9 @@ def _sync_jsonl(collection: Any, path: Path) -> dict[str, int]:
 @app.command()
 def demo(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option(help="port to listen on (default 8000)")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file")] = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Serve the demo domain: Northwind Rail's handbook and, once trained, its house-style adapter."""
     from retrieval import Library
