@@ -44,7 +44,6 @@ class Prepared:
     prompt_ids: list[int]
     options: SamplingOptions
     sources: list[Source]
-    retrieval_ms: float | None
 
 
 @dataclass
@@ -91,29 +90,26 @@ class GenerationService:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    async def retrieve(
-        self, target: Target, rag: RagOptions | bool | None, query: str
-    ) -> tuple[list[Hit], float | None]:
+    async def retrieve(self, target: Target, rag: RagOptions | bool | None, query: str) -> list[Hit]:
         """Hits for `query` as the profile says, overridden field by field by `rag`."""
         if rag is False:
-            return [], None
+            return []
         profile = target.profile
         override = rag if isinstance(rag, RagOptions) else RagOptions()
         collection = override.collection or (profile.collection if profile else None)
         if not collection:
-            return [], None
+            return []
         top_k = override.top_k or (profile.top_k if profile else 5)
         mode = override.mode or (profile.mode if profile else "hybrid")
         filt = override.filter if override.filter is not None else (profile.filter if profile else None)
         coll = await asyncio.to_thread(self.library.open, collection)
         started = time.perf_counter()
         hits = await asyncio.to_thread(coll.search, query, k=top_k, mode=mode, filter=filt)
-        elapsed = time.perf_counter() - started
-        self.metrics.retrieval.labels(mode=mode).observe(elapsed)
-        return hits, elapsed * 1000
+        self.metrics.retrieval.labels(mode=mode).observe(time.perf_counter() - started)
+        return hits
 
-    def _limits(self, base_len: int, requested: int | None) -> tuple[int, int]:
-        """(tokens left for retrieved context, tokens kept for the answer)."""
+    def _context_budget(self, base_len: int, requested: int | None) -> int:
+        """Tokens left for retrieved context once the prompt and the answer's share are counted."""
         limit = self.engine.max_model_len
         if base_len >= limit:
             raise ContextLengthExceeded(
@@ -132,7 +128,7 @@ class GenerationService:
             if requested is not None
             else min(self.settings.context_reserve_tokens, limit - base_len)
         )
-        return max(limit - base_len - reserve, 0), reserve
+        return max(limit - base_len - reserve, 0)
 
     def _encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
         text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
@@ -145,10 +141,10 @@ class GenerationService:
         ]
         system_prompt = target.profile.system_prompt if target.profile else None
         query = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-        hits, retrieval_ms = await self.retrieve(target, req.rag, query)
+        hits = await self.retrieve(target, req.rag, query)
 
         base_ids = self._encode_chat(apply_context(messages, [], system_prompt=system_prompt))
-        budget, _ = self._limits(len(base_ids), req.token_limit)
+        budget = self._context_budget(len(base_ids), req.token_limit)
         chunks = [ContextChunk(h.text, h.title, h.source) for h in hits]
         # The context block's own cost is measured in the user turn it lands in.
         kept = fit_chunks(chunks, budget, self.count_tokens) if chunks else []
@@ -157,18 +153,18 @@ class GenerationService:
             if kept
             else base_ids
         )
-        return self._finish(req, target, prompt_ids, hits, kept, retrieval_ms)
+        return self._finish(req, target, prompt_ids, hits, kept)
 
     async def prepare_completion(self, req: CompletionRequest) -> Prepared:
         target = self.resolver.resolve(req.model)
         prompt = req.prompt_text
-        hits, retrieval_ms = await self.retrieve(target, req.rag, prompt)
+        hits = await self.retrieve(target, req.rag, prompt)
         base_len = self.count_tokens(prompt)
-        budget, _ = self._limits(base_len, req.token_limit)
+        budget = self._context_budget(base_len, req.token_limit)
         chunks = [ContextChunk(h.text, h.title, h.source) for h in hits]
         kept = fit_chunks(chunks, budget, self.count_tokens) if chunks else []
         prompt_ids = self.tokenizer.encode(with_context(prompt, kept), add_special_tokens=False)
-        return self._finish(req, target, prompt_ids, hits, kept, retrieval_ms)
+        return self._finish(req, target, prompt_ids, hits, kept)
 
     def _finish(
         self,
@@ -177,7 +173,6 @@ class GenerationService:
         prompt_ids: list[int],
         hits: list[Hit],
         kept: list[ContextChunk],
-        retrieval_ms: float | None,
     ) -> Prepared:
         if target.adapter is not None and self.adapters.get(target.adapter) is None:
             # Checked here, not at generation: a stream must not fail after its headers are sent.
@@ -201,7 +196,7 @@ class GenerationService:
             min_tokens=req.min_tokens,
         )
         sources = [Source.of(i, h, c.text) for i, (h, c) in enumerate(zip(hits, kept, strict=False), start=1)]
-        return Prepared(new_id("req"), target, prompt_ids, options, sources, retrieval_ms)
+        return Prepared(new_id("req"), target, prompt_ids, options, sources)
 
     # -- generation ----------------------------------------------------------------------
 
