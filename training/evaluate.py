@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -138,17 +139,9 @@ def eval_behaviour(
     with Progress(console=console) as bar:
         for label, _ in runs:
             task = bar.add_task(f"generating ({label})", total=len(rows))
-            if label == "base" and adapter is not None:
-                with model.disable_adapter():
-                    outputs = generate(
-                        model,
-                        tokenizer,
-                        prompts,
-                        max_new_tokens=max_new_tokens,
-                        batch_size=batch_size,
-                        on_batch=lambda n, t=task: bar.advance(t, n),
-                    )
-            else:
+            # The base model's turn runs with the adapter switched off, on the same weights.
+            off = model.disable_adapter() if label == "base" and adapter is not None else nullcontext()
+            with off:
                 outputs = generate(
                     model,
                     tokenizer,
