@@ -1,12 +1,13 @@
-"""A collection: documents in SQLite (the truth) with a FAISS index derived from it.
+"""A collection: documents in SQLite (the truth) with two in-memory indexes derived from it.
 
-Writes go store-first: a batch is validated, chunked and embedded outside any lock that
-searches wait on, written in one SQLite transaction, and only then applied to the in-memory
-FAISS index. The commit and the FAISS update happen together under the write side of a
-readers-writer lock, and every search holds the read side for its whole run with one SQLite
-read transaction, so a search sees the collection before or after a write, never between.
-Across processes a file lock admits one writer; a search that finds the store newer than its
-index (another process wrote) brings the index up to date from the stored embeddings first.
+The derived indexes are FAISS (dense vectors) and BM25 postings (retrieval/sparse.py, the FTS5
+index's postings scored with numpy). Writes go store-first: a batch is validated, chunked and
+embedded outside any lock that searches wait on, written in one SQLite transaction, and only
+then applied to the in-memory indexes. The commit and the index updates happen together under
+the write side of a readers-writer lock, and every search holds the read side for its whole run
+with one SQLite read transaction, so a search sees the collection before or after a write,
+never between. Across processes a file lock admits one writer; a search that finds the store
+newer than its indexes (another process wrote) brings them up to date from the store first.
 """
 
 from __future__ import annotations
@@ -40,20 +41,23 @@ from retrieval.errors import (
 from retrieval.filters import compile_filter
 from retrieval.locks import RWLock
 from retrieval.settings import RetrievalSettings, SearchMode
-from retrieval.store import Store, fts_query, transaction
+from retrieval.sparse import SparseIndex, Tokenizer, count, fts_text
+from retrieval.store import Store, transaction
 from retrieval.types import Document, Hit, UpsertResult
 from retrieval.vectors import INDEX_TYPES, VectorIndex
 
 STORE_FILE = "store.sqlite"
 INDEX_FILE = "vectors.faiss"
+SPARSE_FILE = "sparse.npz"
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = "write.lock"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
 MAX_ID_CHARS = 1024
 MAX_K = 1000
 
 Progress = Callable[[int], None]
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ragtune-embed")
+_TOKENIZER = Tokenizer()
 
 
 def content_hash(doc: Document) -> str:
@@ -108,6 +112,7 @@ class Collection:
         self._saved_version = -1
         self._saved_at = 0.0
         self._closed = False
+        self._sparse = SparseIndex(_TOKENIZER)
         self._vectors = self._load_vectors()
 
     # -- embedder -----------------------------------------------------------------------
@@ -125,11 +130,12 @@ class Collection:
             self._embedder = embedder
         return self._embedder
 
-    # -- the FAISS snapshot -------------------------------------------------------------
+    # -- the snapshots of the derived indexes -------------------------------------------
     def _load_vectors(self) -> VectorIndex:
-        """Load the snapshot if it matches this store, else build it; then sync it to the store."""
+        """Load the snapshots if they match this store, else build them; then sync them to it."""
         cls = INDEX_TYPES[self.index_type]
         vectors: VectorIndex | None = None
+        sparse: SparseIndex | None = None
         try:
             manifest = json.loads((self.path / MANIFEST_FILE).read_text())
             expected = {
@@ -143,47 +149,67 @@ class Collection:
                 vectors = cls.load(self.path / INDEX_FILE, self.dimension, self.settings, manifest["state"])
                 if vectors.ntotal != manifest["vectors"]:
                     vectors = None
+            if manifest.get("sparse_postings") is not None:
+                sparse = SparseIndex.load(self.path / SPARSE_FILE, _TOKENIZER)
+                if sparse.postings != manifest["sparse_postings"]:
+                    sparse = None
         except (OSError, ValueError, KeyError, RuntimeError):
-            vectors = None  # missing, stale or unreadable: the store has everything to rebuild it
+            pass  # missing, stale or unreadable: the store has everything to rebuild them
         conn = self.store.reader()
         with transaction(conn):
             if vectors is None:
                 ids, vecs = Store.embeddings(conn, None, self.dimension)
                 vectors = cls.build(self.dimension, self.settings, ids, vecs)
             else:
-                self._sync(vectors, conn)
+                self._sync_vectors(vectors, conn)
+            self._sparse = sparse if sparse is not None else SparseIndex.from_store(conn, _TOKENIZER)
+            if sparse is not None:
+                self._sync_sparse(conn)
             self._version = Store.version(conn)
         self._vectors = vectors
         self._rebuild_if_needed()
         return self._vectors
 
-    def _sync(self, vectors: VectorIndex, conn: sqlite3.Connection) -> None:
-        """Make the index hold exactly the store's chunks (inside the caller's read transaction).
-
-        Chunk ids are never reused and a chunk's embedding never changes, so comparing id
-        sets is exact: add what the index lacks, remove what the store no longer has.
-        """
+    # Chunk ids are never reused and a chunk never changes, so comparing id sets is exact: each
+    # index adds what it lacks and removes what the store no longer has.
+    def _sync_vectors(self, vectors: VectorIndex, conn: sqlite3.Connection) -> None:
+        """Make the FAISS index hold exactly the store's chunks (in the caller's read transaction)."""
         stored = Store.chunk_ids(conn)
-        present = vectors.ids()
-        missing = np.setdiff1d(stored, present, assume_unique=True)
-        extra = np.setdiff1d(vectors.live_ids(), stored, assume_unique=True)
+        missing = np.setdiff1d(stored, vectors.ids(), assume_unique=True)
         if len(missing):
             ids, vecs = Store.embeddings(conn, missing.tolist(), self.dimension)
             vectors.add(ids, vecs)
-        vectors.remove(extra)
+        vectors.remove(np.setdiff1d(vectors.live_ids(), stored, assume_unique=True))
+
+    def _sync_sparse(self, conn: sqlite3.Connection) -> None:
+        stored = Store.chunk_ids(conn)
+        missing = np.setdiff1d(stored, self._sparse.ids(), assume_unique=True)
+        try:
+            self._sparse.add(count(_TOKENIZER, missing, Store.fts_texts(conn, missing.tolist())))
+        except ValueError:  # ids below the snapshot's (cannot happen with AUTOINCREMENT): rebuild
+            self._sparse = SparseIndex.from_store(conn, _TOKENIZER)
+        self._sparse.remove(np.setdiff1d(self._sparse.live_ids(), stored, assume_unique=True))
 
     def _catch_up(self) -> None:
-        """Another process wrote: bring the in-memory index to the store's current version."""
+        """Another process wrote: bring the in-memory indexes to the store's current version."""
         with self._rw.write():
             conn = self.store.reader()
             with transaction(conn):
                 version = Store.version(conn)
                 if version != self._version:
-                    self._sync(self._vectors, conn)
+                    self._sync_vectors(self._vectors, conn)
+                    self._sync_sparse(conn)
                     self._version = version
 
     def _rebuild_if_needed(self) -> None:
-        """Compaction (HNSW tombstones) or (re)training (IVF), from the stored embeddings."""
+        """Compaction (HNSW tombstones) or (re)training (IVF) from the stored embeddings, and
+        merging of the BM25 segments. Built beside the live index, swapped in at the end."""
+        if self._sparse.needs_merge:
+            version = self._version
+            merged = self._sparse.merged()
+            with self._rw.write():
+                if self._version == version:
+                    self._sparse = merged
         if not self._vectors.needs_rebuild:
             return
         conn = self.store.reader()
@@ -196,7 +222,9 @@ class Collection:
                 self._vectors, self._version = fresh, version
 
     def save_snapshot(self, *, force: bool = False) -> bool:
-        """Write the FAISS file and manifest (atomically). Callers hold the write file lock."""
+        """Write the FAISS and BM25 files and the manifest (each atomically). Callers hold the
+        write file lock. The manifest goes last; on open, each index is checked against the
+        store by chunk id anyway, so a crash between the files costs a sync, not correctness."""
         if self._version == self._saved_version:
             return False
         if not force and time.monotonic() - self._saved_at < self.settings.snapshot_interval:
@@ -205,6 +233,9 @@ class Collection:
             tmp = self.path / f"{INDEX_FILE}.tmp"
             self._vectors.save(tmp)
             os.replace(tmp, self.path / INDEX_FILE)
+            tmp = self.path / f"{SPARSE_FILE}.tmp"
+            self._sparse.save(tmp)
+            os.replace(tmp, self.path / SPARSE_FILE)
             manifest = {
                 "format": MANIFEST_FORMAT,
                 "store_id": self.config["store_id"],
@@ -215,6 +246,7 @@ class Collection:
                 "vectors": self._vectors.ntotal,
                 "live_vectors": self._vectors.live,
                 "state": self._vectors.state(),
+                "sparse_postings": self._sparse.postings,
                 "saved_at": time.time(),
             }
             tmp_manifest = self.path / f"{MANIFEST_FILE}.tmp"
@@ -253,15 +285,24 @@ class Collection:
             self._write_mutex.release()
 
     def _commit(
-        self, conn: sqlite3.Connection, remove: np.ndarray, add_ids: np.ndarray, add_vecs: np.ndarray
+        self,
+        conn: sqlite3.Connection,
+        remove: np.ndarray,
+        add_ids: np.ndarray,
+        add_vecs: np.ndarray,
+        add_texts: Sequence[str] = (),
     ) -> None:
-        """COMMIT the open transaction and apply the same change to FAISS, as one step for readers."""
+        """COMMIT the open transaction and apply the same change to the in-memory indexes, as
+        one step for readers. `add_texts` are the added chunks' texts as FTS5 holds them."""
         version = Store.bump_version(conn)
+        counted = count(_TOKENIZER, add_ids, add_texts)  # before the lock: searches go on
         with self._rw.write():
             conn.execute("COMMIT")
             try:
                 self._vectors.remove(remove)
                 self._vectors.add(add_ids, add_vecs)
+                self._sparse.remove(remove)
+                self._sparse.add(counted)
                 self._version = version
             except Exception:
                 self._version = -1  # the next search re-syncs from the store
@@ -296,6 +337,7 @@ class Collection:
                     conn.executemany("DELETE FROM chunks WHERE id = ?", [(int(i),) for i in old])
                 new_ids: list[int] = []
                 new_vecs: list[np.ndarray] = []
+                new_texts: list[str] = []
                 for doc in changed:
                     conn.execute(
                         "INSERT INTO documents(id, title, source, metadata, text, content_hash, created_at, "
@@ -332,7 +374,8 @@ class Collection:
                         )
                         new_ids.append(int(cur.lastrowid or 0))
                         new_vecs.append(vec)
-                self._commit(conn, old, np.asarray(new_ids, dtype=np.int64), np.vstack(new_vecs))
+                        new_texts.append(fts_text(doc.title, chunk.text))
+                self._commit(conn, old, np.asarray(new_ids, dtype=np.int64), np.vstack(new_vecs), new_texts)
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -499,29 +542,21 @@ class Collection:
             qvec = embedder.embed_query(query)
         elif mode == "hybrid":
             # The query embedding (the slow part) runs beside the BM25 query; it reads no store.
-            qvec = _POOL.submit(embedder.embed_query, query)
+            qvec = embedder.cached_query(query)
+            if qvec is None:
+                qvec = _POOL.submit(embedder.embed_query, query)
         depth = k if mode != "hybrid" else max(k, self.settings.candidates)
+        terms = _TOKENIZER.query_terms(query) if mode != "dense" else []
         with self._reading() as conn:
+            allowed = None
+            if filter:
+                sql = f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE {where}"
+                allowed = np.fromiter((r[0] for r in conn.execute(sql, params)), dtype=np.int64)
             dense: list[tuple[int, float]] = []
-            sparse: list[tuple[int, float]] = []
-            if mode != "dense":
-                sparse = self._sparse(conn, query, depth, where, params, bool(filter))
+            sparse = self._sparse.search(terms, depth, allowed) if terms else []
             if isinstance(qvec, Future):
                 qvec = qvec.result()
             if qvec is not None:
-                allowed = None
-                if filter:
-                    allowed = np.fromiter(
-                        (
-                            r[0]
-                            for r in conn.execute(
-                                "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id "
-                                f"WHERE {where}",
-                                params,
-                            )
-                        ),
-                        dtype=np.int64,
-                    )
                 scores, ids = self._vectors.search(qvec, depth, allowed)
                 dense = list(zip(ids.tolist(), scores.tolist(), strict=True))
             if mode == "dense":
@@ -531,27 +566,6 @@ class Collection:
             else:
                 ranked = rrf([dense, sparse], self.settings.rrf_k)[:k]
             return self._hits(conn, ranked)
-
-    @staticmethod
-    def _sparse(
-        conn: sqlite3.Connection, query: str, k: int, where: str, params: list[Any], filtered: bool
-    ) -> list[tuple[int, float]]:
-        match = fts_query(query)
-        if match is None:
-            return []
-        if filtered:
-            sql = (
-                "SELECT c.id, bm25(chunks_fts) FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
-                f"JOIN documents d ON d.id = c.doc_id WHERE chunks_fts MATCH ? AND ({where}) "
-                "ORDER BY bm25(chunks_fts) LIMIT ?"
-            )
-            rows = conn.execute(sql, [match, *params, k])
-        else:
-            rows = conn.execute(
-                "SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?",
-                (match, k),
-            )
-        return [(r[0], -r[1]) for r in rows]  # bm25() is lower-is-better
 
     def _hits(self, conn: sqlite3.Connection, ranked: Sequence[tuple[int, float]]) -> list[Hit]:
         if not ranked:
@@ -582,6 +596,8 @@ class Collection:
             vectors = self._vectors.live
             tombstones = len(self._vectors.dead)
             memory = self._vectors.memory_bytes()
+            sparse_chunks = self._sparse.live
+            sparse_memory = self._sparse.memory_bytes()
             version = self._version
         disk = _folder_bytes(self.path)
         return {
@@ -590,8 +606,9 @@ class Collection:
             "chunks": counts["chunks"],
             "vectors": vectors,
             "fts_rows": counts["fts_rows"],
+            "sparse_chunks": sparse_chunks,
             "tombstones": tombstones,
-            "consistent": counts["chunks"] == vectors == counts["fts_rows"]
+            "consistent": counts["chunks"] == vectors == counts["fts_rows"] == sparse_chunks
             and counts["documents_without_chunks"] == 0,
             "index_type": self.index_type,
             "embedder": self.config["embedder"],
@@ -602,6 +619,7 @@ class Collection:
             "schema_version": self.store.writer.execute("PRAGMA user_version").fetchone()[0],
             "bytes_on_disk": disk,
             "index_memory_bytes": memory,
+            "sparse_memory_bytes": sparse_memory,
         }
 
     def check(self) -> bool:

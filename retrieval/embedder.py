@@ -83,13 +83,19 @@ class Embedder(ABC):
         with self._cache_lock:
             self._cache.clear()
 
-    def embed_query(self, text: str) -> np.ndarray:
-        """Embed one query, through an LRU cache (servers see the same questions again)."""
+    def cached_query(self, text: str) -> np.ndarray | None:
+        """The query's embedding if the cache has it."""
         with self._cache_lock:
             hit = self._cache.get(text)
             if hit is not None:
                 self._cache.move_to_end(text)
-                return hit
+            return hit
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Embed one query, through an LRU cache (servers see the same questions again)."""
+        hit = self.cached_query(text)
+        if hit is not None:
+            return hit
         vec = _normalise(self._encode([text]))[0]
         vec.setflags(write=False)
         if self._cache_size:

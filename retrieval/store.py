@@ -9,7 +9,6 @@ readers never block the writer and read a consistent snapshot for a whole transa
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from retrieval.sparse import fts_text
 
 # Ordered migrations: index i brings the schema from user_version i to i + 1. Append only.
 MIGRATIONS: list[str] = [
@@ -59,68 +60,13 @@ MIGRATIONS: list[str] = [
         INSERT INTO chunks_fts(chunks_fts, rowid, title, text) VALUES ('delete', old.id, old.title, old.text);
     END;
     """,
+    # Per-posting view of the FTS5 index: the in-memory BM25 index (retrieval/sparse.py) is
+    # rebuilt from it.
+    """
+    CREATE VIRTUAL TABLE chunks_fts_instance USING fts5vocab(chunks_fts, instance);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-
-# Words that match most chunks: scoring them costs time and adds nothing to BM25's ranking.
-STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "but",
-        "by",
-        "for",
-        "from",
-        "has",
-        "have",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "such",
-        "that",
-        "the",
-        "their",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "to",
-        "was",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "why",
-        "will",
-        "with",
-    ]
-)
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def fts_query(text: str) -> str | None:
-    """A free-text query as an FTS5 expression: quoted terms ORed (no syntax errors possible)."""
-    words = [w.lower() for w in _WORD.findall(text)]
-    terms = [w for w in words if w not in STOPWORDS] or words
-    if not terms:
-        return None
-    return " OR ".join(f'"{w}"' for w in dict.fromkeys(terms))
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -243,6 +189,19 @@ class Store:
         out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
         return out_ids, vecs
+
+    @staticmethod
+    def fts_texts(conn: sqlite3.Connection, ids: Sequence[int]) -> list[str]:
+        """The text FTS5 indexes for each chunk id (title and text, see sparse.fts_text)."""
+        found: dict[int, str] = {}
+        for lo in range(0, len(ids), 900):
+            part = [int(i) for i in ids[lo : lo + 900]]
+            marks = ",".join("?" * len(part))
+            for i, title, text in conn.execute(
+                f"SELECT id, title, text FROM chunks WHERE id IN ({marks})", part
+            ):
+                found[i] = fts_text(title, text)
+        return [found[int(i)] for i in ids]
 
     @staticmethod
     def embeddings_by_hash(conn: sqlite3.Connection, hashes: Sequence[str]) -> dict[str, bytes]:

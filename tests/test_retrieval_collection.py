@@ -48,6 +48,7 @@ def test_upsert_get_list_search(library: Library) -> None:
         assert hits[0].chunk_id == "d4#0" and hits[0].text == doc.text[hits[0].start : hits[0].end]
     stats = c.stats()
     assert stats["documents"] == 16 and stats["chunks"] == stats["vectors"] == stats["fts_rows"] == 16
+    assert stats["sparse_chunks"] == 16
     assert stats["consistent"] and c.check()
 
 
@@ -169,34 +170,38 @@ def test_a_failing_embedder_leaves_the_collection_as_it_was(
     assert snapshot(c) == before
 
 
-def test_faiss_snapshot_is_rebuilt_from_the_store_without_embedding(
+def test_snapshots_are_rebuilt_from_the_store_without_embedding(
     tmp_path: Path, embedder: CountingEmbedder
 ) -> None:
     lib = Library(tmp_path, settings(), embedders={EMBEDDER: embedder})
     c = lib.create("kb")
     c.upsert(corpus())
-    expected = [h.chunk_id for h in c.search("volcano lava", k=5, mode="dense")]
+    expected = {m: [h.chunk_id for h in c.search("volcano lava", k=5, mode=m)] for m in ("dense", "sparse")}
     lib.close()
     manifest = json.loads((tmp_path / "kb" / "manifest.json").read_text())
     assert manifest["vectors"] == 16 and manifest["embedder"] == EMBEDDER and manifest["dimension"] == 384
+    assert manifest["sparse_postings"] > 16
     for damage in ("delete", "garbage", "stale"):
-        if damage == "delete":
-            (tmp_path / "kb" / "vectors.faiss").unlink()
-        elif damage == "garbage":
-            (tmp_path / "kb" / "vectors.faiss").write_bytes(b"not faiss")
-        else:  # a snapshot older than the store: delete a document behind its back
+        for name in ("vectors.faiss", "sparse.npz"):
+            if damage == "delete":
+                (tmp_path / "kb" / name).unlink()
+            elif damage == "garbage":
+                (tmp_path / "kb" / name).write_bytes(b"not a snapshot")
+        if damage == "stale":  # snapshots older than the store: delete a document behind their back
             conn = sqlite3.connect(tmp_path / "kb" / "store.sqlite")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("DELETE FROM chunks WHERE doc_id = 'd16'")
             conn.execute("DELETE FROM documents WHERE id = 'd16'")
             conn.commit()
             conn.close()
-            expected = [e for e in expected if not e.startswith("d16#")]
+            expected = {m: [e for e in ids if not e.startswith("d16#")] for m, ids in expected.items()}
         embedder.embedded.clear()
         lib = Library(tmp_path, settings(), embedders={EMBEDDER: embedder})
         c = lib.open("kb")
-        got = [h.chunk_id for h in c.search("volcano lava", k=5, mode="dense")]
-        assert got[: len(expected)] == expected[: len(got)] and c.stats()["consistent"], damage
+        for mode, want in expected.items():
+            got = [h.chunk_id for h in c.search("volcano lava", k=5, mode=mode)]
+            assert got[: len(want)] == want[: len(got)], (damage, mode)
+        assert c.stats()["consistent"], damage
         assert embedder.embedded == ["volcano lava"]  # the query only; no document re-embedded
         lib.close()
 

@@ -13,7 +13,8 @@ from retrieval.chunking import split_document
 from retrieval.collection import rrf
 from retrieval.errors import InvalidFilter
 from retrieval.filters import compile_filter, parse_filter
-from retrieval.store import SCHEMA_VERSION, Store, fts_query
+from retrieval.sparse import Tokenizer
+from retrieval.store import SCHEMA_VERSION, Store
 from retrieval.vectors import INDEX_TYPES, HNSWIndex, IVFIndex
 
 ROWS = [
@@ -80,13 +81,18 @@ def test_parse_filter_rejects_non_objects() -> None:
         parse_filter("[1]")
 
 
-def test_fts_query_quotes_terms_and_drops_stopwords() -> None:
-    assert (
-        fts_query('what is the "boundary" layer? AND NOT x-y')
-        == '"boundary" OR "layer" OR "not" OR "x" OR "y"'
-    )
-    assert fts_query("the") == '"the"'  # only stopwords: keep them rather than match nothing
-    assert fts_query("?!") is None
+def test_query_terms_are_fts5_terms_without_stopwords() -> None:
+    tok = Tokenizer()
+    assert tok.query_terms('what is the "Boundary" layers? AND NOT x-y') == [
+        "boundari",
+        "layer",
+        "not",
+        "x",
+        "y",
+    ]
+    assert tok.query_terms("the") == ["the"]  # only stopwords: keep them rather than match nothing
+    assert tok.query_terms("?!") == []
+    assert tok.query_terms("Café  cafe") == ["cafe"]  # unicode61 folds case and diacritics
 
 
 def test_rrf_rewards_agreement() -> None:
