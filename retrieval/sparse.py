@@ -39,52 +39,8 @@ FORMAT = 1
 # Words that match most chunks: scoring them costs time and adds nothing to BM25's ranking, so
 # queries drop them (unless nothing else is left). Chunks keep them: counts stay FTS5's.
 STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "but",
-        "by",
-        "for",
-        "from",
-        "has",
-        "have",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "such",
-        "that",
-        "the",
-        "their",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "to",
-        "was",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "why",
-        "will",
-        "with",
-    ]
+    "a an and are as at be but by for from has have how i if in into is it its of on or such that the "  # noqa: SIM905
+    "their then there these they this to was were what when where which who why will with".split()
 )
 
 
@@ -116,7 +72,7 @@ class Tokenizer:
         return rows
 
     def terms(self, text: str) -> list[str]:
-        """The distinct terms of `text`, in FTS5's order."""
+        """The distinct terms of `text`, sorted."""
         return list(dict.fromkeys(term for term, _, _ in self.counts([text])))
 
     def query_terms(self, text: str) -> list[str]:
