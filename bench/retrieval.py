@@ -390,12 +390,16 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             )
     lines += [
         "",
-        "Sparse is the in-memory BM25 index; FTS5 bm25 is the same query through FTS5's ORDER BY rank.",
+        "Sparse is the in-memory BM25 index; FTS5 bm25 is the query as sparse search sent it to FTS5",
+        "before (the query's words ORed, ORDER BY rank). Their top-5 scores can differ where two query",
+        "words share a stem ('heat ... heated': the OR query scored the stem once per word, the index",
+        "scores each distinct term once) or a word stems to a stopword ('being' -> 'be', dropped here).",
+        "",
     ]
     for n, entry in report["scale"].items():
         same = entry["flat"]["sparse_top5_scores_same_as_fts5"]
         lines.append(
-            f"At {int(n):,} chunks: top-5 BM25 scores equal to FTS5's for {same:.1%} of queries; open with "
+            f"- At {int(n):,} chunks: top-5 BM25 scores equal to FTS5's for {same:.1%} of queries; open with "
             f"snapshots {entry['open_seconds']} s, rebuilding the BM25 postings from FTS5 "
             f"{entry['open_rebuilding_sparse_seconds']} s."
         )
