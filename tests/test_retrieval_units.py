@@ -166,3 +166,23 @@ def test_ivf_trains_once_it_has_enough_vectors() -> None:
     assert found[0] == 42
     big.remove(np.array([42], dtype=np.int64))
     assert 42 not in big.ids() and big.ntotal == 4999
+
+
+def test_traced_query_path_matches_the_eager_model() -> None:
+    emb = real_embedder()
+    assert emb._traced_query_module()  # MiniLM: transformer + mean pooling + normalise
+    queries = ["wing", "what is the boundary layer thickness on a flat plate?", " ".join(["shock"] * 300)]
+    eager = emb._encode(queries)  # one padded batch through sentence-transformers
+    eager /= np.linalg.norm(eager, axis=1, keepdims=True)
+    for q, ref in zip(queries, eager, strict=True):
+        vec = emb._encode_query(q)[0]
+        assert float(vec @ ref) / float(np.linalg.norm(vec)) > 0.999, q  # bf16 rounding only
+
+
+def test_pipelines_other_than_mean_pooling_stay_eager() -> None:
+    from retrieval.embedder import SentenceTransformerEmbedder
+
+    emb = SentenceTransformerEmbedder("all-MiniLM-L6-v2", query_cache_size=0)
+    emb.model[1].pooling_mode = "cls"
+    assert emb._traced_query_module() is False
+    assert emb.embed_query("wing").shape == (emb.dimension,)
