@@ -83,6 +83,9 @@ class SyntheticDocs(Embedder):
         base = self.pool[self.rng.integers(0, len(self.pool), len(texts))]
         return (base + 0.05 * self.rng.standard_normal(base.shape)).astype(np.float32)
 
+    def _encode_query(self, text: str) -> np.ndarray:
+        return self.real._encode_query(text)  # the real query path
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.real.count_tokens(texts)
 
