@@ -190,6 +190,7 @@ class SentenceTransformerEmbedder(Embedder):
 
     def _trace(self) -> Any:
         import torch
+
         kinds = [type(m).__name__ for m in self.model]
         if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
             return None
