@@ -42,6 +42,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench.machine import cpu_model  # noqa: E402
 from retrieval import Document, Library  # noqa: E402
 from retrieval.chunking import split_document  # noqa: E402
 from retrieval.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder, resolve_model_path  # noqa: E402
@@ -325,13 +326,6 @@ def bench_scale(
         results[str(n)] = entry
         shutil.rmtree(root)
     return results
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:

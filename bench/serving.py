@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import serving_phases as ph
+from bench.machine import cpu_model, mem_gib
 from bench.serving_data import load_questions, make_adapters, make_chunks
 from bench.serving_load import merge
 from bench.serving_report import render_markdown, summarize_run
@@ -62,22 +63,10 @@ QUICK = Plan(1, {1: 2, 8: 8, 32: 32}, 16, 500, 5, 4, 8, 8, 1, 16, False)
 
 
 def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    mem = next(
-        (ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")),
-        "0",
-    )
     return {
         "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "mem_gib": round(int(mem) / 2**20, 1),
+        "cpu": cpu_model(),
+        "mem_gib": mem_gib(),
         "python": platform.python_version(),
     }
 

@@ -29,6 +29,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.machine import cpu_model, mem_gib
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "house-style" / "train.jsonl"
 HELDOUT = REPO / "examples" / "house-style" / "heldout.jsonl"
@@ -168,26 +170,10 @@ def machine() -> dict:
     import torch
     import transformers
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    mem = next(
-        (
-            int(line.split()[1]) / 2**20
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        ),
-        0.0,
-    )
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "mem_gib": round(mem, 1),
+        "mem_gib": mem_gib(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
