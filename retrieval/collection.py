@@ -42,7 +42,7 @@ from retrieval.filters import compile_filter
 from retrieval.locks import RWLock
 from retrieval.settings import RetrievalSettings, SearchMode
 from retrieval.sparse import SparseIndex, Tokenizer, count, fts_text
-from retrieval.store import Store, transaction
+from retrieval.store import Store, select_in, transaction
 from retrieval.types import Document, Hit, UpsertResult
 from retrieval.vectors import INDEX_TYPES, VectorIndex
 
@@ -112,8 +112,7 @@ class Collection:
         self._saved_version = -1
         self._saved_at = 0.0
         self._closed = False
-        self._sparse = SparseIndex(_TOKENIZER)
-        self._vectors = self._load_vectors()
+        self._load_indexes()
 
     # -- embedder -----------------------------------------------------------------------
     @property
@@ -131,7 +130,7 @@ class Collection:
         return self._embedder
 
     # -- the snapshots of the derived indexes -------------------------------------------
-    def _load_vectors(self) -> VectorIndex:
+    def _load_indexes(self) -> None:
         """Load the snapshots if they match this store, else build them; then sync them to it."""
         cls = INDEX_TYPES[self.index_type]
         vectors: VectorIndex | None = None
@@ -157,37 +156,37 @@ class Collection:
             pass  # missing, stale or unreadable: the store has everything to rebuild them
         conn = self.store.reader()
         with transaction(conn):
+            stored = Store.chunk_ids(conn)
             if vectors is None:
                 ids, vecs = Store.embeddings(conn, None, self.dimension)
                 vectors = cls.build(self.dimension, self.settings, ids, vecs)
             else:
-                self._sync_vectors(vectors, conn)
-            self._sparse = sparse if sparse is not None else SparseIndex.from_store(conn, _TOKENIZER)
-            if sparse is not None:
-                self._sync_sparse(conn)
+                self._sync_vectors(vectors, conn, stored)
+            if sparse is None:
+                self._sparse = SparseIndex.from_store(conn, _TOKENIZER, stored)
+            else:
+                self._sparse = sparse
+                self._sync_sparse(conn, stored)
             self._version = Store.version(conn)
         self._vectors = vectors
         self._rebuild_if_needed()
-        return self._vectors
 
     # Chunk ids are never reused and a chunk never changes, so comparing id sets is exact: each
     # index adds what it lacks and removes what the store no longer has.
-    def _sync_vectors(self, vectors: VectorIndex, conn: sqlite3.Connection) -> None:
-        """Make the FAISS index hold exactly the store's chunks (in the caller's read transaction)."""
-        stored = Store.chunk_ids(conn)
+    def _sync_vectors(self, vectors: VectorIndex, conn: sqlite3.Connection, stored: np.ndarray) -> None:
+        """Make the FAISS index hold exactly the `stored` chunk ids (in the caller's read transaction)."""
         missing = np.setdiff1d(stored, vectors.ids(), assume_unique=True)
         if len(missing):
             ids, vecs = Store.embeddings(conn, missing.tolist(), self.dimension)
             vectors.add(ids, vecs)
         vectors.remove(np.setdiff1d(vectors.live_ids(), stored, assume_unique=True))
 
-    def _sync_sparse(self, conn: sqlite3.Connection) -> None:
-        stored = Store.chunk_ids(conn)
+    def _sync_sparse(self, conn: sqlite3.Connection, stored: np.ndarray) -> None:
         missing = np.setdiff1d(stored, self._sparse.ids(), assume_unique=True)
         try:
             self._sparse.add(count(_TOKENIZER, missing, Store.fts_texts(conn, missing.tolist())))
         except ValueError:  # ids below the snapshot's (cannot happen with AUTOINCREMENT): rebuild
-            self._sparse = SparseIndex.from_store(conn, _TOKENIZER)
+            self._sparse = SparseIndex.from_store(conn, _TOKENIZER, stored)
         self._sparse.remove(np.setdiff1d(self._sparse.live_ids(), stored, assume_unique=True))
 
     def _catch_up(self) -> None:
@@ -197,8 +196,9 @@ class Collection:
             with transaction(conn):
                 version = Store.version(conn)
                 if version != self._version:
-                    self._sync_vectors(self._vectors, conn)
-                    self._sync_sparse(conn)
+                    stored = Store.chunk_ids(conn)
+                    self._sync_vectors(self._vectors, conn, stored)
+                    self._sync_sparse(conn, stored)
                     self._version = version
 
     def _rebuild_if_needed(self) -> None:
@@ -430,21 +430,12 @@ class Collection:
 
     @staticmethod
     def _existing_hashes(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for lo in range(0, len(ids), 900):
-            part = list(ids[lo : lo + 900])
-            marks = ",".join("?" * len(part))
-            found.update(conn.execute(f"SELECT id, content_hash FROM documents WHERE id IN ({marks})", part))
-        return found
+        return dict(select_in(conn, "SELECT id, content_hash FROM documents WHERE id IN ({marks})", ids))
 
     @staticmethod
     def _chunk_ids_of(conn: sqlite3.Connection, doc_ids: Sequence[str]) -> np.ndarray:
-        out: list[int] = []
-        for lo in range(0, len(doc_ids), 900):
-            part = list(doc_ids[lo : lo + 900])
-            marks = ",".join("?" * len(part))
-            out += [r[0] for r in conn.execute(f"SELECT id FROM chunks WHERE doc_id IN ({marks})", part)]
-        return np.asarray(out, dtype=np.int64)
+        rows = select_in(conn, "SELECT id FROM chunks WHERE doc_id IN ({marks})", doc_ids)
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id; returns how many existed. Unknown ids are ignored."""

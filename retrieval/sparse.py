@@ -196,11 +196,16 @@ class SparseIndex:
         self._append(counted.ids, self._term_ids(counted.terms), counted.docs, counted.freqs)
 
     @classmethod
-    def from_store(cls, conn: sqlite3.Connection, tokenizer: Tokenizer) -> SparseIndex:
+    def from_store(
+        cls, conn: sqlite3.Connection, tokenizer: Tokenizer, ids: np.ndarray | None = None
+    ) -> SparseIndex:
         """Every chunk's postings, read out of the store's FTS5 index (inside the caller's read
         transaction): ~10 s for 100k chunks (7M postings) here, mostly FTS5 walking its index."""
         self = cls(tokenizer)
-        ids = np.fromiter((r[0] for r in conn.execute("SELECT id FROM chunks ORDER BY id")), dtype=np.int64)
+        if ids is None:  # the store's chunk ids, ascending
+            ids = np.fromiter(
+                (r[0] for r in conn.execute("SELECT id FROM chunks ORDER BY id")), dtype=np.int64
+            )
         # One row per term with its postings as text: 100x fewer Python objects than a row each.
         rows = conn.execute(
             "SELECT term, count(*), group_concat(doc), group_concat(cnt) FROM "
@@ -235,12 +240,15 @@ class SparseIndex:
 
     # -- upkeep --------------------------------------------------------------------------
     @property
-    def needs_merge(self) -> bool:
-        """Two newest segments of similar size, or more than a quarter of the slots dead."""
-        segs = self.segments
-        if len(segs) >= 2 and 2 * segs[-1].size >= segs[-2].size:
-            return True
+    def _needs_compaction(self) -> bool:
+        """More than a quarter of the slots dead."""
         return len(self.chunk_ids) - self.live > len(self.chunk_ids) // 4
+
+    @property
+    def needs_merge(self) -> bool:
+        """Two newest segments of similar size, or a compaction due."""
+        segs = self.segments
+        return (len(segs) >= 2 and 2 * segs[-1].size >= segs[-2].size) or self._needs_compaction
 
     def merged(self) -> SparseIndex:
         """A new index with the same contents and fewer segments (built without touching this one,
@@ -248,8 +256,7 @@ class SparseIndex:
         slots renumbered and unused terms dropped; otherwise the newest similar-sized ones."""
         fresh = SparseIndex(self.tokenizer)
         fresh.live, fresh.live_tokens = self.live, self.live_tokens
-        dead = len(self.chunk_ids) - self.live
-        if dead > len(self.chunk_ids) // 4:
+        if self._needs_compaction:
             keep = self.alive
             renumber = np.cumsum(keep, dtype=np.int64) - 1
             seg = merge(self.segments, keep, renumber)

@@ -113,6 +113,15 @@ def _statements(script: str) -> Iterable[str]:
             buf = ""
 
 
+def select_in(conn: sqlite3.Connection, sql: str, values: Iterable[Any]) -> Iterator[Any]:
+    """Rows of `sql`, whose `{marks}` is an IN list, for every value: run in batches of 900
+    (SQLite caps the parameters of one statement)."""
+    values = list(values)
+    for lo in range(0, len(values), 900):
+        part = values[lo : lo + 900]
+        yield from conn.execute(sql.format(marks=",".join("?" * len(part))), part)
+
+
 class Store:
     """One collection's SQLite file. A single writer connection plus one reader per thread."""
 
@@ -178,14 +187,9 @@ class Store:
         if ids is None:
             rows = conn.execute("SELECT id, embedding FROM chunks ORDER BY id").fetchall()
         else:
-            rows = []
-            id_list = [int(i) for i in ids]
-            for lo in range(0, len(id_list), 900):
-                part = id_list[lo : lo + 900]
-                marks = ",".join("?" * len(part))
-                rows += conn.execute(
-                    f"SELECT id, embedding FROM chunks WHERE id IN ({marks})", part
-                ).fetchall()
+            rows = list(
+                select_in(conn, "SELECT id, embedding FROM chunks WHERE id IN ({marks})", map(int, ids))
+            )
         out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
         return out_ids, vecs
@@ -193,28 +197,14 @@ class Store:
     @staticmethod
     def fts_texts(conn: sqlite3.Connection, ids: Sequence[int]) -> list[str]:
         """The text FTS5 indexes for each chunk id (title and text, see sparse.fts_text)."""
-        found: dict[int, str] = {}
-        for lo in range(0, len(ids), 900):
-            part = [int(i) for i in ids[lo : lo + 900]]
-            marks = ",".join("?" * len(part))
-            for i, title, text in conn.execute(
-                f"SELECT id, title, text FROM chunks WHERE id IN ({marks})", part
-            ):
-                found[i] = fts_text(title, text)
+        sql = "SELECT id, title, text FROM chunks WHERE id IN ({marks})"
+        found = {i: fts_text(title, text) for i, title, text in select_in(conn, sql, map(int, ids))}
         return [found[int(i)] for i in ids]
 
     @staticmethod
     def embeddings_by_hash(conn: sqlite3.Connection, hashes: Sequence[str]) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
-        unique = list(dict.fromkeys(hashes))
-        for lo in range(0, len(unique), 900):
-            part = unique[lo : lo + 900]
-            marks = ",".join("?" * len(part))
-            for h, emb in conn.execute(
-                f"SELECT hash, embedding FROM chunks WHERE hash IN ({marks}) GROUP BY hash", part
-            ):
-                found[h] = emb
-        return found
+        sql = "SELECT hash, embedding FROM chunks WHERE hash IN ({marks}) GROUP BY hash"
+        return dict(select_in(conn, sql, dict.fromkeys(hashes)))
 
     @staticmethod
     def counts(conn: sqlite3.Connection) -> dict[str, int]:
