@@ -21,7 +21,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
 def check_name(name: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name) or name.endswith(".tmp"):
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.endswith(".tmp"):
         raise RagtuneError(
             f"bad collection name {name!r}: 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit",
@@ -144,7 +144,7 @@ class Library:
         if not self.root.exists():
             return []
         return sorted(
-            p.name for p in self.root.iterdir() if (p / STORE_FILE).exists() and _NAME.match(p.name)
+            p.name for p in self.root.iterdir() if (p / STORE_FILE).exists() and _NAME.fullmatch(p.name)
         )
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,8 @@ from pathlib import Path
 from retrieval.errors import NotFoundError, RagtuneError
 from serving.engine import AdapterRef, Engine
 from training.adapters import AdapterInfo, inspect_adapter
+
+log = logging.getLogger("ragtune.serving")
 
 
 class AdapterNotFound(NotFoundError):
@@ -54,10 +57,15 @@ class AdapterRegistry:
 
     def resolve_path(self, path: str) -> Path:
         """An adapter path is a folder inside the adapters folder (a bare name means adapters/NAME)."""
-        candidate = Path(path).expanduser()
-        if not candidate.is_absolute():
-            candidate = self._dir / candidate
-        resolved = candidate.resolve()
+        # No `~` expansion: a client names folders under adapters/, not the server user's home.
+        try:
+            candidate = Path(path)
+            if not candidate.is_absolute():
+                candidate = self._dir / candidate
+            resolved = candidate.resolve()
+            resolved.exists()  # raises for a component longer than the file system allows
+        except (ValueError, OSError, RuntimeError) as exc:  # NUL bytes, names too long, loops
+            raise AdapterPathError(f"adapter path is not usable: {exc}", param="path") from None
         if resolved != self._dir and self._dir not in resolved.parents:
             raise AdapterPathError(
                 f"adapter path {path!r} is outside the adapters folder {self._dir}; "
@@ -70,9 +78,17 @@ class AdapterRegistry:
         """Load (or replace) `name`; returns the new entry and whether it replaced one."""
         folder = self.resolve_path(path)
         # Every check that can be made on disk runs before the engine is touched.
-        info = await asyncio.to_thread(
-            inspect_adapter, folder, base_model_path=self._base, max_lora_rank=self._max_rank
-        )
+        try:
+            info = await asyncio.to_thread(
+                inspect_adapter,
+                folder,
+                base_model_path=self._base,
+                max_lora_rank=self._max_rank,
+                root=self._dir,
+            )
+        except RagtuneError as exc:
+            exc.param = exc.param or "path"  # every problem found here is the folder's
+            raise
         async with self._lock:
             ref = AdapterRef(name=name, version=next(self._versions), path=folder)
             try:
@@ -87,6 +103,7 @@ class AdapterRegistry:
             self._current[name] = LoadedAdapter(ref=ref, info=info)
             if old is not None:
                 await self._retire(old)
+            log.info("adapter %s loaded from %s (rank %d)", name, folder, info.rank)
             return self._current[name], old is not None
 
     async def unload(self, name: str) -> None:
@@ -95,6 +112,7 @@ class AdapterRegistry:
             if entry is None:
                 raise AdapterNotFound(f"adapter {name!r} is not loaded", param="name")
             await self._retire(entry)
+            log.info("adapter %s unloaded", name)
 
     async def _retire(self, entry: LoadedAdapter) -> None:
         entry.retired = True

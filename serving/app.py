@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -127,6 +127,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, _BodyTooLarge):
+            return JSONResponse(exc.body(), status_code=413)
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(error_body(str(exc.detail), type_), status_code=exc.status_code)
 
@@ -140,7 +142,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _field(loc: Any) -> str:
     """A validation location as a dotted field name, without pydantic's union-branch tags."""
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]  # where the field came from, not its name
     return ".".join(p for p in parts if not (p[:1].isupper() or "[" in p))
 
 
@@ -164,17 +168,11 @@ class _LimitsAndMetrics:
             return
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
-            response = JSONResponse(
-                error_body(
-                    f"request body of {int(length)} bytes exceeds the limit of {self.limit} "
-                    "(RAGTUNE_SERVING__MAX_REQUEST_BYTES)",
-                    "invalid_request_error",
-                    code="request_too_large",
-                ),
-                status_code=413,
-            )
+            too_large = _BodyTooLarge(f"request body of {int(length)} bytes", self.limit)
+            response = JSONResponse(too_large.body(), status_code=413)
             await response(scope, receive, send)
             return
+        receive = self._counting(receive)
         started = time.perf_counter()
         status = 500
 
@@ -192,6 +190,33 @@ class _LimitsAndMetrics:
                 path = getattr(scope.get("route"), "path", "unmatched")
                 metrics.requests.labels(route=path, method=scope["method"], status=str(status)).inc()
                 metrics.latency.labels(route=path).observe(time.perf_counter() - started)
+
+    def _counting(self, receive: Receive) -> Receive:
+        """`receive` that stops a body (chunked, or lying about its length) at the limit."""
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge(f"request body of more than {seen} bytes", self.limit)
+            return message
+
+        return counted
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised while the body is read; FastAPI passes HTTPExceptions from body reading through."""
+
+    code = "request_too_large"
+
+    def __init__(self, what: str, limit: int):
+        super().__init__(413, f"{what} exceeds the limit of {limit} (RAGTUNE_SERVING__MAX_REQUEST_BYTES)")
+
+    def body(self) -> dict[str, Any]:
+        return error_body(str(self.detail), "invalid_request_error", code=self.code)
 
 
 def _install_middleware(app: FastAPI, settings: Settings) -> None:

@@ -90,8 +90,11 @@ class GenerationService:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    async def retrieve(self, target: Target, rag: RagOptions | bool | None, query: str) -> list[Hit]:
-        """Hits for `query` as the profile says, overridden field by field by `rag`."""
+    async def retrieve(
+        self, target: Target, rag: RagOptions | bool | None, query: str, *, param: str = "messages"
+    ) -> list[Hit]:
+        """Hits for `query` as the profile says, overridden field by field by `rag`; `param` is
+        the request field the query came from."""
         if rag is False:
             return []
         profile = target.profile
@@ -99,6 +102,9 @@ class GenerationService:
         collection = override.collection or (profile.collection if profile else None)
         if not collection:
             return []
+        if not query.strip():
+            what = "the last user message" if param == "messages" else f"the {param}"
+            raise RagtuneError(f"{what} is empty: there is no question to retrieve for", param=param)
         top_k = override.top_k or (profile.top_k if profile else 5)
         mode = override.mode or (profile.mode if profile else "hybrid")
         filt = override.filter if override.filter is not None else (profile.filter if profile else None)
@@ -143,28 +149,42 @@ class GenerationService:
         query = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         hits = await self.retrieve(target, req.rag, query)
 
+        # Tokenising runs in a thread: a prompt of megabytes would otherwise stall every request.
+        prompt_ids, kept = await asyncio.to_thread(
+            self._chat_prompt, messages, system_prompt, hits, req.token_limit
+        )
+        return self._finish(req, target, prompt_ids, hits, kept)
+
+    def _chat_prompt(
+        self,
+        messages: list[dict[str, Any]],
+        system_prompt: str | None,
+        hits: list[Hit],
+        requested: int | None,
+    ) -> tuple[list[int], list[ContextChunk]]:
         base_ids = self._encode_chat(apply_context(messages, [], system_prompt=system_prompt))
-        budget = self._context_budget(len(base_ids), req.token_limit)
+        budget = self._context_budget(len(base_ids), requested)
         chunks = [ContextChunk(h.text, h.title, h.source) for h in hits]
         # The context block's own cost is measured in the user turn it lands in.
         kept = fit_chunks(chunks, budget, self.count_tokens) if chunks else []
-        prompt_ids = (
-            self._encode_chat(apply_context(messages, kept, system_prompt=system_prompt))
-            if kept
-            else base_ids
-        )
-        return self._finish(req, target, prompt_ids, hits, kept)
+        if not kept:
+            return base_ids, kept
+        return self._encode_chat(apply_context(messages, kept, system_prompt=system_prompt)), kept
 
     async def prepare_completion(self, req: CompletionRequest) -> Prepared:
         target = self.resolver.resolve(req.model)
         prompt = req.prompt_text
-        hits = await self.retrieve(target, req.rag, prompt)
-        base_len = self.count_tokens(prompt)
-        budget = self._context_budget(base_len, req.token_limit)
+        hits = await self.retrieve(target, req.rag, prompt, param="prompt")
+        prompt_ids, kept = await asyncio.to_thread(self._completion_prompt, prompt, hits, req.token_limit)
+        return self._finish(req, target, prompt_ids, hits, kept)
+
+    def _completion_prompt(
+        self, prompt: str, hits: list[Hit], requested: int | None
+    ) -> tuple[list[int], list[ContextChunk]]:
+        budget = self._context_budget(self.count_tokens(prompt), requested)
         chunks = [ContextChunk(h.text, h.title, h.source) for h in hits]
         kept = fit_chunks(chunks, budget, self.count_tokens) if chunks else []
-        prompt_ids = self.tokenizer.encode(with_context(prompt, kept), add_special_tokens=False)
-        return self._finish(req, target, prompt_ids, hits, kept)
+        return self.tokenizer.encode(with_context(prompt, kept), add_special_tokens=False), kept
 
     def _finish(
         self,
@@ -184,7 +204,15 @@ class GenerationService:
         limit = self.engine.max_model_len
         if len(prompt_ids) >= limit:  # fit_chunks keeps this from happening; a guard, not a path
             raise ContextLengthExceeded(f"the prompt has {len(prompt_ids)} tokens; the context is {limit}")
+        if not prompt_ids:
+            raise RagtuneError("the prompt is empty after tokenisation", param="prompt", code="empty_prompt")
         max_tokens = req.token_limit or (limit - len(prompt_ids))
+        if req.min_tokens > max_tokens:
+            raise ContextLengthExceeded(
+                f"min_tokens={req.min_tokens} does not fit: the prompt leaves {max_tokens} tokens "
+                "of the model's context",
+                param="min_tokens",
+            )
         options = SamplingOptions(
             max_tokens=max_tokens,
             temperature=1.0 if req.temperature is None else req.temperature,
@@ -228,6 +256,19 @@ class GenerationService:
                     await self.engine.abort(prep.request_id)
                 await self.adapters.collect()
 
+    async def start(self, prep: Prepared) -> AsyncIterator[Delta]:
+        """`stream` with its first delta already received: a request the engine refuses fails
+        here, before a streamed response has sent its headers."""
+        deltas = self.stream(prep)
+        try:
+            first: Delta | None = await anext(deltas)
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await deltas.aclose()
+            raise
+        return _prepend(first, deltas)
+
     def _observe(self, delta: Delta, first: bool, started: float, kind: str) -> bool:
         if first:
             self.metrics.ttft.labels(kind=kind).observe(time.perf_counter() - started)
@@ -242,3 +283,11 @@ class GenerationService:
             choice.tokens += delta.tokens
             choice.finish_reason = delta.finish_reason or choice.finish_reason
         return result
+
+
+async def _prepend(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    if first is None:
+        return
+    yield first
+    async for delta in rest:
+        yield delta

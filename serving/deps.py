@@ -13,6 +13,7 @@ from serving.chat import GenerationService
 from serving.engine import Engine
 from serving.metrics import Metrics
 from serving.resolve import ModelResolver
+from serving.settings import Settings
 
 
 def _state(attr: str) -> Callable[[Request], Any]:
@@ -28,3 +29,4 @@ ResolverDep = Annotated[ModelResolver, Depends(_state("resolver"))]
 LibraryDep = Annotated[Library, Depends(_state("library"))]
 MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
 EngineDep = Annotated[Engine, Depends(_state("engine"))]
+SettingsDep = Annotated[Settings, Depends(_state("settings"))]

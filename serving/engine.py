@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from serving.errors import EngineRejected
 from serving.settings import EngineSettings
 
 
@@ -111,28 +112,34 @@ class VllmEngine:
         self, prompt_ids: list[int], options: SamplingOptions, request_id: str, adapter: AdapterRef | None
     ) -> AsyncIterator[Delta]:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        params = SamplingParams(
-            n=options.n,
-            max_tokens=options.max_tokens,
-            temperature=options.temperature,
-            top_p=options.top_p,
-            stop=options.stop or None,
-            seed=options.seed,
-            ignore_eos=options.ignore_eos,
-            min_tokens=options.min_tokens,
-            output_kind=RequestOutputKind.DELTA,
-        )
-        lora = self._lora(adapter) if adapter else None
-        stream = self._llm.generate(
-            TokensPrompt(prompt_token_ids=prompt_ids), params, request_id, lora_request=lora
-        )
-        async for out in stream:
-            for c in out.outputs:
-                if c.text or c.token_ids or c.finish_reason:
-                    yield Delta(c.index, c.text, len(c.token_ids), c.finish_reason)
+        try:
+            params = SamplingParams(
+                n=options.n,
+                max_tokens=options.max_tokens,
+                temperature=options.temperature,
+                top_p=options.top_p,
+                stop=options.stop or None,
+                seed=options.seed,
+                ignore_eos=options.ignore_eos,
+                min_tokens=options.min_tokens,
+                output_kind=RequestOutputKind.DELTA,
+            )
+            lora = self._lora(adapter) if adapter else None
+            stream = self._llm.generate(
+                TokensPrompt(prompt_token_ids=prompt_ids), params, request_id, lora_request=lora
+            )
+            async for out in stream:
+                for c in out.outputs:
+                    if c.text or c.token_ids or c.finish_reason:
+                        yield Delta(c.index, c.text, len(c.token_ids), c.finish_reason)
+        except VLLMClientError as exc:  # vLLM's own split: its client errors are the request's fault
+            raise EngineRejected(
+                f"the engine refused the request: {exc}", param=getattr(exc, "parameter", None)
+            ) from exc
 
     async def add_adapter(self, adapter: AdapterRef) -> None:
         if not await self._llm.add_lora(self._lora(adapter)):

@@ -6,14 +6,107 @@ servers do), but every field we read is validated so errors name the field.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from retrieval import Hit
+from retrieval.errors import InvalidFilter
+from retrieval.filters import compile_filter
 from retrieval.settings import SearchMode
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_FILTER_TERMS = 64  # fields, operators and list values of one filter together
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # adapters and profiles
+
+
+def _unencodable(value: Any, where: str = "") -> str | None:
+    """The location of the first string (or key) that is not valid Unicode text, e.g. a lone
+    surrogate "\\ud800" that JSON allows but UTF-8 (SQLite, the tokenizer) cannot hold."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "body"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _unencodable(k, where) or _unencodable(v, f"{where}.{k}" if where else str(k))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _unencodable(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def text_only(data: Any) -> Any:
+    """`data` unchanged, or a ValueError naming the first string that is not valid Unicode."""
+    where = _unencodable(data)
+    if where:
+        raise ValueError(f"{where} holds a lone UTF-16 surrogate; send valid Unicode text")
+    return data
+
+
+class Body(BaseModel):
+    """Base of every request body: strings must be encodable text (no lone surrogates)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        return text_only(data)
+
+
+def _terms(value: Any) -> int:
+    if isinstance(value, dict):
+        return sum(1 + _terms(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(1 + _terms(v) for v in value)
+    return 0
+
+
+def _check_filter_values(value: Any) -> None:
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise InvalidFilter(f"filter value {value} does not fit a 64-bit integer")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidFilter("filter values must be finite numbers")
+    if isinstance(value, dict):
+        for v in value.values():
+            _check_filter_values(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_filter_values(v)
+
+
+def check_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A metadata filter checked the way the store will use it: size, 64-bit numbers, syntax.
+
+    Raises InvalidFilter, which pydantic passes through (it is no ValueError), so the error keeps
+    its code whichever request carried the filter."""
+    if value is None:
+        return None
+    if _terms(value) > MAX_FILTER_TERMS:
+        raise InvalidFilter(
+            f"the filter has more than {MAX_FILTER_TERMS} fields, operators and values", param="filter"
+        )
+    try:
+        _check_filter_values(value)
+        compile_filter(value)
+    except InvalidFilter as exc:
+        exc.param = "filter"
+        raise
+    return value
+
+
+Filter = Annotated[dict[str, Any] | None, AfterValidator(check_filter)]
+Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
 class RagOptions(BaseModel):
@@ -24,7 +117,7 @@ class RagOptions(BaseModel):
     collection: str | None = None
     top_k: int | None = Field(None, ge=1, le=100)
     mode: SearchMode | None = None
-    filter: dict[str, Any] | None = None
+    filter: Filter = None
 
 
 class StreamOptions(BaseModel):
@@ -50,14 +143,14 @@ class ChatMessage(BaseModel):
         return "".join(parts)
 
 
-class _SamplingRequest(BaseModel):
+class _SamplingRequest(Body):
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -76,6 +169,16 @@ class _SamplingRequest(BaseModel):
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("stop takes up to 4 non-empty strings")
         return stops
+
+    @model_validator(mode="after")
+    def _sampling_agrees(self) -> _SamplingRequest:
+        # The engine's own checks, made here so a request never reaches it to fail there.
+        limit = self.token_limit
+        if limit is not None and self.min_tokens > limit:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({limit})")
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError("n > 1 needs temperature > 0: greedy sampling gives n identical answers")
+        return self
 
     @property
     def stop_list(self) -> list[str]:
@@ -111,6 +214,8 @@ class CompletionRequest(_SamplingRequest):
     def _prompt(cls, v: str | list[str]) -> str | list[str]:
         if isinstance(v, list) and (len(v) != 1):
             raise ValueError("prompt takes one string (batched prompts are not supported)")
+        if not (v if isinstance(v, str) else v[0]):
+            raise ValueError("prompt must not be empty")
         return v
 
     @property
@@ -170,23 +275,23 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class AdapterLoadRequest(BaseModel):
+class AdapterLoadRequest(Body):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    path: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
+    path: str = Field(min_length=1, max_length=1024, pattern=r"^[^\x00]*$")
 
 
-class CollectionCreate(BaseModel):
+class CollectionCreate(Body):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=64)
     index_type: Literal["flat", "hnsw", "ivf"] | None = None
     chunk_tokens: int | None = Field(None, ge=16)
     chunk_overlap: int | None = Field(None, ge=0)
 
 
-class DocumentIn(BaseModel):
+class DocumentIn(Body):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=512)
@@ -196,19 +301,19 @@ class DocumentIn(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class UpsertBody(BaseModel):
+class UpsertBody(Body):
     model_config = ConfigDict(extra="forbid")
 
     documents: list[DocumentIn] = Field(min_length=1)
 
 
-class SearchBody(BaseModel):
+class SearchBody(Body):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1)
     top_k: int = Field(5, ge=1, le=100)
     mode: SearchMode = "hybrid"
-    filter: dict[str, Any] | None = None
+    filter: Filter = None
 
 
 def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict:

@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -75,6 +75,24 @@ class ProfileSettings(BaseModel):
     filter: dict[str, Any] | None = None
     system_prompt: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, data: Any) -> Any:
+        from serving.protocol import text_only  # protocol imports retrieval only; no cycle
+
+        return text_only(data)
+
+    @field_validator("filter")
+    @classmethod
+    def _filter(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        from retrieval.errors import InvalidFilter
+        from serving.protocol import check_filter
+
+        try:
+            return check_filter(v)
+        except InvalidFilter as exc:  # a settings error, with the key named by pydantic
+            raise ValueError(exc.message) from None
+
 
 class ServingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -86,7 +104,15 @@ class ServingSettings(BaseModel):
         default_factory=dict, description="adapters loaded at start: name -> folder"
     )
     profiles: dict[str, ProfileSettings] = Field(default_factory=dict)
-    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="larger request bodies get 413 (counted as read, chunked too)"
+    )
+    max_document_chars: int = Field(
+        1_000_000,
+        ge=1,
+        description="larger documents sent over HTTP get 413 (embedding 1M characters takes about a minute "
+        "on 2 CPU cores)",
+    )
     context_reserve_tokens: int = Field(
         256, ge=0, description="tokens kept free for the answer when fitting retrieved context"
     )

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 
 from retrieval.errors import RagtuneError
 from serving.adapters import AdapterNotFound, LoadedAdapter
 from serving.deps import AdaptersDep, LibraryDep, ResolverDep
-from serving.protocol import AdapterLoadRequest
+from serving.protocol import NAME_PATTERN, AdapterLoadRequest
 from serving.settings import ProfileSettings
 
 router = APIRouter()
@@ -72,7 +72,11 @@ async def get_profile(name: str, resolver: ResolverDep) -> dict[str, Any]:
 
 @router.put("/v1/profiles/{name}", response_model=None)
 async def put_profile(
-    name: str, body: ProfileSettings, resolver: ResolverDep, adapters: AdaptersDep, library: LibraryDep
+    name: Annotated[str, Path(pattern=NAME_PATTERN)],
+    body: ProfileSettings,
+    resolver: ResolverDep,
+    adapters: AdaptersDep,
+    library: LibraryDep,
 ) -> JSONResponse:
     if body.adapter and adapters.get(body.adapter) is None:
         raise AdapterNotFound(

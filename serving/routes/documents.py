@@ -10,8 +10,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from retrieval import Document
-from serving.deps import LibraryDep
-from serving.protocol import CollectionCreate, SearchBody, Source, UpsertBody
+from serving.deps import LibraryDep, SettingsDep
+from serving.errors import DocumentTooLarge
+from serving.protocol import INT64_MAX, CollectionCreate, SearchBody, Source, UpsertBody
 
 router = APIRouter(prefix="/v1/collections")
 
@@ -45,7 +46,17 @@ async def drop_collection(name: str, library: LibraryDep) -> dict[str, Any]:
 
 
 @router.post("/{name}/documents")
-async def upsert_documents(name: str, body: UpsertBody, library: LibraryDep) -> dict[str, Any]:
+async def upsert_documents(
+    name: str, body: UpsertBody, library: LibraryDep, settings: SettingsDep
+) -> dict[str, Any]:
+    limit = settings.serving.max_document_chars
+    for d in body.documents:
+        if len(d.text) > limit:
+            raise DocumentTooLarge(
+                f"document {d.id!r} has {len(d.text):,} characters; the server takes at most {limit:,} "
+                "per document (split it, or raise RAGTUNE_SERVING__MAX_DOCUMENT_CHARS)",
+                param="text",
+            )
     coll = await asyncio.to_thread(library.open, name)
     docs = [Document(d.id, d.text, d.title, d.source, d.metadata) for d in body.documents]
     result = await asyncio.to_thread(coll.upsert, docs)
@@ -54,7 +65,10 @@ async def upsert_documents(name: str, body: UpsertBody, library: LibraryDep) -> 
 
 @router.get("/{name}/documents")
 async def list_documents(
-    name: str, library: LibraryDep, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+    name: str,
+    library: LibraryDep,
+    offset: int = Query(0, ge=0, le=INT64_MAX),
+    limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
     coll = await asyncio.to_thread(library.open, name)
     docs = await asyncio.to_thread(coll.list_documents, offset=offset, limit=limit)

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from retrieval.errors import RagtuneError
 from serving.chat import Prepared, Result
 from serving.deps import EngineDep, GenerationDep, MetricsDep, ResolverDep
-from serving.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, new_id, now
+from serving.engine import Delta
+from serving.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    error_body,
+    new_id,
+    now,
+)
 
 router = APIRouter()
+log = logging.getLogger("ragtune.serving")
 
 
 def _sources(prep: Prepared) -> list[dict[str, Any]]:
@@ -24,7 +36,7 @@ def _sources(prep: Prepared) -> list[dict[str, Any]]:
 async def chat_completions(req: ChatCompletionRequest, gen: GenerationDep) -> Response:
     prep = await gen.prepare_chat(req)
     if req.stream:
-        return _sse(_chat_chunks(gen, prep, req))
+        return _sse(_chat_chunks(await gen.start(prep), prep, req))
     result = await gen.run(prep)
     return JSONResponse(
         {
@@ -51,7 +63,7 @@ async def chat_completions(req: ChatCompletionRequest, gen: GenerationDep) -> Re
 async def completions(req: CompletionRequest, gen: GenerationDep) -> Response:
     prep = await gen.prepare_completion(req)
     if req.stream:
-        return _sse(_completion_chunks(gen, prep, req))
+        return _sse(_completion_chunks(await gen.start(prep), prep, req))
     result = await gen.run(prep)
     return JSONResponse(
         {
@@ -71,15 +83,23 @@ async def completions(req: CompletionRequest, gen: GenerationDep) -> Response:
 
 def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
-        async for event in events:
-            yield f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
+        try:
+            async for event in events:
+                yield f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
+        except Exception as exc:  # the headers are sent: the error goes in the stream, as OpenAI's does
+            if isinstance(exc, RagtuneError):
+                error = error_body(exc.message, exc.error_type, param=exc.param, code=exc.code)
+            else:
+                log.exception("stream failed")
+                error = error_body(f"internal error: {type(exc).__name__}", "server_error")
+            yield f"data: {json.dumps(error, separators=(',', ':'))}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def _chat_chunks(
-    gen: GenerationDep, prep: Prepared, req: ChatCompletionRequest
+    deltas: AsyncIterator[Delta], prep: Prepared, req: ChatCompletionRequest
 ) -> AsyncIterator[dict[str, Any]]:
     head = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": req.model}
     result = Result(prep)
@@ -92,7 +112,7 @@ async def _chat_chunks(
             first["sources"] = _sources(prep)
         yield first
     completion = 0
-    async for d in gen.stream(prep):
+    async for d in deltas:
         completion += d.tokens
         if d.text:
             yield {
@@ -108,12 +128,12 @@ async def _chat_chunks(
 
 
 async def _completion_chunks(
-    gen: GenerationDep, prep: Prepared, req: CompletionRequest
+    deltas: AsyncIterator[Delta], prep: Prepared, req: CompletionRequest
 ) -> AsyncIterator[dict[str, Any]]:
     head = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": req.model}
     completion = 0
     sent_sources = False
-    async for d in gen.stream(prep):
+    async for d in deltas:
         completion += d.tokens
         event: dict[str, Any] = {
             **head,
