@@ -321,14 +321,22 @@ class Collection:
         hashes = {doc.id: content_hash(doc) for doc in docs}
         if not docs:
             return UpsertResult([], [], [])
+        # Chunk and embed before taking the write lock, which then covers only the commit: a large
+        # document embeds for minutes, and other writers must not wait on that.
+        reader = self.store.reader()
+        before = self._existing_hashes(reader, list(hashes))
+        chunks = self._chunk([d for d in docs if before.get(d.id) != hashes[d.id]])
+        vectors = self._vectors_for(reader, [c for cs in chunks.values() for c in cs], progress)
         with self._writing() as conn:
             existing = self._existing_hashes(conn, list(hashes))
             changed = [d for d in docs if existing.get(d.id) != hashes[d.id]]
             unchanged = [d.id for d in docs if existing.get(d.id) == hashes[d.id]]
             if not changed:
                 return UpsertResult([], [], unchanged)
-            chunks = self._chunk(changed)
-            vectors = self._vectors_for(conn, [c for cs in chunks.values() for c in cs], progress)
+            late = [d for d in changed if d.id not in chunks]  # another writer changed it meanwhile
+            if late:
+                chunks |= self._chunk(late)
+                vectors |= self._vectors_for(conn, [c for d in late for c in chunks[d.id]], progress)
             now = time.time()
             conn.execute("BEGIN IMMEDIATE")
             try:
