@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrieval.errors import NotFoundError, RagtuneError
+from serving.canary import Canary
 from serving.engine import AdapterRef, Engine
+from serving.errors import AdapterRejected, EngineUnhealthy
 from training.adapters import AdapterInfo, inspect_adapter
 
 log = logging.getLogger("ragtune.serving")
@@ -54,6 +56,7 @@ class AdapterRegistry:
         self._versions = itertools.count(1)
         self._lock = asyncio.Lock()
         self._pending_removal: list[LoadedAdapter] = []
+        self.canary: Canary | None = None  # set once the engine's reference answer is known
 
     def resolve_path(self, path: str) -> Path:
         """An adapter path is a folder inside the adapters folder (a bare name means adapters/NAME)."""
@@ -91,6 +94,8 @@ class AdapterRegistry:
             raise
         async with self._lock:
             ref = AdapterRef(name=name, version=next(self._versions), path=folder)
+            if self.canary is not None:
+                await self.canary.check()  # never load onto an engine that is already wrong
             try:
                 await self._engine.add_adapter(ref)
             except Exception as exc:  # the engine's own loader rejected it
@@ -99,12 +104,42 @@ class AdapterRegistry:
                     param="path",
                     code="invalid_adapter",
                 ) from exc
+            if self.canary is not None:
+                await self._probe(self.canary, ref)
             old = self._current.get(name)
             self._current[name] = LoadedAdapter(ref=ref, info=info)
             if old is not None:
                 await self._retire(old)
             log.info("adapter %s loaded from %s (rank %d)", name, folder, info.rank)
             return self._current[name], old is not None
+
+    async def _probe(self, canary: Canary, ref: AdapterRef) -> None:
+        """After a load: the adapter answers, and the base model's answer is unchanged; else the
+        adapter is unloaded and refused, and the engine is checked once more."""
+        own = await canary.answer(ref)
+        base = await canary.answer()
+        if own.strip() and base == canary.reference:
+            return
+        problem = (
+            f"with it loaded the base model's canary answer changed from {canary.reference!r} to {base!r}"
+            if base != canary.reference
+            else "its own greedy answer to the canary question is empty"
+        )
+        await self._engine.remove_adapter(ref)
+        after = await canary.answer()
+        if after != canary.reference:
+            canary.poisoned = (
+                f"adapter {ref.name!r} from {ref.path} poisoned the engine: {problem}, and unloading it "
+                f"did not mend it ({after!r}); restart the server"
+            )
+            log.error(canary.poisoned)
+            raise EngineUnhealthy(canary.poisoned)
+        raise AdapterRejected(
+            f"adapter {ref.name!r} from {ref.path} was unloaded and refused: {problem}. Its weights "
+            "passed the checks on disk, so they are probably extreme (a diverged training run); "
+            "retrain it",
+            param="path",
+        )
 
     async def unload(self, name: str) -> None:
         async with self._lock:

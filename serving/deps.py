@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from retrieval import Library
 from serving.adapters import AdapterRegistry
+from serving.canary import Canary
 from serving.chat import GenerationService
 from serving.engine import Engine
 from serving.metrics import Metrics
@@ -30,3 +31,4 @@ LibraryDep = Annotated[Library, Depends(_state("library"))]
 MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
 EngineDep = Annotated[Engine, Depends(_state("engine"))]
 SettingsDep = Annotated[Settings, Depends(_state("settings"))]
+CanaryDep = Annotated[Canary, Depends(_state("canary"))]

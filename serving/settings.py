@@ -49,6 +49,10 @@ class EngineSettings(BaseModel):
     max_lora_rank: int = Field(16, ge=1)
     max_cpu_loras: int = Field(8, ge=1, description="adapters cached in host memory")
     tensor_parallel_size: int = Field(1, ge=1)
+    self_check: bool = Field(
+        True,
+        description="compare the engine's greedy answer with transformers' at start",
+    )
     seed: int = 0
     extra: dict[str, Any] = Field(
         default_factory=dict, description="more AsyncEngineArgs fields, passed through unchanged"

@@ -2,8 +2,9 @@
 
 An adapter folder (adapters/NAME/) holds the PEFT files (`adapter_config.json`,
 `adapter_model.safetensors`), the manifest `ragtune-adapter.json` and `training-config.yaml`.
-`inspect_adapter` reads only small files and the safetensors header (no torch, no weights), so
-the server can call it on every load request.
+`inspect_adapter` reads the small files, the safetensors header and every tensor (with numpy, no
+torch): a NaN, infinite, integer or wrongly shaped weight must never reach the engine, where
+one bad adapter silently empties every answer on every model (issue 10).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from retrieval.errors import RagtuneError
 from training.models import check_model_dir, model_fingerprint
@@ -72,14 +75,118 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
+def base_weight_shapes(base: Path) -> dict[str, tuple[int, ...]]:
+    """Weight shape of each base-model module that owns one, by dotted module name."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in sorted(base.glob("*.safetensors")):
+        for key, meta in read_safetensors_header(f).items():
+            if key.endswith(".weight") and isinstance(meta, dict):
+                shapes[key[: -len(".weight")]] = tuple(int(d) for d in meta.get("shape", ()))
+    return shapes
+
+
 def base_module_names(base: Path) -> set[str]:
     """Dotted names of the base model's modules that own a weight (from safetensors headers)."""
-    names: set[str] = set()
-    for f in sorted(base.glob("*.safetensors")):
-        for key in read_safetensors_header(f):
-            if key.endswith(".weight"):
-                names.add(key[: -len(".weight")])
-    return names
+    return set(base_weight_shapes(base))
+
+
+_FLOAT_DTYPES = {"F16": np.float16, "BF16": np.uint16, "F32": np.float32, "F64": np.float64}
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+
+
+def _tensor_problem(data: bytes | memoryview, meta: dict[str, Any]) -> str | None:
+    """Why one tensor cannot be served (dtype, size, non-finite values), or None."""
+    dtype = meta.get("dtype")
+    if dtype not in _FLOAT_DTYPES:
+        return f"dtype {dtype} is not a floating type (F16, BF16, F32)"
+    shape = [int(d) for d in meta.get("shape", ())]
+    values = np.frombuffer(data, dtype=_FLOAT_DTYPES[dtype])
+    if values.size != int(np.prod(shape)):
+        return f"holds {values.size} values but its shape {shape} needs {int(np.prod(shape))}"
+    if dtype == "BF16":  # bfloat16 is the top half of a float32
+        values = (values.astype(np.uint32) << 16).view(np.float32)
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        return f"has {bad} NaN or infinite values of {values.size}"
+    return None
+
+
+def _rank_of(module: str, rank: int, pattern: dict[str, Any]) -> int:
+    """The rank PEFT gives `module`: a rank_pattern entry matching its name's end, else `r`."""
+    for key, value in pattern.items():
+        if isinstance(value, int) and (module == key or re.search(rf"(^|\.){key}$", module)):
+            return value
+    return rank
+
+
+def check_tensors(
+    name: str,
+    weights: Path,
+    header: dict[str, Any],
+    *,
+    rank: int,
+    rank_pattern: dict[str, Any],
+    base_shapes: dict[str, tuple[int, ...]] | None,
+) -> None:
+    """Read every tensor of `weights`: floating, finite, and LoRA shapes that agree with the
+    config's rank and (given `base_shapes`) with the base module each one adapts."""
+    with weights.open("rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        blob = memoryview(fh.read())
+    data = blob[n:]
+    for key, meta in sorted(header.items()):
+        if key == "__metadata__":
+            continue
+        start, end = (int(x) for x in meta["data_offsets"])
+        problem = _tensor_problem(data[start:end], meta)
+        if problem is None:
+            problem = _shape_problem(key, meta, rank=rank, rank_pattern=rank_pattern, base_shapes=base_shapes)
+        if problem is not None:
+            raise AdapterError(
+                f"adapter '{name}': tensor {key} {problem}; the adapter is damaged or its training "
+                "diverged: retrain it (the engine never saw it)"
+            )
+
+
+def _shape_problem(
+    key: str,
+    meta: dict[str, Any],
+    *,
+    rank: int,
+    rank_pattern: dict[str, Any],
+    base_shapes: dict[str, tuple[int, ...]] | None,
+) -> str | None:
+    match = _LORA_KEY.match(key)
+    if match is None or "lora_embedding" in key:
+        return None
+    shape = tuple(int(d) for d in meta.get("shape", ()))
+    module, ab = match["module"], match["ab"]
+    r = _rank_of(module, rank, rank_pattern)
+    if len(shape) != 2:
+        return f"has shape {list(shape)}; a LoRA {ab} matrix has two dimensions"
+    if (ab == "A" and shape[0] != r) or (ab == "B" and shape[1] != r):
+        return f"has shape {list(shape)}, which is not rank {r} as adapter_config.json says"
+    if base_shapes is not None:
+        base = base_shapes.get(module)
+        if base is None or len(base) != 2:
+            return f"adapts {module}, which is not a linear layer of the base model"
+        out_features, in_features = base
+        want = (r, in_features) if ab == "A" else (out_features, r)
+        if shape != want:
+            return f"has shape {list(shape)}; the base model's {module} needs {list(want)}"
+    return None
+
+
+def _inside(root: Path, files: list[Path], name: str) -> None:
+    """Each file, links followed, must lie inside `root` (a link must not read other files)."""
+    top = root.resolve()
+    for f in files:
+        real = f.resolve()
+        if top not in real.parents:
+            raise AdapterError(
+                f"adapter '{name}': {f.name} resolves to {real}, outside {top}; copy the file into "
+                "the adapter folder instead of linking to it"
+            )
 
 
 def _targets_present(targets: list[str] | str, modules: set[str]) -> list[str]:
@@ -90,13 +197,18 @@ def _targets_present(targets: list[str] | str, modules: set[str]) -> list[str]:
     return [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
 
 
-def inspect_adapter(path: Path, *, base_model_path: Path, max_lora_rank: int) -> AdapterInfo:
-    """Check that `path` is a LoRA adapter vLLM can load on `base_model_path`; raise AdapterError
-    naming the problem and its fix otherwise. Reads no weights."""
-    return _inspect(path, base_model_path, max_lora_rank)
+def inspect_adapter(
+    path: Path, *, base_model_path: Path, max_lora_rank: int, root: Path | None = None
+) -> AdapterInfo:
+    """Check that `path` is a LoRA adapter vLLM can load on `base_model_path`, every weight
+    included; raise AdapterError naming the problem and its fix otherwise. Every file must
+    resolve inside `root` (default: the folder that holds the adapter)."""
+    return _inspect(path, base_model_path, max_lora_rank, root=root)
 
 
-def _inspect(path: Path, base_model_path: Path | None, max_lora_rank: int) -> AdapterInfo:
+def _inspect(
+    path: Path, base_model_path: Path | None, max_lora_rank: int, *, root: Path | None = None
+) -> AdapterInfo:
     """inspect_adapter; with no base, the checks against the base model are left out."""
     name = path.name
     if not path.is_dir():
@@ -104,6 +216,7 @@ def _inspect(path: Path, base_model_path: Path | None, max_lora_rank: int) -> Ad
     cfg_path = path / PEFT_CONFIG
     if not cfg_path.is_file():
         raise AdapterError(f"adapter '{name}': {PEFT_CONFIG} is missing from {path}; not a PEFT adapter")
+    _inside(root or path.resolve().parent, [p for p in path.iterdir() if p.is_file()], name)
     try:
         cfg = json.loads(cfg_path.read_text())
         if not isinstance(cfg, dict):
@@ -166,6 +279,19 @@ def _inspect(path: Path, base_model_path: Path | None, max_lora_rank: int) -> Ad
             f"adapter '{name}': target modules {missing} do not exist in the base model "
             f"{base_model_path.name}; it was trained for another architecture"
         )
+    try:
+        check_tensors(
+            name,
+            weights,
+            header,
+            rank=rank,
+            rank_pattern=cfg.get("rank_pattern") or {},
+            base_shapes=base_weight_shapes(base_model_path) if base_model_path is not None else None,
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AdapterError(
+            f"adapter '{name}': {weights} is unreadable or corrupt ({exc}); retrain it"
+        ) from None
 
     manifest = None
     manifest_path = path / MANIFEST

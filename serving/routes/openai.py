@@ -11,8 +11,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from retrieval.errors import RagtuneError
+from serving.canary import HEALTH_TTL_S
 from serving.chat import Prepared, Result
-from serving.deps import EngineDep, GenerationDep, MetricsDep, ResolverDep
+from serving.deps import CanaryDep, EngineDep, GenerationDep, MetricsDep, ResolverDep
 from serving.engine import Delta
 from serving.protocol import (
     ChatCompletionRequest,
@@ -167,10 +168,12 @@ async def get_model(model: str, resolver: ResolverDep) -> ModelCard:
 
 
 @router.get("/health", response_model=None)
-async def health(engine: EngineDep) -> Response:
+async def health(engine: EngineDep, canary: CanaryDep) -> Response:
     try:
         await engine.check_health()
-    except Exception as exc:  # a dead engine core: report it, the load balancer decides
+        # A live engine can still be wrong (a poisoned adapter slot): its canary answer must hold.
+        await canary.check(max_age=HEALTH_TTL_S)
+    except Exception as exc:  # a dead or wrong engine: report it, the load balancer decides
         return JSONResponse({"status": "error", "detail": str(exc)}, status_code=503)
     return JSONResponse({"status": "ok", "running_requests": engine.num_unfinished()})
 
