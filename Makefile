@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-adapter serve test test-fast bench lint model clean
+.PHONY: install demo demo-adapter serve test test-fast bench lint model clean chromium
 
 install: $(STAMP)
 
@@ -29,8 +29,11 @@ $(STAMP): pyproject.toml
 model: install
 	$(BIN)/ragtune models import-default
 
+# `make demo PORT=8100` when 8000 is taken (or RAGTUNE_SERVING__PORT).
+PORT_FLAG = $(if $(PORT),--port $(PORT))
+
 demo: model
-	$(BIN)/ragtune demo
+	$(BIN)/ragtune demo $(PORT_FLAG)
 
 # The demo's behaviour adapter (bench/results/training.md has its held-out score).
 demo-adapter: model
@@ -38,10 +41,20 @@ demo-adapter: model
 	  --rank 16 --alpha 32 --batch-size 8 --max-seq-len 512 --eval-split 0.05 --overwrite
 
 serve: model
-	$(BIN)/ragtune serve
+	$(BIN)/ragtune serve $(PORT_FLAG)
 
-test: model
+test: model chromium
 	$(BIN)/pytest -q
+
+# The browser test drives Debian's Chromium through Playwright (never `playwright install`, which
+# downloads a browser). Installed only where it is missing and we may: root with apt (as in CI);
+# elsewhere the browser test skips and says why.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium for the browser test"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+	    || echo "chromium could not be installed: the browser test will skip"; \
+	fi
 
 test-fast: install
 	$(BIN)/pytest -q -m "not engine"

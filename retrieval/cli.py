@@ -231,10 +231,26 @@ def delete_command(
         raise _fail("name document ids, or give --filter")
     with _library(ctx) as library:
         c = library.open(name)
+        missing = [i for i in dict.fromkeys(ids or []) if not _has_document(c, i)]
+        if missing:
+            raise _fail(
+                f"no document {', '.join(map(repr, missing))} in collection {name!r}; nothing deleted "
+                f"(`ragtune collections docs {name}` lists the ids)"
+            )
         n = c.delete(ids) if ids else 0
         if where is not None:
             n += c.delete_where(where)
     console.print(f"deleted {n} document(s) from {name}")
+
+
+def _has_document(collection: Any, doc_id: str) -> bool:
+    from retrieval.errors import DocumentNotFound
+
+    try:
+        collection.get(doc_id)
+    except DocumentNotFound:
+        return False
+    return True
 
 
 # -- ingest, sync, search ----------------------------------------------------------------

@@ -38,7 +38,7 @@ from retrieval.errors import (
     RagtuneError,
     WriterBusy,
 )
-from retrieval.filters import compile_filter
+from retrieval.filters import check_fields, compile_filter
 from retrieval.locks import RWLock
 from retrieval.settings import RetrievalSettings, SearchMode
 from retrieval.sparse import SparseIndex, Tokenizer, count, fts_text
@@ -478,7 +478,10 @@ class Collection:
         """Delete every document whose metadata matches `filter`."""
         if not filter:
             raise InvalidFilter("an empty filter matches every document; drop the collection instead")
-        return self.delete(list(self.metadata_where(filter)))
+        ids = list(self.metadata_where(filter))
+        if not ids:
+            check_fields(self.store.reader(), filter, self.name)
+        return self.delete(ids)
 
     # -- reading ------------------------------------------------------------------------
     @contextmanager
@@ -551,6 +554,8 @@ class Collection:
             if filter:
                 sql = f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE {where}"
                 allowed = np.fromiter((r[0] for r in conn.execute(sql, params)), dtype=np.int64)
+                if not len(allowed):
+                    check_fields(conn, filter, self.name)  # a typo is an error, not "no hits"
             dense: list[tuple[int, float]] = []
             sparse = self._sparse.search(terms, depth, allowed) if terms else []
             if isinstance(qvec, Future):

@@ -208,6 +208,11 @@ class SentenceTransformerEmbedder(Embedder):
                 return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
         example = self.model.preprocess(["an example query"])
+        # The tracer reads every attribute, transformers' `loss_function` property too, which
+        # warns "`loss_type=None` ... unrecognized" (transformers 5.x) about a loss never used.
+        modeling = logging.getLogger("transformers.modeling_utils")
+        level = modeling.level
+        modeling.setLevel(logging.ERROR)
         try:
             with self._threads(), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer warnings about shapes taken from tensors
@@ -220,6 +225,8 @@ class SentenceTransformerEmbedder(Embedder):
         except Exception:  # noqa: BLE001 - an exotic model: the eager path is always correct
             logger.warning("embedder %s: tracing the query path failed; queries run eagerly", self.id)
             return None
+        finally:
+            modeling.setLevel(level)
 
     def _encode_query(self, text: str) -> np.ndarray:
         module = self._traced_query_module()

@@ -34,6 +34,12 @@ class Dataset:
 
 
 def load_dataset(root: Path, *, split: str = "test", max_queries: int | None = None) -> Dataset:
+    if not root.is_dir():
+        raise DatasetError(
+            f"{root}: no such folder. A BEIR data set is a folder with corpus.jsonl, queries.jsonl "
+            "and qrels/<split>.tsv; the benchmark sets (cranfield, disflqa) are not part of a clone",
+            param="dataset",
+        )
     corpus, queries_file, qrels_file = (
         root / "corpus.jsonl",
         root / "queries.jsonl",

@@ -3,12 +3,16 @@
 `{"lang": "en", "year": {"$gte": 2020}, "tag": {"$in": ["a", "b"]}}`: fields are ANDed; a
 field is a metadata key (dots reach into nested objects). Operators: $eq $ne $gt $gte $lt $lte
 $in $nin $exists. Values are JSON scalars (strings, numbers, booleans, null).
+
+A filter that matches nothing because it names a field no document has (a typo, or `source`,
+which is a document field, not metadata) is an error, not an empty result: `check_fields`.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from typing import Any
 
 from retrieval.errors import InvalidFilter
@@ -17,6 +21,7 @@ _FIELD = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _COMPARE = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 OPERATORS = (*_COMPARE, "$in", "$nin", "$exists")
 Scalar = str | int | float | bool | None
+DOCUMENT_FIELDS = ("id", "title", "source", "text")
 
 
 def parse_filter(text: str) -> dict[str, Any]:
@@ -28,6 +33,48 @@ def parse_filter(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidFilter(f'a filter is a JSON object like {{"field": value}}, got {text!r}')
     return value
+
+
+def _json_path(name: str) -> str:
+    return "$." + ".".join(f'"{part}"' for part in name.split("."))
+
+
+def check_fields(conn: sqlite3.Connection, filter: dict[str, Any] | None, collection: str) -> None:
+    """Raise InvalidFilter when `filter` names a metadata field that no document of the
+    collection has. Call it only when the filter matched nothing (it scans the documents).
+
+    A field present in some documents is fine (the others just do not match); `$exists` may
+    name any field; an empty collection has no fields to check against."""
+    if not filter:
+        return
+    names = [
+        name
+        for name, cond in filter.items()
+        if not (isinstance(cond, dict) and cond and set(cond) <= {"$exists"})
+    ]
+    if not names or conn.execute("SELECT 1 FROM documents LIMIT 1").fetchone() is None:
+        return
+    sql = "SELECT 1 FROM documents WHERE json_type(metadata, ?) IS NOT NULL LIMIT 1"
+    missing = [n for n in names if conn.execute(sql, (_json_path(n),)).fetchone() is None]
+    if not missing:
+        return
+    known = [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT j.key FROM documents d, json_each(d.metadata) j ORDER BY 1 LIMIT 30"
+        )
+    ]
+    name = missing[0]
+    hint = (
+        f" ({name!r} is a document field, not metadata: filters match metadata only)"
+        if name in DOCUMENT_FIELDS
+        else ""
+    )
+    raise InvalidFilter(
+        f"unknown filter field {name!r}: no document in collection {collection!r} has it in its "
+        f"metadata{hint}; metadata fields here: {', '.join(known) or 'none'}",
+        param="filter",
+    )
 
 
 def _scalar(value: Any, where: str) -> Scalar:
@@ -52,7 +99,7 @@ def compile_filter(filter: dict[str, Any] | None, column: str = "d.metadata") ->
     for name, cond in filter.items():
         if not isinstance(name, str) or not _FIELD.match(name):
             raise InvalidFilter(f"bad field name {name!r}: use letters, digits, _ and -, dots for nesting")
-        path = "$." + ".".join(f'"{part}"' for part in name.split("."))
+        path = _json_path(name)
         ref = f"json_extract({column}, ?)"
         if isinstance(cond, dict):
             if not cond:

@@ -125,17 +125,22 @@ def _hidden(path: Path, root: Path) -> bool:
 
 def collect(paths: Sequence[Path]) -> list[Document]:
     """Documents for `ragtune ingest PATH...`: a file's id is its name, a folder's files are
-    named by their path inside it (as `sync` names them). All files are read before any write."""
+    named by their path inside it and marked as that folder's, exactly as `sync` makes them, so
+    a later `sync` of the folder sees them unchanged and deletes those whose files are gone.
+    All files are read before any write."""
     docs: list[Document] = []
     for path in paths:
         if not path.exists():
             raise InvalidDocument(f"{path}: no such file or folder", param="path")
-        for file in find_files(path):
-            if file.suffix.lower() == ".jsonl":
-                docs.extend(load_beir(file))
-            else:
-                doc_id = file.name if path.is_file() else file.relative_to(path).as_posix()
-                docs.append(load_file(file, doc_id))
+        if path.is_dir():
+            found = find_files(path)
+            for corpus in (f for f in found if f.suffix.lower() == ".jsonl"):
+                docs.extend(load_beir(corpus))
+            docs.extend(sync_documents(path, [f for f in found if f.suffix.lower() != ".jsonl"]))
+        elif path.suffix.lower() == ".jsonl":
+            docs.extend(load_beir(path))
+        else:
+            docs.append(load_file(path, path.name))
     seen: dict[str, None] = {}
     for doc in docs:
         if doc.id in seen:

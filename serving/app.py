@@ -28,7 +28,7 @@ from serving.engine import Engine
 from serving.metrics import Metrics
 from serving.protocol import error_body
 from serving.resolve import ModelResolver
-from serving.routes import admin, documents, openai
+from serving.routes import admin, documents, files, openai, playground
 from serving.settings import Settings
 
 log = logging.getLogger("ragtune.serving")
@@ -101,6 +101,8 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(documents.router)
+    app.include_router(files.router)
+    playground.install(app)
     return app
 
 

@@ -6,6 +6,9 @@ hands them to every command as `ctx.obj`.
 
 from __future__ import annotations
 
+import errno
+import logging
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +24,7 @@ app = typer.Typer(
     help="Serve domain LLMs: fine-tune for behaviour (LoRA), retrieve for knowledge.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
 models_app = typer.Typer(help="Base-model folders under models/.", no_args_is_help=True)
 eval_app = typer.Typer(help="Measure retrieval, answers and behaviour.", no_args_is_help=True)
@@ -28,6 +32,24 @@ app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
 console = Console()
 err_console = Console(stderr=True)
+log = logging.getLogger("ragtune.serving")
+
+
+def _hide_flag_types() -> None:
+    """typer (0.2x) writes `<bool>` beside every flag on every help page, though a flag takes no
+    value; show no type for flags. Guarded: a typer without this hook keeps its own display."""
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if option is None or shown is None:
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    option.display_type_rich = display_type_rich
+
+
+_hide_flag_types()
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -114,27 +136,29 @@ def serve(
 ) -> None:
     """Serve the OpenAI-compatible API: base model, adapters, profiles and collections."""
     settings = _reload(ctx, config, serving={"host": host, "port": port})
-    _serve(settings)
+    _serve(settings, _bind(settings))
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "house-style"
 DEMO_ADAPTER = "house-style"
 
 
-def _sync_jsonl(collection: Any, path: Path) -> dict[str, int]:
-    """Make `collection` hold exactly the documents of a JSONL file (id, text, title, source)."""
+DEMO_OWNER = {"owner": "ragtune-demo"}
+
+
+def sync_demo_documents(collection: Any, path: Path) -> dict[str, int]:
+    """Make the demo's own documents in `collection` those of a JSONL file (id, text, title,
+    source). Its documents carry `DEMO_OWNER` in their metadata; documents a user added to the
+    collection are never touched (unless they reuse a demo document's id)."""
     import json
 
     from retrieval import Document
 
-    docs = [Document(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    docs = [Document(**{**r, "metadata": {**r.get("metadata", {}), **DEMO_OWNER}}) for r in rows]
     result = collection.upsert(docs)
     keep = {d.id for d in docs}
-    stored, offset = [], 0
-    while batch := collection.list_documents(offset=offset, limit=500):
-        stored += [d.id for d in batch]
-        offset += len(batch)
-    gone = [i for i in stored if i not in keep]
+    gone = [i for i in collection.metadata_where(DEMO_OWNER) if i not in keep]
     removed = collection.delete(gone) if gone else 0
     return {
         "added": len(result.added),
@@ -157,11 +181,12 @@ def demo(
     from training.adapters import inspect_adapter
 
     settings = _reload(ctx, config, serving={"host": host, "port": port})
+    sock = _bind(settings)
     library = Library(settings.indexes_dir, settings.retrieval)
     try:
         collection = library.open("demo") if "demo" in library.names() else library.create("demo")
         with console.status("indexing the demo documents ..."):
-            counts = _sync_jsonl(collection, EXAMPLES / "docs.jsonl")
+            counts = sync_demo_documents(collection, EXAMPLES / "docs.jsonl")
         console.print("collection [bold]demo[/]: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     except RagtuneError as exc:
         raise fail(exc.message) from None
@@ -186,7 +211,7 @@ def demo(
     profiles = dict(settings.serving.profiles)
     profiles.setdefault("demo", ProfileSettings(adapter=adapter, collection="demo", top_k=3))
     serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})
-    _serve(settings.model_copy(update={"serving": serving}))
+    _serve(settings.model_copy(update={"serving": serving}), sock)
 
 
 def _reload(ctx: typer.Context, config: Path | None, **overrides: dict[str, object]) -> Settings:
@@ -202,7 +227,58 @@ def _reload(ctx: typer.Context, config: Path | None, **overrides: dict[str, obje
         raise fail(str(exc)) from None
 
 
-def _serve(settings: Settings) -> None:
+def _bind(settings: Settings) -> socket.socket:
+    """Take the address before anything slow starts: a busy port fails in a second, not after
+    the engine's minute, and nothing else can take the port while the engine starts."""
+    host, port = settings.serving.host, settings.serving.port
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # connections made while the engine starts wait for it
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise fail(
+                f"port {port} on {host} is already in use (another `ragtune serve` or `make demo`?). "
+                f"Stop it, or pick another port: --port {port + 100}, RAGTUNE_SERVING__PORT={port + 100}, "
+                f"or `make demo PORT={port + 100}`"
+            ) from None
+        raise fail(
+            f"cannot listen on {host}:{port}: {exc.strerror}. Change --host / RAGTUNE_SERVING__HOST "
+            "or --port / RAGTUNE_SERVING__PORT"
+        ) from None
+    return sock
+
+
+def _ready_server(config: Any, url: str) -> Any:
+    """A uvicorn server that says `ragtune ready on URL` once the engine is up and requests
+    are accepted (uvicorn prints no address of its own for a socket handed to it)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:
+                log.info("ragtune ready on %s (open it in a browser for the playground)", url)
+
+    return Server(config)
+
+
+def _log_to_console() -> None:
+    """ragtune's own INFO lines (ready, adapters loaded) in uvicorn's format, on stderr."""
+    from uvicorn.logging import DefaultFormatter
+
+    root = logging.getLogger("ragtune")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _serve(settings: Settings, sock: socket.socket) -> None:
     import uvicorn
 
     from serving.app import create_app
@@ -210,12 +286,26 @@ def _serve(settings: Settings) -> None:
 
     problem = check_model_dir(settings.base_model_path)
     if problem:
+        sock.close()
         raise fail(f"base model not usable: {problem}. Run: ragtune models import-default")
+    host, port = settings.serving.host, settings.serving.port
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     console.print(
-        f"serving [bold]{settings.base_model_name}[/] on http://{settings.serving.host}:{settings.serving.port}"
-        " (the engine takes about a minute to start on a CPU)"
+        f"starting [bold]{settings.base_model_name}[/] for {url} "
+        "(the engine takes about a minute to start on a CPU)"
     )
-    uvicorn.run(create_app(settings), host=settings.serving.host, port=settings.serving.port)
+    _log_to_console()
+    try:
+        asgi = create_app(settings)
+    except SettingsError as exc:  # e.g. a public address with no API keys
+        sock.close()
+        raise fail(str(exc)) from None
+    # On SIGTERM uvicorn stops accepting, lets requests in flight finish (up to the timeout),
+    # then the lifespan closes the collections (snapshots saved) and the engine.
+    config = uvicorn.Config(
+        asgi, host=host, port=port, timeout_graceful_shutdown=settings.serving.shutdown_timeout_s
+    )
+    _ready_server(config, url).run(sockets=[sock])
 
 
 def _mount() -> None:

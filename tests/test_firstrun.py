@@ -1,0 +1,313 @@
+"""What a newcomer runs into first: each stumble found on a clean clone, fixed and kept fixed.
+
+CLI commands run through typer's runner with the real MiniLM embedder; HTTP through the app
+with the echo engine (tests/doubles.py) and a real library; `ragtune serve` on a busy port as
+a real subprocess.
+"""
+
+# ruff: noqa: F811  (pytest fixtures imported from retrieval_fixtures are redefined as arguments)
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import typer
+from fastapi.testclient import TestClient
+from retrieval_fixtures import EMBEDDER, FIXTURES, CountingEmbedder, embedder, library, settings  # noqa: F401
+from typer.testing import CliRunner
+
+from retrieval import Document, Library
+from retrieval.errors import InvalidFilter
+from serving.app import create_app
+from serving.cli import sync_demo_documents
+from serving.settings import load_settings
+from tests.doubles import EchoEngine
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = FIXTURES / "files"
+BASE = "smollm2-135m-instruct"
+
+
+@pytest.fixture
+def cli(tmp_path: Path, embedder: CountingEmbedder, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """The retrieval commands on a root app like serving's, with the test embedder injected."""
+    from retrieval import cli as retrieval_cli
+    from retrieval import library as library_module
+
+    real = library_module.Library
+    monkeypatch.setattr(
+        library_module, "Library", lambda root, s, **kw: real(root, s, embedders={EMBEDDER: embedder})
+    )
+    app, eval_app = typer.Typer(), typer.Typer()
+    app.add_typer(eval_app, name="eval")
+
+    @app.callback()
+    def main(ctx: typer.Context) -> None:
+        ctx.obj = SimpleNamespace(retrieval=settings(), indexes_dir=tmp_path / "indexes")
+
+    retrieval_cli.register(app, eval_app)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+def _counts(output: str) -> dict[str, int]:
+    return {k: int(v) for v, k in re.findall(r"(\d+) (added|updated|unchanged|deleted)", output)}
+
+
+# -- sync after ingest -------------------------------------------------------------------------
+def test_sync_after_ingest_keeps_unchanged_files_and_deletes_gone_ones(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    folder = tmp_path / "docs"
+    shutil.copytree(FILES, folder)
+    r = cli("ingest", folder, "-C", "kb")
+    assert r.exit_code == 0 and _counts(r.output) == {"added": 4, "updated": 0, "unchanged": 0}, r.output
+    (folder / "notes.txt").unlink()
+    r = cli("sync", folder, "-C", "kb")
+    assert r.exit_code == 0, r.output
+    assert _counts(r.output) == {"added": 0, "updated": 0, "unchanged": 3, "deleted": 1}
+    ids = [d["id"] for d in json.loads(cli("collections", "docs", "kb", "--json").stdout)]
+    assert sorted(ids) == ["guide.md", "inlet.pdf", "page.html"]
+    # and ingesting the folder again after a sync changes nothing either
+    assert _counts(cli("ingest", folder, "-C", "kb").output) == {"added": 0, "updated": 0, "unchanged": 3}
+
+
+# -- errors that name what to fix ---------------------------------------------------------------
+def test_eval_on_a_missing_dataset_folder_says_so(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    r = cli("eval", "retrieval", "--dataset", tmp_path / "cranfield")
+    assert r.exit_code == 2
+    assert "no such folder" in " ".join(r.output.split()), r.output
+
+
+def test_deleting_an_unknown_document_id_fails_and_deletes_nothing(cli) -> None:  # noqa: ANN001
+    assert cli("ingest", FILES, "-C", "kb").exit_code == 0
+    r = cli("collections", "delete", "kb", "notes.txt", "nosuch")
+    assert r.exit_code != 0 and "no document 'nosuch'" in " ".join(r.output.split()), r.output
+    assert json.loads(cli("collections", "stats", "kb", "--json").stdout)["documents"] == 4
+    r = cli("collections", "delete", "kb", "notes.txt")
+    assert r.exit_code == 0 and "deleted 1" in r.output
+
+
+def test_filter_on_a_field_no_document_has_is_an_error(library: Library) -> None:
+    kb = library.create("kb")
+    kb.upsert(
+        [
+            Document(
+                "a", "Wings stall when the angle of attack is too high.", "Stall", "x", {"topic": "aero"}
+            ),
+            Document(
+                "b", "Bread rises because yeast makes gas.", "Bread", "y", {"topic": "food", "year": 2020}
+            ),
+        ]
+    )
+    with pytest.raises(InvalidFilter, match="unknown filter field 'topc'.*metadata fields here: topic, year"):
+        kb.search("wing", filter={"topc": "aero"})
+    with pytest.raises(InvalidFilter, match="'source' is a document field, not metadata"):
+        kb.search("wing", filter={"source": "x"})
+    with pytest.raises(InvalidFilter, match="unknown filter field 'topc'"):
+        kb.delete_where({"topc": "aero"})
+    # a field only some documents have is a real filter: it matches those, or nothing, without error
+    assert [h.document_id for h in kb.search("bread", filter={"year": 2020})] == ["b"]
+    assert kb.search("bread", filter={"year": 1999}) == []
+    assert kb.search("bread", filter={"topic": "music"}) == []
+    # `$exists` may ask about any field; a filter that matches keeps working as before
+    assert kb.search("wing", filter={"reviewed": {"$exists": False}}, k=2)
+    assert [h.document_id for h in kb.search("wing", filter={"topic": "aero"})] == ["a"]
+    # an empty collection has no fields to compare with: no hits, no error
+    assert library.create("empty").search("wing", filter={"anything": 1}) == []
+
+
+def test_cli_search_with_an_unknown_filter_field(cli) -> None:  # noqa: ANN001
+    assert cli("ingest", FILES, "-C", "kb").exit_code == 0
+    r = cli("search", "wing", "-C", "kb", "--filter", '{"source": "notes.txt"}')
+    assert r.exit_code == 2 and "'source' is a document field" in " ".join(r.output.split()), r.output
+
+
+# -- the demo's documents --------------------------------------------------------------------------
+def test_demo_resync_touches_only_its_own_documents(library: Library, tmp_path: Path) -> None:
+    demo = library.create("demo")
+    source = tmp_path / "docs.jsonl"
+    rows = [{"id": f"d{i}", "title": "Line", "text": f"Fact number {i} about the line."} for i in range(3)]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sync_demo_documents(demo, source) == {"added": 3, "updated": 0, "unchanged": 0, "deleted": 0}
+    demo.upsert([Document("mine", "A note the user added to the demo collection.", "Mine")])
+    assert sync_demo_documents(demo, source) == {"added": 0, "updated": 0, "unchanged": 3, "deleted": 0}
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))  # the demo drops one of its own
+    assert sync_demo_documents(demo, source)["deleted"] == 1
+    assert sorted(d.id for d in demo.list_documents()) == ["d0", "d1", "mine"]
+
+
+# -- serve: a busy port, PORT= for make, help pages ------------------------------------------------
+def test_serve_on_a_busy_port_fails_before_the_engine_starts(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        env = {**os.environ, "RAGTUNE_MODELS_DIR": str(tmp_path / "no-models")}
+        proc = subprocess.run(
+            [sys.executable, "-m", "serving", "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=env,
+        )
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 2, out
+    assert f"port {port} on 127.0.0.1 is already in use" in out
+    assert "--port" in out and "RAGTUNE_SERVING__PORT" in out and "make demo PORT=" in out
+    assert "Started server process" not in out and "vllm" not in out.lower()
+
+
+def test_make_demo_and_serve_take_a_port() -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    for target in ("demo", "serve"):
+        out = subprocess.run(
+            ["make", "-n", target, "PORT=8100"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
+        assert f"ragtune {target} --port 8100" in out, out
+
+
+def test_help_pages_show_no_type_beside_flags() -> None:
+    from serving.cli import app
+
+    result = CliRunner().invoke(app, ["collections", "drop", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0 and "--yes" in result.output
+    assert "<bool>" not in result.output and "<str>" in result.output  # a value's type is still shown
+
+
+# -- HTTP: upload, errors that name the field, the playground page ----------------------------------
+@pytest.fixture(scope="module")
+def tokenizer(base_model: Path):  # noqa: ANN201
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_model)
+
+
+@pytest.fixture
+def client(tmp_path: Path, base_model: Path, tokenizer, embedder: CountingEmbedder) -> Iterator[TestClient]:  # noqa: ANN001
+    config = load_settings(
+        models_dir=base_model.parent,
+        adapters_dir=tmp_path / "adapters",
+        indexes_dir=tmp_path / "indexes",
+        serving={"profiles": {"notes": {"collection": "notes", "top_k": 2}}},
+    )
+    (tmp_path / "adapters").mkdir()
+    library = Library(config.indexes_dir, settings(), embedders={EMBEDDER: embedder})
+    library.create("notes").upsert(
+        [Document("cat", "The lighthouse keeper's cat is named Biscuit.", "Cat", metadata={"kind": "pet"})]
+    )
+    with TestClient(create_app(config, engine=EchoEngine(tokenizer), library=library)) as test_client:
+        yield test_client
+    library.close()
+
+
+def _error(resp) -> dict:  # noqa: ANN001
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    return body["error"]
+
+
+def test_upload_files_through_the_ingest_loaders(client: TestClient) -> None:
+    files = [("file", (p.name, p.read_bytes())) for p in sorted(FILES.iterdir())]
+    resp = client.post("/v1/collections/notes/files", files=files)
+    assert resp.status_code == 200, resp.text
+    assert sorted(resp.json()["added"]) == ["guide.md", "inlet.pdf", "notes.txt", "page.html"]
+    pdf = client.get("/v1/collections/notes/documents/inlet.pdf").json()
+    assert pdf["source"] == "inlet.pdf" and pdf["metadata"]["type"] == "pdf" and pdf["text"].strip()
+    hits = client.post("/v1/collections/notes/search", json={"query": "turbofan bypass", "top_k": 1}).json()
+    assert hits["data"][0]["document_id"] == "page.html"
+    # the same file again is unchanged; a path sent as the file name keeps only the name; an id renames
+    guide = (FILES / "guide.md").read_bytes()
+    resp = client.post("/v1/collections/notes/files", files=[("file", ("C:\\docs\\guide.md", guide))])
+    assert resp.json() == {"added": [], "updated": [], "unchanged": ["guide.md"]}
+    resp = client.post("/v1/collections/notes/files", files=[("file", ("g.md", guide))], data={"id": "howto"})
+    assert resp.json()["added"] == ["howto"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "status", "message"),
+    [
+        ("report.docx", b"PK\x03\x04", 400, "unsupported file type '.docx'"),
+        ("empty.md", b"   \n", 400, "empty.md: no text in this file"),
+        ("latin1.txt", "café".encode("latin1"), 400, "latin1.txt: not UTF-8"),
+        ("broken.pdf", b"%PDF-1.4 not really", 400, "broken.pdf: not a readable PDF"),
+    ],
+)
+def test_upload_refuses_bad_files_naming_them(
+    client: TestClient, name: str, content: bytes, status: int, message: str
+) -> None:
+    resp = client.post("/v1/collections/notes/files", files=[("file", (name, content))])
+    err = _error(resp)
+    assert resp.status_code == status and err["param"] == "file" and message in err["message"], err
+    assert "ragtune-upload-" not in err["message"]  # no temporary path in the message
+
+
+def test_upload_to_an_unknown_collection_and_without_a_file(client: TestClient) -> None:
+    resp = client.post("/v1/collections/nope/files", files=[("file", ("a.txt", b"text"))])
+    assert resp.status_code == 404 and _error(resp)["code"] == "collection_not_found"
+    resp = client.post("/v1/collections/notes/files", data={"id": "x"})
+    assert resp.status_code == 400 and _error(resp)["param"] == "file"
+
+
+def test_empty_question_names_messages_and_missing_adapter_names_path(client: TestClient) -> None:
+    resp = client.post(
+        "/v1/chat/completions", json={"model": "notes", "messages": [{"role": "user", "content": "  "}]}
+    )
+    assert resp.status_code == 400 and _error(resp)["param"] == "messages"
+    resp = client.post("/v1/completions", json={"model": "notes", "prompt": ""})
+    assert resp.status_code == 400 and _error(resp)["param"] == "prompt"
+    resp = client.post("/v1/adapters", json={"name": "house", "path": "no-such-folder"})
+    err = _error(resp)
+    assert 400 <= resp.status_code < 500 and err["param"] == "path" and "does not exist" in err["message"]
+
+
+def test_unknown_filter_field_over_http_is_a_400(client: TestClient) -> None:
+    resp = client.post("/v1/collections/notes/search", json={"query": "cat", "filter": {"source": "x"}})
+    err = _error(resp)
+    assert resp.status_code == 400 and err["code"] == "invalid_filter" and "document field" in err["message"]
+    resp = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "notes",
+            "messages": [{"role": "user", "content": "cat?"}],
+            "rag": {"filter": {"knd": "pet"}},
+        },
+    )
+    assert resp.status_code == 400 and "unknown filter field 'knd'" in _error(resp)["message"]
+    resp = client.post("/v1/collections/notes/search", json={"query": "cat", "filter": {"kind": "pet"}})
+    assert [h["document_id"] for h in resp.json()["data"]] == ["cat"]
+
+
+def test_playground_page_and_its_files_are_served(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+        resp = client.get(asset)
+        assert resp.status_code == 200 and resp.content, asset
+    assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere
+    js = client.get("/static/app.js").text
+    assert "/v1/chat/completions" in js and "/files" in js and "Authorization" in js
+    assert client.get("/static/nope.js").status_code == 404
+
+
+def test_readme_python_example_bounds_the_answer() -> None:
+    """The README's openai example must set temperature and max_tokens: without them a model
+    with no adapter rambled for 2,000 tokens. (It runs against a live server in test_chat_cli.)"""
+    code = readme_python_example()
+    assert re.search(r"temperature\s*=\s*0", code) and re.search(r"max_tokens\s*=\s*\d+", code), code
+
+
+def readme_python_example() -> str:
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    return next(b for b in blocks if "chat.completions.create" in b)
