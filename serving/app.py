@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from retrieval import Library
 from retrieval.errors import RagtuneError
 from serving.adapters import AdapterRegistry
+from serving.auth import AdminKey, KeyChecker, check_exposure
 from serving.canary import Canary, EngineMismatch, transformers_answer
 from serving.chat import GenerationService
 from serving.engine import Engine
@@ -95,13 +96,15 @@ def create_app(
             if engine is None:
                 eng.shutdown()
 
+    check_exposure(settings)
     app = FastAPI(title="ragtune", version=_version(), lifespan=lifespan)
+    app.state.keys = KeyChecker(settings)
     _install_error_handlers(app)
     _install_middleware(app, settings)
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(documents.router)
-    app.include_router(files.router)
+    app.include_router(files.router, dependencies=[AdminKey])  # uploads change documents
     playground.install(app)
     return app
 

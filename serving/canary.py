@@ -82,7 +82,7 @@ def transformers_answer(model_path: Path, prompt_ids: list[int]) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     with torch.inference_mode():
         out = model.generate(
             torch.tensor([prompt_ids]),

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
@@ -259,7 +259,7 @@ class GenerationService:
     async def start(self, prep: Prepared) -> AsyncIterator[Delta]:
         """`stream` with its first delta already received: a request the engine refuses fails
         here, before a streamed response has sent its headers."""
-        deltas = self.stream(prep)
+        deltas = cast(AsyncGenerator[Delta, None], self.stream(prep))
         try:
             first: Delta | None = await anext(deltas)
         except StopAsyncIteration:

@@ -78,6 +78,10 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from serving.lifeline import mark_parent
+
+        mark_parent()  # the engine core process dies with this one, even on SIGKILL
+
         args: dict[str, Any] = {
             "model": str(model_path),
             "dtype": settings.dtype,

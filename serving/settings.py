@@ -9,11 +9,20 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -117,6 +126,9 @@ class ServingSettings(BaseModel):
         description="larger documents sent over HTTP get 413 (embedding 1M characters takes about a minute "
         "on 2 CPU cores)",
     )
+    shutdown_timeout_s: int = Field(
+        30, ge=0, description="on SIGTERM, seconds requests in flight get to finish before the server exits"
+    )
     context_reserve_tokens: int = Field(
         256, ge=0, description="tokens kept free for the answer when fitting retrieved context"
     )
@@ -134,10 +146,29 @@ class Settings(BaseSettings):
         "smollm2-135m-instruct",
         description="a folder name under models_dir, or the path of any Hugging Face model folder",
     )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="keys that may chat, search and list (comma-separated)"
+    )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="keys that may also change documents, collections, adapters and profiles",
+    )
     engine: EngineSettings = Field(default_factory=EngineSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.split(",")
+        if isinstance(v, list):
+            keys = [k.strip() if isinstance(k, str) else k for k in v]
+            if any(isinstance(k, str) and (not k.isprintable() or " " in k) for k in keys):
+                raise ValueError("keys are printable text without spaces, separated by commas")
+            return [k for k in keys if k]
+        return v
 
     @classmethod
     def settings_customise_sources(
@@ -196,6 +227,9 @@ def _describe(err: ValidationError, overrides: dict[str, Any]) -> str:
         dotted = ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown setting '{dotted}' (in ragtune.yaml or a flag)")
+            continue
+        if loc and loc[0] in ("api_keys", "admin_keys"):
+            lines.append(f"bad value for {_env_name(loc[:1])}: {e['msg']}")  # never echo a key
             continue
         flag = f"--{str(loc[-1]).replace('_', '-')}" if loc and loc[0] in overrides else None
         where = f"{_env_name(loc)} / ragtune.yaml key '{dotted}'" + (f" / flag {flag}" if flag else "")

@@ -166,9 +166,22 @@ def live_server(
             time.sleep(1)
         yield LiveServer(url, log, adapters_dir, indexes)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
+        # SIGKILL the server alone: its engine processes must die with it (issue 10), not linger.
+        proc.kill()
+        proc.wait()
+        left = _processes_left(proc.pid)
+        if left:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            raise AssertionError(f"engine processes outlived the SIGKILLed server:\n{left}")
+
+
+def _processes_left(pgid: int, wait_s: float = 15) -> str:
+    """`ps` lines of the processes still in the group after `wait_s`, or ''."""
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return ""
+        time.sleep(0.25)
+    return subprocess.run(["ps", "-o", "pid,cmd", "-g", str(pgid)], capture_output=True, text=True).stdout

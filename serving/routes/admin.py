@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from retrieval.errors import RagtuneError
 from serving.adapters import AdapterNotFound, LoadedAdapter
+from serving.auth import AdminKey, UserKey
 from serving.deps import AdaptersDep, LibraryDep, ResolverDep
 from serving.protocol import NAME_PATTERN, AdapterLoadRequest
 from serving.settings import ProfileSettings
@@ -32,12 +33,12 @@ def _adapter_json(entry: LoadedAdapter) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/adapters")
+@router.get("/v1/adapters", dependencies=[UserKey])
 async def list_adapters(adapters: AdaptersDep) -> dict[str, Any]:
     return {"object": "list", "data": [_adapter_json(e) for e in adapters.entries()]}
 
 
-@router.post("/v1/adapters", response_model=None)
+@router.post("/v1/adapters", response_model=None, dependencies=[AdminKey])
 async def load_adapter(
     body: AdapterLoadRequest, adapters: AdaptersDep, resolver: ResolverDep
 ) -> JSONResponse:
@@ -51,13 +52,13 @@ async def load_adapter(
     return JSONResponse({**_adapter_json(entry), "replaced": replaced}, status_code=200 if replaced else 201)
 
 
-@router.delete("/v1/adapters/{name}")
+@router.delete("/v1/adapters/{name}", dependencies=[AdminKey])
 async def unload_adapter(name: str, adapters: AdaptersDep) -> dict[str, Any]:
     await adapters.unload(name)
     return {"name": name, "deleted": True}
 
 
-@router.get("/v1/profiles")
+@router.get("/v1/profiles", dependencies=[UserKey])
 async def list_profiles(resolver: ResolverDep) -> dict[str, Any]:
     return {
         "object": "list",
@@ -65,12 +66,12 @@ async def list_profiles(resolver: ResolverDep) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/profiles/{name}")
+@router.get("/v1/profiles/{name}", dependencies=[UserKey])
 async def get_profile(name: str, resolver: ResolverDep) -> dict[str, Any]:
     return {"name": name, **resolver.get_profile(name).model_dump()}
 
 
-@router.put("/v1/profiles/{name}", response_model=None)
+@router.put("/v1/profiles/{name}", response_model=None, dependencies=[AdminKey])
 async def put_profile(
     name: Annotated[str, Path(pattern=NAME_PATTERN)],
     body: ProfileSettings,
@@ -90,7 +91,7 @@ async def put_profile(
     )
 
 
-@router.delete("/v1/profiles/{name}")
+@router.delete("/v1/profiles/{name}", dependencies=[AdminKey])
 async def delete_profile(name: str, resolver: ResolverDep) -> dict[str, Any]:
     resolver.delete_profile(name)
     return {"name": name, "deleted": True}

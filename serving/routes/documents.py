@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from retrieval import Document
+from serving.auth import AdminKey, UserKey
 from serving.deps import LibraryDep, SettingsDep
 from serving.errors import DocumentTooLarge
 from serving.protocol import INT64_MAX, CollectionCreate, SearchBody, Source, UpsertBody
@@ -17,7 +18,7 @@ from serving.protocol import INT64_MAX, CollectionCreate, SearchBody, Source, Up
 router = APIRouter(prefix="/v1/collections")
 
 
-@router.get("")
+@router.get("", dependencies=[UserKey])
 async def list_collections(library: LibraryDep) -> dict[str, Any]:
     data = []
     for name in library.names():
@@ -26,26 +27,26 @@ async def list_collections(library: LibraryDep) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, dependencies=[AdminKey])
 async def create_collection(body: CollectionCreate, library: LibraryDep) -> dict[str, Any]:
     options = body.model_dump(exclude={"name"}, exclude_none=True)
     coll = await asyncio.to_thread(library.create, body.name, **options)
     return {"name": body.name, **(await asyncio.to_thread(coll.stats))}
 
 
-@router.get("/{name}")
+@router.get("/{name}", dependencies=[UserKey])
 async def collection_stats(name: str, library: LibraryDep) -> dict[str, Any]:
     coll = await asyncio.to_thread(library.open, name)
     return {"name": name, **(await asyncio.to_thread(coll.stats))}
 
 
-@router.delete("/{name}")
+@router.delete("/{name}", dependencies=[AdminKey])
 async def drop_collection(name: str, library: LibraryDep) -> dict[str, Any]:
     await asyncio.to_thread(library.drop, name)
     return {"name": name, "deleted": True}
 
 
-@router.post("/{name}/documents")
+@router.post("/{name}/documents", dependencies=[AdminKey])
 async def upsert_documents(
     name: str, body: UpsertBody, library: LibraryDep, settings: SettingsDep
 ) -> dict[str, Any]:
@@ -63,7 +64,7 @@ async def upsert_documents(
     return {"added": result.added, "updated": result.updated, "unchanged": result.unchanged}
 
 
-@router.get("/{name}/documents")
+@router.get("/{name}/documents", dependencies=[UserKey])
 async def list_documents(
     name: str,
     library: LibraryDep,
@@ -75,13 +76,13 @@ async def list_documents(
     return {"object": "list", "data": [asdict(d) for d in docs]}
 
 
-@router.get("/{name}/documents/{doc_id:path}")
+@router.get("/{name}/documents/{doc_id:path}", dependencies=[UserKey])
 async def get_document(name: str, doc_id: str, library: LibraryDep) -> dict[str, Any]:
     coll = await asyncio.to_thread(library.open, name)
     return asdict(await asyncio.to_thread(coll.get, doc_id))
 
 
-@router.delete("/{name}/documents/{doc_id:path}", response_model=None)
+@router.delete("/{name}/documents/{doc_id:path}", response_model=None, dependencies=[AdminKey])
 async def delete_document(name: str, doc_id: str, library: LibraryDep) -> JSONResponse:
     coll = await asyncio.to_thread(library.open, name)
     await asyncio.to_thread(coll.get, doc_id)  # 404 for an unknown id, not a silent no-op
@@ -89,7 +90,7 @@ async def delete_document(name: str, doc_id: str, library: LibraryDep) -> JSONRe
     return JSONResponse({"id": doc_id, "deleted": deleted == 1})
 
 
-@router.post("/{name}/search")
+@router.post("/{name}/search", dependencies=[UserKey])
 async def search(name: str, body: SearchBody, library: LibraryDep) -> dict[str, Any]:
     coll = await asyncio.to_thread(library.open, name)
     hits = await asyncio.to_thread(coll.search, body.query, k=body.top_k, mode=body.mode, filter=body.filter)

@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from retrieval.errors import RagtuneError
+from serving.auth import AdminOrLoopback, UserKey
 from serving.canary import HEALTH_TTL_S
 from serving.chat import Prepared, Result
 from serving.deps import CanaryDep, EngineDep, GenerationDep, MetricsDep, ResolverDep
@@ -33,7 +34,7 @@ def _sources(prep: Prepared) -> list[dict[str, Any]]:
     return [s.model_dump() for s in prep.sources]
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None, dependencies=[UserKey])
 async def chat_completions(req: ChatCompletionRequest, gen: GenerationDep) -> Response:
     prep = await gen.prepare_chat(req)
     if req.stream:
@@ -60,7 +61,7 @@ async def chat_completions(req: ChatCompletionRequest, gen: GenerationDep) -> Re
     )
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=None, dependencies=[UserKey])
 async def completions(req: CompletionRequest, gen: GenerationDep) -> Response:
     prep = await gen.prepare_completion(req)
     if req.stream:
@@ -156,12 +157,12 @@ async def _completion_chunks(
         yield {**head, "choices": [], "usage": usage}
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", dependencies=[UserKey])
 async def list_models(resolver: ResolverDep) -> ModelList:
     return ModelList(data=resolver.cards())
 
 
-@router.get("/v1/models/{model:path}")
+@router.get("/v1/models/{model:path}", dependencies=[UserKey])
 async def get_model(model: str, resolver: ResolverDep) -> ModelCard:
     resolver.resolve(model)  # 404 model_not_found for an unknown name
     return next(card for card in resolver.cards() if card.id == model)
@@ -178,6 +179,6 @@ async def health(engine: EngineDep, canary: CanaryDep) -> Response:
     return JSONResponse({"status": "ok", "running_requests": engine.num_unfinished()})
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[AdminOrLoopback])
 async def metrics(m: MetricsDep) -> Response:
     return Response(m.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,22 @@
+"""Run at start-up by every Python process the ragtune server spawns (see serving/lifeline.py):
+SIGKILL when the parent dies. Standalone (ctypes only): it runs before anything is imported."""
+
+import os
+import sys
+
+
+def _die_with_parent() -> None:
+    server = os.environ.get("RAGTUNE_ENGINE_PARENT", "")
+    if not server.isdigit() or int(server) == os.getpid() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
+
+
+_die_with_parent()

