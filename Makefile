@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-adapter serve test test-fast bench lint model clean chromium
+.PHONY: install demo demo-adapter serve test test-fast bench lint model clean chromium screenshots
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ chromium:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
 	    || echo "chromium could not be installed: the browser test will skip"; \
 	fi
+
+# The README's playground pictures, taken by the browser test (docs/screenshots/).
+screenshots: model chromium
+	RAGTUNE_SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest -q tests/test_playground.py
 
 test-fast: install
 	$(BIN)/pytest -q -m "not engine"

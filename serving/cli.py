@@ -214,6 +214,53 @@ def demo(
     _serve(settings.model_copy(update={"serving": serving}), sock)
 
 
+@app.command()
+def chat(
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="model, adapter or profile (default: demo, a profile)")
+    ] = None,
+    collection: Annotated[
+        str | None, typer.Option("--collection", "-C", help="retrieve from this collection")
+    ] = None,
+    server: Annotated[
+        str, typer.Option("--server", envvar="RAGTUNE_SERVER", help="the running server's URL")
+    ] = "http://127.0.0.1:8000",
+    no_rag: Annotated[bool, typer.Option("--no-rag", help="answer without retrieval")] = False,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, max=100, help="chunks to retrieve")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="longest answer")] = 256,
+    temperature: Annotated[float, typer.Option(min=0, max=2, help="0 answers greedily")] = 0.0,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="RAGTUNE_API_KEY", help="sent as a Bearer token")
+    ] = None,
+    remember: Annotated[bool, typer.Option("--remember", help="send the earlier turns too")] = False,
+) -> None:
+    """Chat in the terminal with a running server: answers stream, their sources follow."""
+    import sys
+
+    from serving.terminal import ChatError, ChatOptions, TerminalChat, input_lines
+
+    options = ChatOptions(
+        server=server,
+        model=model,
+        collection=collection,
+        rag=not no_rag,
+        top_k=top_k,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        api_key=api_key,
+        remember=remember,
+    )
+    session = TerminalChat(options)
+    interactive = sys.stdin.isatty()
+    try:
+        lines = input_lines("you> ") if interactive else iter(sys.stdin)
+        session.run(lines, interactive=interactive)
+    except ChatError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        session.close()
+
+
 def _reload(ctx: typer.Context, config: Path | None, **overrides: dict[str, object]) -> Settings:
     """Settings again with this command's flags on top (flags beat env and file)."""
     flags = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in overrides.items()}

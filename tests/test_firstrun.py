@@ -9,6 +9,8 @@ a real subprocess.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 import typer
 from fastapi.testclient import TestClient
@@ -311,3 +314,79 @@ def readme_python_example() -> str:
     readme = (REPO / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     return next(b for b in blocks if "chat.completions.create" in b)
+
+
+# -- against the live server (the real engine) -----------------------------------------------------
+@pytest.mark.engine
+def test_server_log_says_ready_once_and_names_each_adapter(live_server) -> None:  # noqa: ANN001
+    log = live_server.log.read_text()
+    assert log.count(f"ragtune ready on {live_server.url}") == 1, log[-3000:]
+    assert "adapter style loaded from" in log
+    assert log.index("adapter style loaded from") < log.index("ragtune ready on")
+
+
+@pytest.mark.engine
+def test_readme_python_example_runs_as_written(live_server) -> None:  # noqa: ANN001
+    http = httpx.Client(base_url=live_server.url, timeout=60)
+    assert http.post("/v1/collections", json={"name": "demo"}).status_code == 201
+    docs = [
+        {"id": "pier", "title": "Pier Street", "text": "Pier Street station opens at 5:15 on weekdays."},
+        {"id": "bread", "title": "Bread", "text": "Bread is baked from flour, water, salt and yeast."},
+    ]
+    http.post("/v1/collections/demo/documents", json={"documents": docs})
+    assert http.put("/v1/profiles/demo", json={"collection": "demo", "top_k": 3}).status_code == 201
+    code = readme_python_example().replace("http://127.0.0.1:8000/v1", f"{live_server.url}/v1")
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own example
+    finally:
+        http.delete("/v1/profiles/demo")
+        http.delete("/v1/collections/demo")
+        http.close()
+    printed = out.getvalue()
+    assert "5:15" in printed.split("\n[1] ")[0], printed  # the answer, from the document
+    assert "[1] Pier Street: Pier Street station opens" in printed
+
+
+@pytest.mark.engine
+def test_terminal_chat_streams_answers_and_prints_their_sources(live_server) -> None:  # noqa: ANN001
+    http = httpx.Client(base_url=live_server.url, timeout=60)
+    assert http.post("/v1/collections", json={"name": "chat-cli"}).status_code == 201
+    fact = {
+        "id": "quibbleton",
+        "title": "The Quibbleton lighthouse",
+        "text": "The Quibbleton lighthouse was designed by the architect Ines Varga in 1902.",
+    }
+    http.post("/v1/collections/chat-cli/documents", json={"documents": [fact]})
+
+    def chat(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "serving",
+            "chat",
+            "--server",
+            live_server.url,
+            "--max-tokens",
+            "32",
+            *args,
+        ]
+        return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=300)
+
+    try:
+        r = chat(
+            "--model", BASE, "--collection", "chat-cli", stdin="Who designed the Quibbleton lighthouse?\n"
+        )
+        assert r.returncode == 0, r.stderr
+        assert "> Who designed the Quibbleton lighthouse?" in r.stdout and "Varga" in r.stdout
+        assert "sources:" in r.stdout and "[1] The Quibbleton lighthouse (quibbleton, score" in r.stdout
+        assert r.stdout.index("Varga") < r.stdout.index("sources:")  # sources under the answer
+        r = chat("--model", BASE, "--no-rag", stdin="What is the capital of France?\n\n/quit\nnot asked\n")
+        assert r.returncode == 0 and "Paris" in r.stdout and "sources:" not in r.stdout, r.stdout
+        assert "not asked" not in r.stdout
+        r = chat("--model", "no-such-model", stdin="hello\n")
+        assert r.returncode == 2 and "no model 'no-such-model'" in r.stderr
+    finally:
+        http.delete("/v1/collections/chat-cli")
+        http.close()

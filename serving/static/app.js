@@ -289,6 +289,7 @@ async function ask(question) {
             if (choice.delta && choice.delta.content) {
               if (firstAt === null) firstAt = performance.now();
               text += choice.delta.content;
+              turn.dataset.deltas = String(Number(turn.dataset.deltas || 0) + 1);
               renderAnswerText(textNode, text);
               markCited(turn, text);
               meta.textContent = "streaming…";
@@ -477,6 +478,7 @@ function wire() {
   const key = $("api-key");
   key.value = localStorage.getItem("ragtune-api-key") || "";
   key.addEventListener("change", () => { localStorage.setItem("ragtune-api-key", key.value.trim()); refreshAll(); });
+  $("key-form").addEventListener("submit", (ev) => { ev.preventDefault(); key.blur(); });
 
   $("model").addEventListener("change", onModelChange);
   $("ask-form").addEventListener("submit", (ev) => {
