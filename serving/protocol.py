@@ -11,7 +11,15 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from retrieval import Hit
 from retrieval.errors import InvalidFilter
@@ -170,15 +178,22 @@ class _SamplingRequest(Body):
             raise ValueError("stop takes up to 4 non-empty strings")
         return stops
 
-    @model_validator(mode="after")
-    def _sampling_agrees(self) -> _SamplingRequest:
-        # The engine's own checks, made here so a request never reaches it to fail there.
-        limit = self.token_limit
-        if limit is not None and self.min_tokens > limit:
-            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({limit})")
-        if self.n > 1 and self.temperature == 0:
+    # The engine's own checks, made here so a request never reaches it to fail there (fields are
+    # validated in order: max_tokens and temperature are known when these run).
+    @field_validator("n")
+    @classmethod
+    def _n_needs_sampling(cls, n: int, info: ValidationInfo) -> int:
+        if n > 1 and info.data.get("temperature") == 0:
             raise ValueError("n > 1 needs temperature > 0: greedy sampling gives n identical answers")
-        return self
+        return n
+
+    @field_validator("min_tokens")
+    @classmethod
+    def _min_below_max(cls, v: int, info: ValidationInfo) -> int:
+        limit = info.data.get("max_completion_tokens") or info.data.get("max_tokens")
+        if limit is not None and v > limit:
+            raise ValueError(f"min_tokens ({v}) must not exceed max_tokens ({limit})")
+        return v
 
     @property
     def stop_list(self) -> list[str]:

@@ -77,8 +77,9 @@ def raw(client: TestClient, path: str, body: object) -> Any:
 
 
 CHAT_CASES = [
-    ({"max_tokens": 4, "min_tokens": 8}, None),
-    ({"n": 16, "temperature": 0}, None),
+    ({"max_tokens": 4, "min_tokens": 8}, "min_tokens"),
+    ({"max_completion_tokens": 4, "min_tokens": 8}, "min_tokens"),
+    ({"n": 16, "temperature": 0}, "n"),
     ({"seed": 10**30}, "seed"),
     ({"seed": -(2**70)}, "seed"),
     ({"messages": [{"role": "user", "content": "\ud800"}]}, None),
