@@ -11,7 +11,7 @@ import pytest
 from training.adapters import inspect_adapter
 from training.models import ModelError
 from training.settings import TrainingSettings
-from training.train import AdapterExists, TrainError, train
+from training.train import AdapterExists, TrainError, auto_epochs, learned, train
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
 TINY = FIXTURES / "tiny.jsonl"
@@ -32,6 +32,7 @@ def tiny_settings(**changes) -> TrainingSettings:
         save_steps=2,
         eval_steps=100,
         dropout=0.0,
+        samples=0,
     )
     return TrainingSettings(**(values | changes))
 
@@ -169,3 +170,62 @@ def test_bad_inputs_are_refused_before_any_model_loads(base_model: Path, tmp_pat
             settings=tiny_settings(target_modules=["c_attn"]),
             progress=False,
         )
+
+
+def test_auto_epochs_give_small_sets_enough_steps_and_big_sets_fewer_passes():
+    assert auto_epochs(36, 8) == 10  # 5 steps an epoch: 50 optimizer steps
+    assert auto_epochs(1200, 8) == 3
+    assert auto_epochs(20_000, 8) == 1
+    assert auto_epochs(5, 8) == 25  # capped
+    assert learned(2.0, 1.5) is True and learned(2.0, 1.98) is False and learned(None, 1.0) is None
+    assert learned(2.0, float("nan")) is False
+
+
+def test_a_diverged_run_stops_with_a_clear_message_and_writes_nothing(
+    base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import training.train as train_module
+
+    real = train_module.assistant_loss
+
+    def nan_loss(*args, **kwargs):
+        return real(*args, **kwargs) * float("nan")
+
+    monkeypatch.setattr(train_module, "assistant_loss", nan_loss)
+    with pytest.raises(TrainError, match="diverged.*nan.*--lr"):
+        train(
+            TINY,
+            "nan",
+            base_model=base_model,
+            adapters_dir=tmp_path,
+            settings=tiny_settings(),
+            progress=False,
+        )
+    assert not (tmp_path / "nan").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".nan")]
+
+
+def test_an_adapter_that_did_not_learn_is_flagged_and_refused_with_strict(
+    base_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    from rich.console import Console
+
+    lazy = tiny_settings(lr=1e-9, max_steps=2, samples=1)
+    console = Console(stderr=True, width=200)
+    with pytest.raises(TrainError, match="did not learn.*--strict"):
+        train(
+            TINY,
+            "lazy",
+            base_model=base_model,
+            adapters_dir=tmp_path,
+            settings=lazy.model_copy(update={"strict": True}),
+            console=console,
+        )
+    assert not (tmp_path / "lazy").exists()
+    dest = train(TINY, "lazy", base_model=base_model, adapters_dir=tmp_path, settings=lazy, console=console)
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "did not learn" in err
+    # Progress in a log is plain lines, and a held-out generation is shown.
+    assert "step 2/2" in err and "expected:" in err and "got     :" in err
+    manifest = json.loads((dest / "ragtune-adapter.json").read_text())
+    assert manifest["eval_metrics"]["learned"] is False

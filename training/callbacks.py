@@ -1,8 +1,10 @@
-"""Trainer callbacks: a rich progress bar and a JSONL metrics log (one line per logging step)."""
+"""Trainer callbacks: progress (a rich bar on a terminal, plain lines in a log), a JSONL metrics log
+(one line per logging step) and a divergence guard that stops a run whose loss is not finite."""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -70,3 +72,48 @@ class RichProgress(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class LogProgress(TrainerCallback):
+    """One plain line per logging step (step, loss, eval loss, time per step, time left): for log files."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.started = time.time()
+        self.first_step = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.started, self.first_step = time.time(), state.global_step
+        self.console.print(f"training: {state.max_steps} optimizer steps", highlight=False)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+        if not logs or not state.is_world_process_zero:
+            return
+        done = state.global_step - self.first_step
+        per_step = (time.time() - self.started) / done if done else 0.0
+        left = per_step * (state.max_steps - state.global_step)
+        parts = [f"step {state.global_step}/{state.max_steps}"]
+        if "loss" in logs:
+            parts.append(f"loss {logs['loss']:.4f}")
+        if "eval_loss" in logs:
+            parts.append(f"eval loss {logs['eval_loss']:.4f}")
+        if done:
+            parts.append(f"{per_step:.1f} s/step, {left / 60:.1f} min left")
+        self.console.print("  ".join(parts), highlight=False)
+
+
+class Divergence(TrainerCallback):
+    """Stops training at the first logged loss or gradient norm that is NaN or infinite."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.value: float | None = None
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+        for key in ("loss", "grad_norm", "eval_loss"):
+            value = (logs or {}).get(key)
+            if isinstance(value, int | float) and not math.isfinite(value):
+                self.step, self.value = state.global_step, value
+                control.should_training_stop = True
+                control.should_save = False
+                return

@@ -22,6 +22,7 @@ from retrieval.errors import RagtuneError
 console = Console()
 err_console = Console(stderr=True)
 adapters_app = typer.Typer(help="LoRA adapters under adapters/.", no_args_is_help=True)
+data_app = typer.Typer(help="Build training data sets.", no_args_is_help=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -53,7 +54,9 @@ def train_command(
     ],
     name: Annotated[str, Opt("--name", help="adapter name: writes adapters/NAME/")],
     base: Annotated[str | None, Opt("--base", help="base model folder name under models/ or a path")] = None,
-    epochs: Annotated[float | None, Opt(help="passes over the data")] = None,
+    epochs: Annotated[
+        str | None, Opt(help="passes over the data, or 'auto' (the default: from the data size)")
+    ] = None,
     max_steps: Annotated[int | None, Opt("--max-steps", help="stop after N optimizer steps")] = None,
     lr: Annotated[float | None, Opt(help="learning rate")] = None,
     rank: Annotated[int | None, Opt(help="LoRA rank (8, 16, 32, 64, ...)")] = None,
@@ -83,6 +86,10 @@ def train_command(
         bool, Opt("--resume", help="continue an interrupted run from its last checkpoint")
     ] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="replace an existing adapter of this name")] = False,
+    strict: Annotated[
+        bool | None, Opt("--strict", help="exit non-zero, writing nothing, if the eval loss did not fall")
+    ] = None,
+    samples: Annotated[int | None, Opt("--samples", help="held-out generations printed at the end")] = None,
 ) -> None:
     """Train a LoRA adapter for a behaviour and write adapters/NAME/."""
     from pydantic import ValidationError
@@ -110,6 +117,8 @@ def train_command(
         "threads": threads,
         "context_p": context_p,
         "context_distractors": distractors,
+        "strict": strict,
+        "samples": samples,
     }
     merged = settings.training.model_dump() | {k: v for k, v in flags.items() if v is not None}
     try:
@@ -280,8 +289,49 @@ def eval_behaviour_command(
         output.write_text(json.dumps(results, indent=2, ensure_ascii=False))
 
 
+@data_app.command("reader")
+def data_reader(
+    ctx: typer.Context,
+    dataset: Annotated[Path, Opt("--dataset", help="BEIR-layout QA set whose queries carry `answer`")],
+    out: Annotated[Path, Opt("--out", help="JSONL file to write")],
+    examples: Annotated[int, Opt("--examples", help="examples to build (from the train passages)")] = 600,
+    top_k: Annotated[int, Opt("--top-k", help="most sources per prompt (the serving profile's top_k)")] = 4,
+    min_k: Annotated[int, Opt("--min-k", help="fewest sources per prompt")] = 2,
+    p_absent: Annotated[float, Opt("--p-absent", help="share without the answering source")] = 0.25,
+    p_counterfactual: Annotated[
+        float, Opt("--p-counterfactual", help="share whose answer span is substituted")
+    ] = 0.3,
+    seed: Annotated[int, Opt()] = 0,
+) -> None:
+    """Grounded-reader examples (RAFT, counterfactuals, abstentions) in the serving prompt format."""
+    from rich.progress import Progress
+
+    from training.reader import write_reader_data
+
+    settings = _settings(ctx)
+    try:
+        with Progress(console=err_console) as bar:
+            task = bar.add_task("building reader examples", total=examples)
+            stats = write_reader_data(
+                dataset,
+                out,
+                settings=settings.retrieval,
+                n_examples=examples,
+                top_k=top_k,
+                min_k=min_k,
+                p_absent=p_absent,
+                p_counterfactual=p_counterfactual,
+                seed=seed,
+                on_example=lambda: bar.advance(task),
+            )
+    except RagtuneError as exc:
+        raise _fail(exc.message) from None
+    console.print(f"wrote {out}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in vars(stats).items()))
+
+
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     """Add this package's commands to the root app and its `eval` group."""
     app.command("train")(train_command)
     app.add_typer(adapters_app, name="adapters")
+    app.add_typer(data_app, name="data")
     eval_app.command("behaviour")(eval_behaviour_command)

@@ -2,15 +2,22 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class TrainingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epochs: float = Field(3.0, gt=0)
+    epochs: float | Literal["auto"] = Field(
+        "auto",
+        description="passes over the data; 'auto' picks them from the data size (training.train.auto_epochs)",
+    )
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(
+        1e-3,
+        gt=0,
+        description="peak learning rate (cosine decay); 1e-3 suits LoRA (alpha = 2 x rank) on small models",
+    )
     rank: int = Field(16, description="LoRA rank; vLLM accepts 1, 8, 16, 32, 64, 128, 256, 320, 512")
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
@@ -43,6 +50,10 @@ class TrainingSettings(BaseModel):
         description="torch threads while training (0: torch's default, one per core); 1 is faster on a "
         "CPU shared with other busy processes, where OpenMP threads wait on descheduled partners",
     )
+    strict: bool = Field(
+        False, description="fail (non-zero exit, no adapter written) when the eval loss did not clearly fall"
+    )
+    samples: int = Field(3, ge=0, le=20, description="held-out generations printed after training")
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps (for --resume)")
@@ -53,3 +64,10 @@ class TrainingSettings(BaseModel):
     context_distractors: int = Field(
         3, ge=0, le=20, description="--collection: distractor chunks per example"
     )
+
+    @field_validator("epochs")
+    @classmethod
+    def _positive_epochs(cls, v: float | str) -> float | str:
+        if v != "auto" and float(v) <= 0:
+            raise ValueError("must be 'auto' or a number above 0")
+        return v

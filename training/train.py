@@ -9,6 +9,7 @@ interrupted run never touches a previous adapters/NAME/.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import resource
@@ -95,6 +96,39 @@ def peak_memory_mb(device: str) -> float:
 def last_checkpoint(run_dir: Path) -> Path | None:
     found = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+# --epochs auto (after OpenAI's fine-tuning API): about 3 passes, more for small sets so that they
+# see at least MIN_TARGET_EXAMPLES examples and MIN_STEPS optimizer steps, fewer for big ones.
+TARGET_EPOCHS, MAX_EPOCHS = 3, 25
+MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 100, 25_000
+MIN_STEPS = 50
+# The eval loss must fall by at least this fraction of the base model's for a run to count as learnt.
+MIN_IMPROVEMENT = 0.05
+
+
+def auto_epochs(n_examples: int, batch: int) -> int:
+    """Passes over `n_examples` for --epochs auto, with `batch` examples an optimizer step.
+
+    40 examples in batches of 8 get 10 epochs (50 steps); 1,200 get 3; 20,000 get 1.
+    """
+    if n_examples <= 0:
+        return 1
+    epochs = TARGET_EPOCHS
+    if n_examples * epochs < MIN_TARGET_EXAMPLES:
+        epochs = math.ceil(MIN_TARGET_EXAMPLES / n_examples)
+    steps_per_epoch = math.ceil(n_examples / batch)
+    epochs = max(epochs, math.ceil(MIN_STEPS / steps_per_epoch))
+    if n_examples * epochs > MAX_TARGET_EXAMPLES:
+        epochs = max(1, MAX_TARGET_EXAMPLES // n_examples)
+    return min(epochs, MAX_EPOCHS)
+
+
+def learned(eval_start: float | None, eval_end: float | None) -> bool | None:
+    """Whether the adapter's eval loss is clearly below the base model's (None: no eval set)."""
+    if eval_start is None or eval_end is None:
+        return None
+    return math.isfinite(eval_end) and eval_end <= eval_start * (1 - MIN_IMPROVEMENT)
 
 
 def split_eval(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -189,13 +223,20 @@ def train(
             f"no training example fits --max-seq-len {s.max_seq_len} ({train_set.skipped} skipped); raise it",
             param="max_seq_len",
         )
+    epochs = (
+        float(auto_epochs(len(train_set.rows), s.batch_size * s.grad_accum))
+        if s.epochs == "auto"
+        else float(s.epochs)
+    )
     cut = train_set.truncated + eval_set.truncated
     dropped = train_set.skipped + eval_set.skipped
     console.print(
         f"{len(train_set.rows)} training / {len(eval_set.rows)} eval examples, "
         f"{train_set.tokens} tokens ({train_set.label_tokens} carry loss); "
         f"longer than {s.max_seq_len} tokens: {cut} truncated, {dropped} skipped; "
-        f"{hw.device} {hw.precision}"
+        f"{hw.device} {hw.precision}; {epochs:g} epochs"
+        + (" (--epochs auto)" if s.epochs == "auto" else "")
+        + f", lr {s.lr:g}"
     )
 
     # 3. The run folder: checkpoints and metrics; resume only the same data and settings.
@@ -231,7 +272,7 @@ def train(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainingArguments
 
-    from training.callbacks import MetricsLog, RichProgress
+    from training.callbacks import Divergence, LogProgress, MetricsLog, RichProgress
 
     torch.manual_seed(s.seed)
     # The frozen base is held in bf16 when training in bf16: half the memory and no per-step
@@ -259,7 +300,7 @@ def train(
     has_eval = bool(eval_set.rows)
     args = TrainingArguments(
         output_dir=str(run_dir),
-        num_train_epochs=s.epochs,
+        num_train_epochs=epochs,
         max_steps=s.max_steps,
         per_device_train_batch_size=s.batch_size,
         per_device_eval_batch_size=s.batch_size,
@@ -287,9 +328,11 @@ def train(
         seed=s.seed,
         data_seed=s.seed,
     )
-    callbacks: list[Any] = [MetricsLog(run_dir / METRICS_FILE)]
+    divergence = Divergence()
+    callbacks: list[Any] = [MetricsLog(run_dir / METRICS_FILE), divergence]
     if progress:
-        callbacks.append(RichProgress(console))
+        # A bar on a terminal; one plain line per logging step in a log file or a pipe.
+        callbacks.append(RichProgress(console) if console.is_terminal else LogProgress(console))
     trainer = Trainer(
         model=model,
         args=args,
@@ -315,6 +358,12 @@ def train(
         eval_end = (done[0] if done else trainer.evaluate()["eval_loss"]) if has_eval else None
     finally:
         torch.set_num_threads(threads)
+    if divergence.step is not None:
+        raise TrainError(
+            f"training diverged: the loss became {divergence.value} at step {divergence.step}; "
+            f"adapters/{name} was not written. Lower --lr (now {s.lr:g}) or check the data",
+            param="lr",
+        )
     steps = trainer.state.global_step
     epochs_done = trainer.state.epoch or 0.0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -350,6 +399,19 @@ def train(
     }
     if raft_stats is not None:
         train_metrics["context"] = vars(raft_stats)
+    verdict = learned(eval_start, eval_end)
+    eval_metrics["learned"] = verdict
+    if s.samples:
+        show_samples(model, tokenizer, eval_ex or train_ex, s.samples, console, held_out=bool(eval_ex))
+    if verdict is False:
+        message = (
+            f"the adapter did not learn: eval loss {eval_end:.3f} is not clearly below the base model's "
+            f"{eval_start:.3f} (needs {MIN_IMPROVEMENT:.0%} lower). Try more --epochs, a higher --lr, or "
+            "more data"
+        )
+        if s.strict:
+            raise TrainError(f"{message}; adapters/{name} was not written (--strict)", param="epochs")
+        console.print(f"[bold yellow]WARNING:[/] {message}", highlight=False)
 
     # 6. Write the adapter in a temporary folder, then swap it into place.
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=adapters_dir))
@@ -410,3 +472,28 @@ def train(
         + (f", eval loss {eval_end:.3f}" if eval_start is None and eval_end is not None else "")
     )
     return dest
+
+
+def show_samples(
+    model: Any, tokenizer: Any, examples: list[Any], count: int, console: Console, *, held_out: bool
+) -> None:
+    """Print a few greedy generations of the trained model beside the expected replies."""
+    from training.evaluate import generate
+
+    picked = [ex for ex in examples if ex.messages and ex.messages[-1]["role"] == "assistant"][:count]
+    if not picked:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        replies = generate(model, tokenizer, [ex.messages[:-1] for ex in picked], max_new_tokens=64)
+    finally:
+        model.train(was_training)
+    kind = "held-out" if held_out else "training (no eval split)"
+    console.print(f"[bold]{len(picked)} {kind} examples, greedy:[/]")
+    for ex, reply in zip(picked, replies, strict=True):
+        question = ex.messages[-2]["content"] if len(ex.messages) > 1 else ""
+        tail = question.rsplit("Question:", 1)[-1].strip()
+        console.print(f"  prompt  : {tail[-160:]}", highlight=False, soft_wrap=True)
+        console.print(f"  expected: {ex.messages[-1]['content'][:200]}", highlight=False, soft_wrap=True)
+        console.print(f"  got     : {reply[:200]}", highlight=False, soft_wrap=True)
