@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from retrieval.errors import RagtuneError
 from retrieval.settings import RetrievalSettings
@@ -322,6 +322,9 @@ def search_command(
     filter: Annotated[
         str | None, Opt("--filter", help='metadata filter, e.g. \'{"year": {"$gte": 2020}}\'')
     ] = None,
+    fusion: Annotated[
+        str | None, Opt("--fusion", help="hybrid: convex or rrf (default from settings)")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search a collection."""
@@ -331,7 +334,7 @@ def search_command(
     where = _parse_filter(filter)
     with _library(ctx) as library:
         hits = library.open(collection).search(
-            query, k=k or settings.top_k, mode=mode or settings.mode, filter=where
+            query, k=k or settings.top_k, mode=mode or settings.mode, filter=where, fusion=fusion
         )
     if as_json:
         print(json.dumps({"query": query, "hits": [asdict(h) for h in hits]}, ensure_ascii=False))
@@ -353,6 +356,10 @@ def search_command(
 
 
 # -- eval --------------------------------------------------------------------------------
+MODES = ("dense", "sparse", "hybrid")
+METRICS = (("ndcg@10", "nDCG@10"), ("recall@10", "R@10"), ("recall@100", "R@100"), ("mrr@10", "MRR@10"))
+
+
 def eval_retrieval_command(
     ctx: typer.Context,
     dataset: Annotated[
@@ -361,6 +368,13 @@ def eval_retrieval_command(
     mode: Annotated[
         list[str] | None, Opt("--mode", help="dense, sparse, hybrid (repeat; default all)")
     ] = None,
+    fusion: Annotated[
+        list[str] | None,
+        Opt("--fusion", help="hybrid fusion: convex, rrf (repeat; default from settings)"),
+    ] = None,
+    compare: Annotated[
+        bool, Opt("--compare", help="every mode and every hybrid fusion method, in one run")
+    ] = False,
     max_queries: Annotated[
         int | None, Opt("--max-queries", min=1, help="evaluate the first N queries")
     ] = None,
@@ -368,6 +382,7 @@ def eval_retrieval_command(
         str | None, Opt("--collection", help="collection to (re)use; default eval-<dataset name>")
     ] = None,
     fresh: Annotated[bool, Opt("--fresh", help="drop the collection first and ingest from scratch")] = False,
+    plot: Annotated[Path | None, Opt("--plot", help="also write a PNG bar chart of the metrics here")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest a BEIR data set (only what changed) and report nDCG@10, R@10, R@100, MRR@10, latency."""
@@ -375,12 +390,20 @@ def eval_retrieval_command(
 
     from retrieval.errors import CollectionNotFound
     from retrieval.evaluate import evaluate, load_dataset
+    from retrieval.fusion import FUSIONS
     from retrieval.ingest import load_beir, upsert_batches
 
-    modes = mode or ["dense", "sparse", "hybrid"]
+    settings, _ = _settings(ctx)
+    modes = list(MODES) if compare else list(dict.fromkeys(mode or MODES))
+    fusions = list(FUSIONS) if compare else list(dict.fromkeys(fusion or [settings.fusion]))
     for m in modes:
-        if m not in ("dense", "sparse", "hybrid"):
+        if m not in MODES:
             raise _fail(f"--mode must be dense, sparse or hybrid, got {m!r}")
+    for f in fusions:
+        if f not in FUSIONS:
+            raise _fail(f"--fusion must be one of {', '.join(FUSIONS)}, got {f!r}")
+    runs: list[tuple[str, str | None]] = [(m, None) for m in modes if m != "hybrid"]
+    runs += [("hybrid", f) for f in fusions if "hybrid" in modes]
     with _library(ctx) as library:
         data = load_dataset(dataset, max_queries=max_queries)
         name = collection or f"eval-{data.name}"
@@ -397,12 +420,12 @@ def eval_retrieval_command(
             totals = upsert_batches(c, docs, batch_size=256, progress=lambda n: bar.advance(task, n))
         ingest_s = time.perf_counter() - t0
         results = []
-        for m in modes:
-            c.embedder.clear_cache()  # each mode pays for its own query embeddings
+        for m, fused in runs:
+            c.embedder.clear_cache()  # each run pays for its own query embeddings
             with _progress() as bar:
-                task = bar.add_task(f"{m} queries", total=len(data.queries), visible=not quiet)
+                task = bar.add_task(_label(m, fused), total=len(data.queries), visible=not quiet)
                 step = lambda n, task=task: bar.advance(task, n)  # noqa: E731
-                results.append(evaluate(c, data, mode=m, progress=step))
+                results.append(evaluate(c, data, mode=m, fusion=fused, progress=step))
         stats = c.stats()
     report = {
         "dataset": str(dataset),
@@ -413,33 +436,35 @@ def eval_retrieval_command(
         "embedder": stats["embedder"],
         "embed_dtype": c.embedder.dtype,
         "index_type": stats["index_type"],
+        "default_fusion": settings.fusion,
         "ingest": {**totals, "skipped_empty": len(everything) - len(docs), "seconds": round(ingest_s, 2)},
         "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version()},
         "results": results,
     }
+    title = (
+        f"{data.name}: {len(data.queries)} queries, {stats['documents']:,} docs, {stats['chunks']:,} chunks"
+    )
+    if plot is not None:
+        _plot(results, plot, title)
     if as_json:
         print(json.dumps(report))
         return
     table = Table(
-        "mode",
-        "nDCG@10",
-        "R@10",
-        "R@100",
-        "MRR@10",
+        Column("method", no_wrap=True),
+        *(label for _, label in METRICS),
         "p50 ms",
         "p95 ms",
         "p99 ms",
-        title=f"{data.name}: {len(data.queries)} queries, {stats['documents']:,} docs, "
-        f"{stats['chunks']:,} chunks",
+        title=title,
+        caption=f"default fusion: {settings.fusion}; best in bold",
     )
+    best = {key: max(r[key] for r in results) for key, _ in METRICS}
     for r in results:
         lat = r["latency_ms"]
+        cells = [f"[bold]{r[key]:.4f}[/]" if r[key] == best[key] else f"{r[key]:.4f}" for key, _ in METRICS]
         table.add_row(
-            r["mode"],
-            f"{r['ndcg@10']:.4f}",
-            f"{r['recall@10']:.4f}",
-            f"{r['recall@100']:.4f}",
-            f"{r['mrr@10']:.4f}",
+            _label(r["mode"], r["fusion"]),
+            *cells,
             f"{lat['p50']:.1f}",
             f"{lat['p95']:.1f}",
             f"{lat['p99']:.1f}",
@@ -448,7 +473,40 @@ def eval_retrieval_command(
     console.print(
         f"ingest: {totals['added']} added, {totals['updated']} updated, {totals['unchanged']} unchanged "
         f"in {ingest_s:.1f} s; latency is per search of 200 chunks (query embedding included)"
+        + (f"; chart: {plot}" if plot is not None else "")
     )
+
+
+def _label(mode: str, fusion: str | None) -> str:
+    return f"hybrid ({fusion})" if mode == "hybrid" and fusion else mode
+
+
+def _plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Grouped bars: one group per metric, one bar per mode / fusion method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(METRICS) * max(len(results), 2) / 2), 4.5))
+    width = 0.8 / max(len(results), 1)
+    for i, r in enumerate(results):
+        offset = (i - (len(results) - 1) / 2) * width
+        bars = ax.bar(
+            [j + offset for j in range(len(METRICS))],
+            [r[key] for key, _ in METRICS],
+            width,
+            label=_label(r["mode"], r["fusion"]),
+        )
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2, rotation=90)
+    ax.set_xticks(range(len(METRICS)), [label for _, label in METRICS])
+    ax.set_ylim(0, 1.15)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", ncols=min(len(results), 4))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _cpu_model() -> str:

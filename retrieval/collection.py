@@ -39,6 +39,7 @@ from retrieval.errors import (
     WriterBusy,
 )
 from retrieval.filters import check_fields, compile_filter
+from retrieval.fusion import FUSIONS, fuse
 from retrieval.locks import RWLock
 from retrieval.settings import RetrievalSettings, SearchMode
 from retrieval.sparse import SparseIndex, Tokenizer, count, fts_text
@@ -527,8 +528,19 @@ class Collection:
         return {r[0]: json.loads(r[1]) for r in rows}
 
     def search(
-        self, query: str, *, k: int = 5, mode: str = "hybrid", filter: dict[str, Any] | None = None
+        self,
+        query: str,
+        *,
+        k: int = 5,
+        mode: str = "hybrid",
+        filter: dict[str, Any] | None = None,
+        fusion: str | None = None,
     ) -> list[Hit]:
+        """The k best chunks for `query`. A hybrid search fuses the dense and BM25 candidates
+        by `fusion` ('convex' or 'rrf'; None: the collection's settings, see retrieval/fusion.py)."""
+        fusion = fusion or self.settings.fusion
+        if fusion not in FUSIONS:
+            raise RagtuneError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}", param="fusion")
         if mode not in get_args(SearchMode):
             raise RagtuneError(
                 f"mode must be one of {', '.join(get_args(SearchMode))}, got {mode!r}", param="mode"
@@ -568,7 +580,8 @@ class Collection:
             elif mode == "sparse":
                 ranked = sparse[:k]
             else:
-                ranked = rrf([dense, sparse], self.settings.rrf_k)[:k]
+                s = self.settings
+                ranked = fuse(dense, sparse, fusion, rrf_k=s.rrf_k, alpha=s.fusion_weight)[:k]
             return self._hits(conn, ranked)
 
     def _hits(self, conn: sqlite3.Connection, ranked: Sequence[tuple[int, float]]) -> list[Hit]:
@@ -664,15 +677,6 @@ def _folder_bytes(path: Path) -> int:
             if p.is_file():
                 total += p.stat().st_size
     return total
-
-
-def rrf(rankings: Sequence[Sequence[tuple[int, float]]], k: int) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion: score(d) = sum over rankings of 1 / (k + rank)."""
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, (item, _) in enumerate(ranking, start=1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
-    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def check_chunking(chunk_tokens: int, overlap: int, max_tokens: int) -> None:

@@ -93,15 +93,17 @@ def evaluate(
     dataset: Dataset,
     *,
     mode: str,
+    fusion: str | None = None,
     depth: int = 100,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every query once; chunk hits are asked for 2x depth so `depth` documents remain."""
+    """Run every query once; chunk hits are asked for 2x depth so `depth` documents remain.
+    `fusion` (hybrid only) overrides the collection's setting."""
     totals = {"ndcg@10": 0.0, "recall@10": 0.0, "recall@100": 0.0, "mrr@10": 0.0}
     latencies = []
     for qid, text in dataset.queries.items():
         t0 = time.perf_counter()
-        hits = collection.search(text, k=min(2 * depth, 1000), mode=mode)
+        hits = collection.search(text, k=min(2 * depth, 1000), mode=mode, fusion=fusion)
         latencies.append((time.perf_counter() - t0) * 1000)
         ranked = list(dict.fromkeys(h.document_id for h in hits))[:depth]
         rels = dataset.qrels[qid]
@@ -115,6 +117,7 @@ def evaluate(
     lat = np.asarray(latencies) if latencies else np.zeros(1)
     return {
         "mode": mode,
+        "fusion": (fusion or collection.settings.fusion) if mode == "hybrid" else None,
         "queries": len(dataset.queries),
         **{k: round(v / n, 4) for k, v in totals.items()},
         "latency_ms": {

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SearchMode = Literal["dense", "sparse", "hybrid"]
 IndexType = Literal["flat", "hnsw", "ivf"]
+Fusion = Literal["convex", "rrf"]
 
 
 class RetrievalSettings(BaseModel):
@@ -25,6 +26,14 @@ class RetrievalSettings(BaseModel):
     index_type: IndexType = "flat"
     top_k: int = Field(5, ge=1, le=100)
     mode: SearchMode = "hybrid"
+    fusion: Fusion = Field(
+        "convex",
+        description="hybrid search: 'convex' (z-scored dense and BM25 scores, weighted by fusion_weight) "
+        "or 'rrf' (reciprocal rank fusion with rrf_k); bench/results/ranking.md compares them",
+    )
+    fusion_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="convex fusion: the dense score's weight (BM25 gets 1 - it)"
+    )
     rrf_k: int = Field(60, ge=1, description="reciprocal rank fusion constant")
     lock_timeout: float = Field(30.0, ge=0, description="seconds a second writer waits")
     candidates: int = Field(

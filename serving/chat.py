@@ -108,9 +108,10 @@ class GenerationService:
         top_k = override.top_k or (profile.top_k if profile else 5)
         mode = override.mode or (profile.mode if profile else "hybrid")
         filt = override.filter if override.filter is not None else (profile.filter if profile else None)
+        fusion = override.fusion or (profile.fusion if profile else None)
         coll = await asyncio.to_thread(self.library.open, collection)
         started = time.perf_counter()
-        hits = await asyncio.to_thread(coll.search, query, k=top_k, mode=mode, filter=filt)
+        hits = await asyncio.to_thread(coll.search, query, k=top_k, mode=mode, filter=filt, fusion=fusion)
         self.metrics.retrieval.labels(mode=mode).observe(time.perf_counter() - started)
         return hits
 

@@ -24,7 +24,7 @@ from pydantic import (
 from retrieval import Hit
 from retrieval.errors import InvalidFilter
 from retrieval.filters import compile_filter
-from retrieval.settings import SearchMode
+from retrieval.settings import Fusion, SearchMode
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_FILTER_TERMS = 64  # fields, operators and list values of one filter together
@@ -125,6 +125,7 @@ class RagOptions(BaseModel):
     collection: str | None = None
     top_k: int | None = Field(None, ge=1, le=100)
     mode: SearchMode | None = None
+    fusion: Fusion | None = None
     filter: Filter = None
 
 
@@ -328,6 +329,7 @@ class SearchBody(Body):
     query: str = Field(min_length=1)
     top_k: int = Field(5, ge=1, le=100)
     mode: SearchMode = "hybrid"
+    fusion: Fusion | None = None  # None: the retrieval.fusion setting
     filter: Filter = None
 
 

@@ -28,7 +28,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from retrieval.settings import RetrievalSettings, SearchMode
+from retrieval.settings import Fusion, RetrievalSettings, SearchMode
 from training.settings import TrainingSettings
 
 ENV_PREFIX = "RAGTUNE_"
@@ -85,6 +85,7 @@ class ProfileSettings(BaseModel):
     collection: str | None = None
     top_k: int = Field(5, ge=1, le=100)
     mode: SearchMode = "hybrid"
+    fusion: Fusion | None = Field(None, description="hybrid fusion; None: retrieval.fusion")
     filter: dict[str, Any] | None = None
     system_prompt: str | None = None
 

@@ -154,6 +154,8 @@ def test_cli_tour(cli) -> None:  # noqa: ANN001
         (["collections", "create", "kb"], "already exists"),
         (["collections", "delete", "kb"], "name document ids, or give --filter"),
         (["eval", "retrieval", "--dataset", str(FILES)], "is not a BEIR data set"),
+        (["search", "x", "-C", "kb", "--fusion", "max"], "fusion must be one of convex, rrf"),
+        (["eval", "retrieval", "--dataset", str(FILES), "--fusion", "max"], "--fusion must be one of"),
     ],
 )
 def test_cli_errors_exit_2_with_a_message(cli, args: list[str], message: str) -> None:  # noqa: ANN001
@@ -162,14 +164,24 @@ def test_cli_errors_exit_2_with_a_message(cli, args: list[str], message: str) ->
     assert r.exit_code == 2 and message in " ".join(r.output.split()), r.output
 
 
-def test_cli_eval_retrieval_json(cli, tmp_path: Path) -> None:  # noqa: ANN001
-    r = cli("eval", "retrieval", "--dataset", FIXTURES / "beir", "--json")
+def test_cli_eval_retrieval_compare_json_table_and_plot(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    png = tmp_path / "chart" / "compare.png"
+    r = cli("eval", "retrieval", "--dataset", FIXTURES / "beir", "--compare", "--json", "--plot", png)
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
-    assert [x["mode"] for x in report["results"]] == ["dense", "sparse", "hybrid"]
-    by_mode = {x["mode"]: x for x in report["results"]}
-    assert by_mode["hybrid"]["ndcg@10"] > 0.8 and by_mode["dense"]["recall@100"] == 1.0
-    assert report["queries"] == 16 and set(by_mode["hybrid"]["latency_ms"]) == {"p50", "p95", "p99"}
+    runs = [(x["mode"], x["fusion"]) for x in report["results"]]
+    assert runs == [("dense", None), ("sparse", None), ("hybrid", "convex"), ("hybrid", "rrf")]
+    assert report["default_fusion"] == "convex" and report["queries"] == 16
+    for x in report["results"]:
+        assert x["ndcg@10"] > 0.8 and (x["recall@100"] == 1.0 or x["mode"] == "sparse"), x
+        assert set(x["latency_ms"]) == {"p50", "p95", "p99"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    # the table; the collection is reused (nothing re-embedded)
+    r = cli("eval", "retrieval", "--dataset", FIXTURES / "beir", "--mode", "hybrid", "--fusion", "rrf")
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "hybrid (rrf)" in out and "hybrid (convex)" not in out and "default fusion: convex" in out
+    assert "0 added" in out and "16 unchanged" in out
 
 
 WRITER = textwrap.dedent(

@@ -93,6 +93,8 @@ async def delete_document(name: str, doc_id: str, library: LibraryDep) -> JSONRe
 @router.post("/{name}/search", dependencies=[UserKey])
 async def search(name: str, body: SearchBody, library: LibraryDep) -> dict[str, Any]:
     coll = await asyncio.to_thread(library.open, name)
-    hits = await asyncio.to_thread(coll.search, body.query, k=body.top_k, mode=body.mode, filter=body.filter)
+    hits = await asyncio.to_thread(
+        coll.search, body.query, k=body.top_k, mode=body.mode, filter=body.filter, fusion=body.fusion
+    )
     data = [Source.of(i, h).model_dump() for i, h in enumerate(hits, start=1)]
     return {"object": "list", "data": data}
