@@ -1,0 +1,592 @@
+"""`ragtune eval qa`: answer accuracy, citations, grounding and abstention, per model and RAG setting.
+
+Every question goes through the OpenAI API exactly as a client's would: to a running server
+(`--server URL`), or to the app built in this process (the same routes, prompt assembly and
+engine, over an in-memory transport). Three phases, each with the collection put in the state
+it needs first (only changed documents are re-embedded):
+
+- `answer`: the corpus as it is. Answer accuracy (normalised containment, token F1), citation
+  accuracy (the gold passage is among `sources` and every `[n]` the answer cites points at
+  it), the dataset's behaviour score, latency.
+- `counterfactual` (RAG on only): each gold passage's answer span replaced by another answer of
+  the same type (training.qa.counterfactuals). Grounded rate: the answer holds the substitute
+  and not the original; a model answering from memory gives the original.
+- `abstain` (RAG on only): the gold passages removed (half of them at a time, so the rest of
+  the corpus remains as distractors). Abstention rate: the answer says the sources do not
+  answer. Questions whose answer still appears in a retrieved source are left out.
+
+Answers are kept in a JSONL file as they arrive; a rerun with the same settings resumes from
+it, and an interrupted run reports what it finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from retrieval.errors import RagtuneError
+from training.qa import (
+    ABSTAIN,
+    QASet,
+    Question,
+    cited_numbers,
+    contains,
+    counterfactuals,
+    is_abstention,
+    load_qa_set,
+    split_questions,
+    token_f1,
+)
+
+PHASES = ("answer", "counterfactual", "abstain")
+
+
+class EvalError(RagtuneError):
+    code = "eval_error"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str
+    rag: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}+RAG" if self.rag else self.model
+
+
+@dataclass
+class QAEvalOptions:
+    models: list[str]
+    rag: list[bool]
+    split: str = "heldout"
+    limit: int | None = None
+    top_k: int = 4
+    mode: str = "hybrid"
+    max_tokens: int = 96
+    concurrency: int = 16
+    collection: str | None = None
+    phases: tuple[str, ...] = PHASES
+    seed: int = 0
+
+
+# -- the client: a running server, or the app in this process ------------------------------------
+
+
+@asynccontextmanager
+async def in_process_client(settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client over the app itself: the server's code path without a socket."""
+    from serving.app import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ragtune", timeout=600) as client:
+            yield client
+
+
+@asynccontextmanager
+async def server_client(url: str, api_key: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    base = url.rstrip("/")
+    base = base[: -len("/v1")] if base.endswith("/v1") else base
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=600) as client:
+        try:
+            resp = await client.get("/health")
+        except httpx.HTTPError as exc:
+            raise EvalError(f"cannot reach the server at {url}: {exc}", param="server") from None
+        if resp.status_code >= 400:
+            raise EvalError(f"the server at {url} is not healthy: HTTP {resp.status_code}", param="server")
+        yield client
+
+
+async def _call(client: httpx.AsyncClient, method: str, path: str, **kw: Any) -> Any:
+    resp = await client.request(method, path, **kw)
+    if resp.status_code >= 400:
+        try:
+            message = resp.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = resp.text[:300]
+        raise EvalError(f"{method} {path}: HTTP {resp.status_code}: {message}")
+    return resp.json() if resp.content else None
+
+
+# -- collection states ---------------------------------------------------------------------------
+
+
+class CollectionState:
+    """Puts the evaluation collection in the state a phase needs, through the documents API."""
+
+    def __init__(self, client: httpx.AsyncClient, name: str, qa: QASet):
+        self.client, self.name, self.qa = client, name, qa
+        self.present: set[str] = set()
+
+    async def ensure(self) -> None:
+        listed = await _call(self.client, "GET", "/v1/collections")
+        names = {
+            c["name"] if isinstance(c, dict) else c for c in listed.get("data", listed.get("collections", []))
+        }
+        if self.name not in names:
+            await _call(self.client, "POST", "/v1/collections", json={"name": self.name})
+        offset = 0
+        while True:
+            page = await _call(
+                self.client,
+                "GET",
+                f"/v1/collections/{self.name}/documents",
+                params={"offset": offset, "limit": 500},
+            )
+            docs = page.get("data", page.get("documents", []))
+            self.present |= {d["id"] for d in docs}
+            if len(docs) < 500:
+                break
+            offset += len(docs)
+
+    async def set(self, *, texts: dict[str, str], absent: set[str], progress: Callable[[str], None]) -> None:
+        """Hold every passage (with `texts` overriding some), except the `absent` ones."""
+        docs = [
+            {"id": p.id, "text": texts.get(p.id, p.text), **({"title": p.title} if p.title else {})}
+            for p in self.qa.passages.values()
+            if p.id not in absent
+        ]
+        for start in range(0, len(docs), 200):
+            progress(f"indexing {min(start + 200, len(docs))}/{len(docs)} passages")
+            await _call(
+                self.client,
+                "POST",
+                f"/v1/collections/{self.name}/documents",
+                json={"documents": docs[start : start + 200]},
+            )
+        self.present |= {d["id"] for d in docs}
+        for doc_id in sorted(absent & self.present):
+            await _call(self.client, "DELETE", f"/v1/collections/{self.name}/documents/{doc_id}")
+            self.present.discard(doc_id)
+
+
+# -- asking --------------------------------------------------------------------------------------
+
+
+async def resolve_models(client: httpx.AsyncClient, models: list[str]) -> dict[str, str]:
+    """Map each requested name to the API's model name; `base` means the base model.
+
+    A name that is not served yet but is a folder under the server's adapters/ is loaded.
+    """
+    listed = (await _call(client, "GET", "/v1/models"))["data"]
+    kinds = {m["id"]: m.get("kind") for m in listed}
+    base = next((m["id"] for m in listed if m.get("kind") == "base"), listed[0]["id"])
+    out = {}
+    for name in models:
+        if name == "base":
+            out[name] = base
+        elif name in kinds:
+            out[name] = name
+        else:
+            resp = await client.post("/v1/adapters", json={"name": name, "path": name})
+            if resp.status_code >= 400:
+                known = ", ".join(["base", *[k for k in kinds if k != base]])
+                raise EvalError(
+                    f"unknown model {name!r}: not served ({known}) and not loadable as an adapter "
+                    f"folder: {resp.json().get('error', {}).get('message', resp.text[:200])}",
+                    param="models",
+                )
+            out[name] = name
+    return out
+
+
+async def ask(
+    client: httpx.AsyncClient, *, model: str, question: str, rag: dict | bool, max_tokens: int
+) -> dict[str, Any]:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": question}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "rag": rag,
+    }
+    started = time.perf_counter()
+    data = await _call(client, "POST", "/v1/chat/completions", json=body)
+    return {
+        "reply": data["choices"][0]["message"]["content"] or "",
+        "sources": [s["document_id"] for s in data.get("sources") or []],
+        "source_texts": [s["text"] for s in data.get("sources") or []],
+        "latency_s": round(time.perf_counter() - started, 4),
+    }
+
+
+# -- scoring -------------------------------------------------------------------------------------
+
+
+def load_behaviour_scorer(dataset: Path) -> Callable[[str, dict], dict[str, float]] | None:
+    """The dataset's own `score.py` (score(output, expected) -> {"behaviour": ...}), if it has one."""
+    path = dataset / "score.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(f"ragtune_qa_scorer_{dataset.name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, "score", None)
+
+
+def reader_behaviour(reply: str, n_sources: int) -> float:
+    """The grounded reader's format: the abstention sentence, or a short answer citing real sources."""
+    text = reply.strip()
+    if text == ABSTAIN:
+        return 1.0
+    cites = cited_numbers(text)
+    return float(bool(cites) and all(1 <= n <= n_sources for n in cites) and len(text.split()) <= 60)
+
+
+def score_row(row: dict[str, Any], q: Question, extra: dict, scorer: Callable | None) -> dict[str, float]:
+    reply, sources = row["reply"], row["sources"]
+    cites = cited_numbers(reply)
+    gold_at = [i + 1 for i, d in enumerate(sources) if d == q.doc_id]
+    cite_ok = bool(gold_at) and bool(cites) and all(n in gold_at for n in cites)
+    out: dict[str, float] = {}
+    if row["phase"] == "answer":
+        out["contains"] = float(contains(reply, q.answer))
+        out["f1"] = token_f1(reply, q.answer)
+        out["retrieved"] = float(bool(gold_at))
+        if row["rag"]:
+            out["citation"] = float(cite_ok)
+        if scorer is not None:
+            expected = {**extra, "answer": q.answer, "n_sources": len(sources)}
+            expected.setdefault("cite", gold_at[0] if gold_at else None)
+            out["behaviour"] = float(scorer(reply, expected).get("behaviour", 0.0))
+        else:
+            out["behaviour"] = reader_behaviour(reply, len(sources))
+    elif row["phase"] == "counterfactual":
+        out["grounded"] = float(contains(reply, row["substitute"]) and not contains(reply, q.answer))
+        out["memory"] = float(contains(reply, q.answer))
+    elif row["phase"] == "abstain":
+        if any(contains(t, q.answer) for t in row.get("source_texts", [])):
+            return {}  # another passage still answers it: abstaining would not be right
+        out["abstain"] = float(is_abstention(reply))
+    return out
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def summarize(rows: list[dict[str, Any]], qa: QASet, scorer: Callable | None) -> dict[str, dict[str, Any]]:
+    by_id = {q.id: q for q in qa.questions}
+    table: dict[str, dict[str, Any]] = {}
+    acc: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        q = by_id[row["qid"]]
+        scores = score_row(row, q, qa.extra.get(q.id, {}), scorer)
+        bucket = acc.setdefault(row["config"], {})
+        for k, v in scores.items():
+            bucket.setdefault(k, []).append(v)
+        if row["phase"] == "answer":
+            bucket.setdefault("latency", []).append(row["latency_s"])
+    for label, bucket in acc.items():
+        lat = bucket.pop("latency", [])
+        table[label] = {k: round(sum(v) / len(v), 4) for k, v in bucket.items() if v}
+        table[label].update(
+            {f"n_{k}": len(v) for k, v in bucket.items() if k in ("contains", "grounded", "abstain")}
+        )
+        table[label]["latency_p50_s"] = percentile(lat, 50)
+        table[label]["latency_p99_s"] = percentile(lat, 99)
+    return table
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def _run_key(dataset: Path, opts: QAEvalOptions) -> str:
+    spec = json.dumps(
+        [str(dataset.resolve()), opts.split, opts.limit, opts.top_k, opts.mode, opts.max_tokens, opts.seed],
+    )
+    return hashlib.sha256(spec.encode()).hexdigest()[:12]
+
+
+async def run_qa_eval(
+    client: httpx.AsyncClient,
+    dataset: Path,
+    opts: QAEvalOptions,
+    *,
+    results_file: Path,
+    progress: Callable[[str, int, int], None] = lambda *_: None,
+) -> dict[str, Any]:
+    qa = load_qa_set(dataset)
+    questions = split_questions(qa, opts.split)[: opts.limit]
+    if not questions:
+        raise EvalError(f"no questions in the {opts.split!r} split of {dataset}", param="dataset")
+    names = await resolve_models(client, opts.models)
+    configs = [Config(m, r) for m in opts.models for r in opts.rag]
+    collection = opts.collection or f"qa-{qa.name}".lower()[:60]
+    state = CollectionState(client, collection, qa)
+    await state.ensure()
+    cf_texts, cf = counterfactuals(qa, questions, seed=opts.seed)
+    gold_docs = sorted({q.doc_id for q in questions})
+    halves = [set(gold_docs[0::2]), set(gold_docs[1::2])]
+
+    run = _run_key(dataset, opts)
+    done: dict[tuple[str, str, str], dict[str, Any]] = {}
+    if results_file.exists():
+        for line in results_file.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by an interruption
+            if row.get("run") == run:
+                done[(row["phase"], row["config"], row["qid"])] = row
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    sink = results_file.open("a")
+    sem = asyncio.Semaphore(opts.concurrency)
+
+    async def one(phase: str, cfg: Config, q: Question, extra: dict[str, Any]) -> None:
+        key = (phase, cfg.label, q.id)
+        if key in done:
+            return
+        rag: dict | bool = (
+            {"collection": collection, "top_k": opts.top_k, "mode": opts.mode} if cfg.rag else False
+        )
+        async with sem:
+            got = await ask(
+                client, model=names[cfg.model], question=q.text, rag=rag, max_tokens=opts.max_tokens
+            )
+        row = {"run": run, "phase": phase, "config": cfg.label, "rag": cfg.rag, "qid": q.id, **extra, **got}
+        done[key] = row
+        sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+        sink.flush()
+
+    async def phase_run(phase: str, items: list[tuple[Config, Question, dict[str, Any]]]) -> None:
+        todo = [it for it in items if (phase, it[0].label, it[1].id) not in done]
+        total, finished = len(items), len(items) - len(todo)
+        progress(phase, finished, total)
+
+        async def tracked(it: tuple[Config, Question, dict[str, Any]]) -> None:
+            nonlocal finished
+            await one(phase, *it)
+            finished += 1
+            progress(phase, finished, total)
+
+        await asyncio.gather(*(tracked(it) for it in todo))
+
+    note = lambda msg: progress(msg, 0, 0)  # noqa: E731 - a one-line adapter
+    try:
+        if "answer" in opts.phases:
+            await state.set(texts={}, absent=set(), progress=note)
+            await phase_run("answer", [(c, q, {}) for c in configs for q in questions])
+        rag_configs = [c for c in configs if c.rag]
+        if "counterfactual" in opts.phases and rag_configs and cf:
+            await state.set(texts=cf_texts, absent=set(), progress=note)
+            items = [(c, x.question, {"substitute": x.substitute}) for c in rag_configs for x in cf]
+            await phase_run("counterfactual", items)
+        if "abstain" in opts.phases and rag_configs:
+            for half in halves:
+                await state.set(texts={}, absent=half, progress=note)
+                items = [(c, q, {}) for c in rag_configs for q in questions if q.doc_id in half]
+                await phase_run("abstain", items)
+    finally:
+        sink.close()
+        await state.set(texts={}, absent=set(), progress=note)
+
+    rows = list(done.values())
+    scorer = load_behaviour_scorer(dataset)
+    return {
+        "dataset": str(dataset),
+        "split": opts.split,
+        "questions": len(questions),
+        "counterfactual_questions": len(cf),
+        "top_k": opts.top_k,
+        "mode": opts.mode,
+        "collection": collection,
+        "configs": summarize(rows, qa, scorer),
+    }
+
+
+def summarize_file(results_file: Path, dataset: Path, opts: QAEvalOptions) -> dict[str, Any]:
+    """What an interrupted run finished: the summary over the answers already on disk."""
+    qa = load_qa_set(dataset)
+    run = _run_key(dataset, opts)
+    rows = []
+    if results_file.exists():
+        for line in results_file.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row.get("run") == run:
+                rows.append(row)
+    return {
+        "dataset": str(dataset),
+        "partial": True,
+        "configs": summarize(rows, qa, load_behaviour_scorer(dataset)),
+    }
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+METRICS = [
+    ("contains", "answer ⊇ gold"),
+    ("f1", "token F1"),
+    ("retrieved", "gold in sources"),
+    ("citation", "cites gold"),
+    ("grounded", "grounded (cf)"),
+    ("abstain", "abstains (gold gone)"),
+    ("behaviour", "behaviour"),
+]
+
+
+def render_table(summary: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        title=f"{summary['dataset']}: {summary.get('questions', '?')} questions "
+        f"({summary.get('split', '?')} split), top_k {summary.get('top_k', '?')}",
+    )
+    table.add_column("model")
+    for _, head in METRICS:
+        table.add_column(head, justify="right")
+    table.add_column("p50 / p99 s", justify="right")
+    for label, row in summary["configs"].items():
+        cells = [f"{row[k]:.3f}" if k in row else "-" for k, _ in METRICS]
+        p50, p99 = row.get("latency_p50_s"), row.get("latency_p99_s")
+        table.add_row(label, *cells, f"{p50:.2f} / {p99:.2f}" if p50 is not None else "-")
+    return table
+
+
+def plot_summary(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = list(summary["configs"])
+    metrics = [(k, h) for k, h in METRICS if any(k in summary["configs"][c] for c in configs)]
+    fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(metrics) + 2), 4))
+    width = 0.8 / max(1, len(configs))
+    for i, label in enumerate(configs):
+        row = summary["configs"][label]
+        xs = [j + i * width for j in range(len(metrics))]
+        ax.bar(xs, [row.get(k, 0.0) for k, _ in metrics], width, label=label)
+    ax.set_xticks([j + width * (len(configs) - 1) / 2 for j in range(len(metrics))])
+    ax.set_xticklabels([h for _, h in metrics], rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_title(
+        f"ragtune eval qa: {Path(summary['dataset']).name}, {summary.get('questions', '?')} questions"
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def eval_qa_command(
+    ctx: typer.Context,
+    dataset: Annotated[
+        Path, typer.Option("--dataset", help="BEIR-layout QA set whose queries carry `answer`")
+    ],
+    models: Annotated[
+        str, typer.Option("--models", help="comma-separated: base, adapter or profile names")
+    ] = "base",
+    rag: Annotated[str, typer.Option("--rag", help="on, off or on,off")] = "on,off",
+    split: Annotated[
+        str, typer.Option("--split", help="heldout (passages never trained on), train or all")
+    ] = "heldout",
+    limit: Annotated[int | None, typer.Option("--limit", help="ask only the first N questions")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="sources per question with RAG on")] = 4,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="longest answer")] = 96,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="questions in flight at once")] = 16,
+    phases: Annotated[
+        str, typer.Option("--phases", help="answer,counterfactual,abstain (or a subset)")
+    ] = ",".join(PHASES),
+    server: Annotated[
+        str | None, typer.Option("--server", help="a running ragtune server (default: in-process)")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", help="admin key of that server (or RAGTUNE_API_KEY)")
+    ] = None,
+    answers: Annotated[Path | None, typer.Option("--answers", help="JSONL of answers, for resuming")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="write a PNG chart here")] = None,
+) -> None:
+    """Answers, citations, grounding and abstention for models with and without retrieval."""
+    import os
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from serving.cli import fail, settings_of
+
+    err = Console(stderr=True)
+    settings = settings_of(ctx)
+    model_list = [m.strip() for m in models.split(",") if m.strip()]
+    rag_list = []
+    for r in (x.strip().lower() for x in rag.split(",") if x.strip()):
+        if r not in ("on", "off"):
+            raise fail(f"--rag: use on, off or on,off (got {r!r})")
+        rag_list.append(r == "on")
+    phase_list = tuple(p.strip() for p in phases.split(",") if p.strip())
+    if not model_list or not rag_list or not set(phase_list) <= set(PHASES) or not phase_list:
+        raise fail(f"--models, --rag and --phases need at least one value each (phases: {', '.join(PHASES)})")
+    try:
+        load_qa_set(dataset)  # a bad data set fails here, before any engine starts
+    except RagtuneError as exc:
+        raise fail(exc.message) from None
+    opts = QAEvalOptions(
+        models=model_list,
+        rag=rag_list,
+        split=split,
+        limit=limit,
+        top_k=top_k,
+        max_tokens=max_tokens,
+        concurrency=concurrency,
+        phases=phase_list,
+    )
+    answers = answers or settings.indexes_dir / ".eval" / f"qa-{dataset.resolve().name}.jsonl"
+    key = api_key or os.environ.get("RAGTUNE_API_KEY")
+
+    async def main() -> dict[str, Any]:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=False) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(phase: str, done: int, total: int) -> None:
+                if total == 0:
+                    bar.console.print(phase, highlight=False)
+                    return
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task(phase, total=total)
+                bar.update(tasks[phase], completed=done, total=total)
+
+            client_cm = server_client(server, key) if server else in_process_client(settings)
+            async with client_cm as client:
+                return await run_qa_eval(client, dataset, opts, results_file=answers, progress=progress)
+
+    try:
+        summary = asyncio.run(main())
+    except RagtuneError as exc:
+        raise fail(exc.message) from None
+    except KeyboardInterrupt:
+        partial = summarize_file(answers, dataset, opts)
+        err.print(f"interrupted; answers so far are in {answers} (rerun the same command to resume)")
+        Console().print(render_table(partial))
+        raise typer.Exit(130) from None
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        Console().print(render_table(summary))
+    if plot:
+        plot_summary(summary, plot)
+        err.print(f"chart: {plot}")

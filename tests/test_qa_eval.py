@@ -1,0 +1,195 @@
+"""`ragtune eval qa` and the QA helpers on a small fixture, through the real app and real retrieval.
+
+The engine is a scripted reader (a double): it answers with the text of the first source in its
+prompt and that source's marker, or with the abstention sentence when the prompt has no sources.
+So every metric has a known value: answers and citations follow retrieval, counterfactual
+passages are followed, and with the gold passage gone the double answers from another passage
+instead of abstaining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from retrieval import Library
+from serving.app import create_app
+from serving.engine import AdapterRef, Delta, SamplingOptions
+from serving.qa_eval import EvalError, QAEvalOptions, run_qa_eval
+from serving.settings import load_settings
+from training.qa import (
+    ABSTAIN,
+    QADataError,
+    answer_sentence,
+    answer_type,
+    contains,
+    counterfactuals,
+    is_abstention,
+    is_held_out,
+    load_qa_set,
+    split_questions,
+    token_f1,
+)
+from training.reader import build_reader_examples
+
+QA = Path(__file__).parent / "fixtures" / "qa"
+FIRST_SOURCE = re.compile(r"\[1\][^\n]*\n(.*?)(?:\n\n\[2\]|\n\nQuestion:)", re.S)
+
+
+class ReaderDouble:
+    """Answers with the first source's text and [1], or abstains when the prompt has no sources."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.max_model_len = 2048
+        self.calls = 0
+
+    async def generate(
+        self, prompt_ids: list[int], options: SamplingOptions, request_id: str, adapter: AdapterRef | None
+    ) -> AsyncIterator[Delta]:
+        prompt = self.tokenizer.decode(prompt_ids)
+        # Fixture questions only: the server's own start-up and health checks are not counted.
+        self.calls += any(q.text in prompt for q in load_qa_set(QA).questions)
+        found = FIRST_SOURCE.search(prompt)
+        yield Delta(0, f"{found.group(1).strip()} [1]." if found else ABSTAIN, 1, "stop")
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        return None
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None:
+        return None
+
+    async def abort(self, request_id: str) -> None:
+        return None
+
+    async def check_health(self) -> None:
+        return None
+
+    def num_unfinished(self) -> int:
+        return 0
+
+    def shutdown(self) -> None:
+        return None
+
+
+def test_the_qa_helpers_score_split_and_substitute():
+    qa = load_qa_set(QA)
+    assert len(qa.questions) == 8  # the query without an answer is left out
+    assert contains("It was built in 1871 [1].", "1871") and not contains("in 18712", "1871")
+    assert contains("The Baltic Sea.", "the baltic sea") and token_f1("the Baltic Sea", "Baltic Sea") == 1.0
+    assert is_abstention(ABSTAIN) and is_abstention("I don't know.") and not is_abstention("It is 1871 [1].")
+    assert answer_type("1871") == "year" and answer_type("Oskar Lind") == "name"
+    assert answer_type("12 May 1990") == "date" and answer_type("local granite") == "phrase"
+    text = "Intro words here for context. The lighthouse was built in 1871 from local granite. More follows."
+    assert answer_sentence(text, "1871") == "The lighthouse was built in 1871 from local granite"
+    # The split is by passage and stable: a passage's questions all land on one side.
+    held = {q.doc_id for q in split_questions(qa, "heldout")}
+    assert held == {p for p in qa.passages if is_held_out(p)}
+    assert {q.doc_id for q in split_questions(qa, "train")}.isdisjoint(held)
+    texts, changed = counterfactuals(qa, qa.questions, seed=1)
+    assert len(changed) == 8
+    for c in changed:
+        new = texts[c.question.doc_id]
+        assert c.substitute in new and c.question.answer not in new
+        assert answer_type(c.substitute) == answer_type(c.question.answer)
+
+
+def test_a_set_without_answers_or_files_is_refused(tmp_path: Path):
+    with pytest.raises(QADataError, match="no such folder"):
+        load_qa_set(tmp_path / "missing")
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d", "text": "x"}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "why?"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td\t1\n")
+    with pytest.raises(QADataError, match="needs answers"):
+        load_qa_set(tmp_path)
+
+
+@pytest.fixture
+def app_client(tmp_path: Path, base_model: Path):  # noqa: ANN201
+    from transformers import AutoTokenizer
+
+    settings = load_settings(
+        models_dir=base_model.parent, adapters_dir=tmp_path / "adapters", indexes_dir=tmp_path / "indexes"
+    )
+    (tmp_path / "adapters").mkdir()
+    engine = ReaderDouble(AutoTokenizer.from_pretrained(base_model))
+    library = Library(settings.indexes_dir, settings.retrieval)
+    app = create_app(settings, engine=engine, library=library)
+    yield app, engine, library
+    library.close()
+
+
+async def _run(app: Any, opts: QAEvalOptions, answers: Path) -> dict[str, Any]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ragtune") as client:
+            return await run_qa_eval(client, QA, opts, results_file=answers)
+
+
+def test_eval_qa_scores_answers_grounding_and_abstention_and_resumes(app_client, tmp_path: Path):
+    app, engine, library = app_client
+    opts = QAEvalOptions(models=["base"], rag=[True, False], split="all", top_k=2, concurrency=4)
+    answers = tmp_path / "answers.jsonl"
+    summary = asyncio.run(_run(app, opts, answers))
+    rag, plain = summary["configs"]["base+RAG"], summary["configs"]["base"]
+    # Retrieval finds each one-sentence passage first, and the double repeats it citing [1].
+    assert rag["retrieved"] == 1.0 and rag["contains"] == 1.0 and rag["citation"] == 1.0
+    assert rag["behaviour"] == 1.0 and rag["grounded"] == 1.0 and rag["n_grounded"] == 8
+    # With the gold passage removed the double answers from another passage: it never abstains.
+    assert rag["abstain"] == 0.0 and rag["n_abstain"] == 8
+    # Without retrieval it has no sources and abstains: no answer, but the reader's format.
+    assert plain["contains"] == 0.0 and plain["behaviour"] == 1.0 and "grounded" not in plain
+    assert rag["latency_p50_s"] is not None
+    # The collection is left as the corpus is, whatever the phases did to it.
+    coll = library.open(summary["collection"])
+    assert {d.id for d in coll.list_documents(limit=100)} == {f"p{i}" for i in range(1, 9)}
+    assert "1871" in coll.get("p1").text
+    asked = engine.calls
+    assert asked == 8 * 2 + 8 + 8  # answer (2 configs) + counterfactual + abstain (RAG only)
+    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert len(rows) == asked
+    # A rerun resumes from the answers file: nothing is asked again, the summary is the same.
+    again = asyncio.run(_run(app, opts, answers))
+    assert engine.calls == asked and again["configs"] == summary["configs"]
+
+
+def test_eval_qa_refuses_an_unknown_model_before_asking(app_client, tmp_path: Path):
+    app, engine, _ = app_client
+    opts = QAEvalOptions(models=["nosuch"], rag=[True])
+    with pytest.raises(EvalError, match="unknown model 'nosuch'"):
+        asyncio.run(_run(app, opts, tmp_path / "a.jsonl"))
+    assert engine.calls == 0
+
+
+def test_reader_examples_use_the_serving_format_and_only_train_passages(tmp_path: Path, base_model: Path):
+    settings = load_settings(models_dir=base_model.parent, indexes_dir=tmp_path / "indexes")
+    qa = load_qa_set(QA)
+    library = Library(tmp_path / "indexes", settings.retrieval)
+    try:
+        rows, stats = build_reader_examples(qa, library=library, n_examples=50, top_k=3, min_k=2, seed=3)
+    finally:
+        library.close()
+    train_docs = {q.doc_id for q in split_questions(qa, "train")}
+    assert stats.examples == len(rows) == len(split_questions(qa, "train"))
+    assert stats.answered + stats.abstain == stats.examples
+    for row in rows:
+        user, reply = row["messages"][0]["content"], row["messages"][1]["content"]
+        assert user.startswith("Use the numbered sources below") and "\n\nQuestion: " in user
+        assert row["doc_id"] in train_docs
+        for held in set(qa.passages) - train_docs:
+            assert qa.passages[held].text not in user  # held-out passages never appear
+        if reply == ABSTAIN:
+            assert qa.passages[row["doc_id"]].text not in user
+        else:
+            n = int(re.search(r"\[(\d)\]\.$", reply).group(1))
+            shown = re.findall(r"^\[(\d)\][^\n]*\n(.*)$", user, re.M)
+            cited = dict(shown)[str(n)]
+            assert reply.removesuffix(f" [{n}].") in cited
