@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import socket
 from pathlib import Path
 from typing import Annotated, Any
@@ -352,6 +353,9 @@ def _serve(settings: Settings, sock: socket.socket) -> None:
     config = uvicorn.Config(
         asgi, host=host, port=port, timeout_graceful_shutdown=settings.serving.shutdown_timeout_s
     )
+    # uvicorn re-raises a SIGTERM it handled once the graceful shutdown is done; by then every
+    # request has finished and the engine is stopped, so the process exits 0 instead of -15.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     _ready_server(config, url).run(sockets=[sock])
 
 
@@ -361,6 +365,9 @@ def _mount() -> None:
 
     register_retrieval(app, eval_app)
     register_training(app, eval_app)
+    from serving.qa_eval import eval_qa_command
+
+    eval_app.command("qa")(eval_qa_command)
 
 
 _mount()
