@@ -122,16 +122,14 @@ def test_chunked_upload_beyond_the_limit_is_413(live_server: LiveServer) -> None
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
 
 
-def test_sigterm_finishes_requests_in_flight_saves_and_exits_0(
-    tmp_path: Path, base_model: Path, adapters_dir: Path
-) -> None:
+def test_sigterm_finishes_requests_in_flight_saves_and_exits_0(tmp_path: Path, base_model: Path) -> None:
     from tests.conftest import _free_port, _processes_left
 
     port = _free_port()
     env = {
         **os.environ,
         "RAGTUNE_MODELS_DIR": str(base_model.parent),
-        "RAGTUNE_ADAPTERS_DIR": str(adapters_dir),
+        "RAGTUNE_ADAPTERS_DIR": str(tmp_path),
         "RAGTUNE_INDEXES_DIR": str(tmp_path / "indexes"),
         "RAGTUNE_ENGINE__KV_CACHE_GIB": "1",
         "RAGTUNE_ENGINE__MAX_MODEL_LEN": "512",
