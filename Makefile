@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-adapter serve test test-fast bench lint model clean chromium screenshots
+.PHONY: install demo demo-adapter reader-adapter eval serve test test-fast bench lint model clean chromium screenshots
 
 install: $(STAMP)
 
@@ -39,6 +39,21 @@ demo: model
 demo-adapter: model
 	$(BIN)/ragtune train --data examples/house-style/train.jsonl --name house-style --epochs 2 --lr 1e-3 \
 	  --rank 16 --alpha 32 --batch-size 8 --max-seq-len 512 --eval-split 0.05 --overwrite
+
+# The grounded reader (README: Grounded answers): examples built from the train passages of a QA
+# set in BEIR layout (never from its held-out passages), then `ragtune train` with its defaults.
+QA_SET ?= ../shared/data/disflqa
+reader-adapter: model
+	$(BIN)/ragtune data reader --dataset $(QA_SET) --out examples/grounded/train.jsonl --examples 1200
+	$(BIN)/ragtune train --data examples/grounded/train.jsonl --name reader --batch-size 2 --grad-accum 4 \
+	  --overwrite
+
+# Base and (when trained) the reader, with and without retrieval, on the held-out passages.
+EVAL_LIMIT ?= 500
+eval: model
+	models=base; [ -d adapters/reader ] && models=base,reader; \
+	$(BIN)/ragtune eval qa --dataset $(QA_SET) --models $$models --rag on,off --limit $(EVAL_LIMIT) \
+	  --plot bench/results/qa-$(notdir $(QA_SET)).png --json > bench/results/qa-$(notdir $(QA_SET)).json
 
 serve: model
 	$(BIN)/ragtune serve $(PORT_FLAG)

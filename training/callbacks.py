@@ -92,7 +92,7 @@ class LogProgress(TrainerCallback):
         done = state.global_step - self.first_step
         per_step = (time.time() - self.started) / done if done else 0.0
         left = per_step * (state.max_steps - state.global_step)
-        parts = [f"step {state.global_step}/{state.max_steps}"]
+        parts = [f"step {state.global_step}/{state.max_steps}" if state.max_steps else "before training:"]
         if "loss" in logs:
             parts.append(f"loss {logs['loss']:.4f}")
         if "eval_loss" in logs:
