@@ -176,3 +176,26 @@ def test_canary_unloads_and_refuses_an_adapter_that_changes_the_base_answer(
                 await registry.load("fine3", "fine")
 
     asyncio.run(scenario())
+
+
+def test_health_fails_when_the_canary_answer_goes_empty(
+    base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+    from transformers import AutoTokenizer
+
+    from retrieval import Library
+    from serving.app import create_app
+    from serving.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(models_dir=base_model.parent, adapters_dir=tmp_path, indexes_dir=tmp_path / "i")
+    engine = PoisonableEngine(AutoTokenizer.from_pretrained(base_model), mendable=False)
+    library = Library(settings.indexes_dir, settings.retrieval)
+    with TestClient(create_app(settings, engine=engine, library=library)) as client:
+        assert client.get("/health").status_code == 200
+        engine.poisoned_by = AdapterRef("x", 1, tmp_path)  # every answer is empty from here on
+        client.app.state.canary._checked_at = 0.0  # type: ignore[attr-defined]  # no cached result
+        resp = client.get("/health")
+        assert resp.status_code == 503 and "canary answer changed" in resp.json()["detail"]
+    library.close()
