@@ -163,6 +163,14 @@ def test_documents_api_errors(served) -> None:  # noqa: ANN001
     assert client.delete("/v1/collections/notes/documents/zzz").status_code == 404
     resp = client.post("/v1/collections/notes/search", json={"query": "cat", "filter": {"x": {"$bogus": 1}}})
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_filter"
+    # the fusion method reaches the collection: RRF scores are sums of 1 / (60 + rank)
+    scores = {}
+    for f in ("rrf", "convex"):
+        resp = client.post("/v1/collections/notes/search", json={"query": "cat", "fusion": f})
+        scores[f] = [h["score"] for h in resp.json()["data"]]
+    assert scores["rrf"][0] == pytest.approx(2 / 61) and scores["convex"][0] != scores["rrf"][0]
+    resp = client.post("/v1/collections/notes/search", json={"query": "cat", "fusion": "max"})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "fusion"
 
 
 def test_completions_and_max_tokens_default(served) -> None:  # noqa: ANN001
