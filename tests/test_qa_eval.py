@@ -24,6 +24,7 @@ from serving.app import create_app
 from serving.engine import AdapterRef, Delta, SamplingOptions
 from serving.qa_eval import EvalError, QAEvalOptions, run_qa_eval
 from serving.settings import load_settings
+from tests.doubles import EchoEngine
 from training.qa import (
     ABSTAIN,
     QADataError,
@@ -43,12 +44,11 @@ QA = Path(__file__).parent / "fixtures" / "qa"
 FIRST_SOURCE = re.compile(r"\[1\][^\n]*\n(.*?)(?:\n\n\[2\]|\n\nQuestion:)", re.S)
 
 
-class ReaderDouble:
+class ReaderDouble(EchoEngine):
     """Answers with the first source's text and [1], or abstains when the prompt has no sources."""
 
     def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-        self.max_model_len = 2048
+        super().__init__(tokenizer, max_model_len=2048)
         self.calls = 0
 
     async def generate(
@@ -59,24 +59,6 @@ class ReaderDouble:
         self.calls += any(q.text in prompt for q in load_qa_set(QA).questions)
         found = FIRST_SOURCE.search(prompt)
         yield Delta(0, f"{found.group(1).strip()} [1]." if found else ABSTAIN, 1, "stop")
-
-    async def add_adapter(self, adapter: AdapterRef) -> None:
-        return None
-
-    async def remove_adapter(self, adapter: AdapterRef) -> None:
-        return None
-
-    async def abort(self, request_id: str) -> None:
-        return None
-
-    async def check_health(self) -> None:
-        return None
-
-    def num_unfinished(self) -> int:
-        return 0
-
-    def shutdown(self) -> None:
-        return None
 
 
 def test_the_qa_helpers_score_split_and_substitute():
