@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from serving.errors import EngineRejected
+from serving.errors import EngineRejected, EngineUnhealthy
 from serving.settings import EngineSettings
 
 
@@ -119,6 +119,7 @@ class VllmEngine:
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         try:
             params = SamplingParams(
@@ -143,6 +144,11 @@ class VllmEngine:
         except VLLMClientError as exc:  # vLLM's own split: its client errors are the request's fault
             raise EngineRejected(
                 f"the engine refused the request: {exc}", param=getattr(exc, "parameter", None)
+            ) from exc
+        except EngineDeadError as exc:  # the engine process is gone: a 503 with a reason, not a 500
+            raise EngineUnhealthy(
+                "the inference engine stopped and cannot serve requests; restart the server "
+                "(its log has the engine's error)"
             ) from exc
 
     async def add_adapter(self, adapter: AdapterRef) -> None:

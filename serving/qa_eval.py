@@ -576,13 +576,15 @@ def eval_qa_command(
 
     try:
         summary = asyncio.run(main())
-    except RagtuneError as exc:
-        raise fail(exc.message) from None
-    except KeyboardInterrupt:
+    except (RagtuneError, KeyboardInterrupt) as exc:
+        # Report what finished (answers are on disk as they arrive) and how to go on.
         partial = summarize_file(answers, dataset, opts)
-        err.print(f"interrupted; answers so far are in {answers} (rerun the same command to resume)")
-        Console().print(render_table(partial))
-        raise typer.Exit(130) from None
+        if partial["configs"]:
+            Console().print(render_table(partial))
+            err.print(f"answers so far are in {answers}; rerun the same command to resume")
+        if isinstance(exc, KeyboardInterrupt):
+            raise fail("interrupted", code=130) from None
+        raise fail(exc.message) from None
     if as_json:
         print(json.dumps(summary))
     else:
