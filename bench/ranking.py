@@ -520,7 +520,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "bm25": "BM25 settings (alone, and fused with dense by RRF and by convex min-max a=0.5)",
         "prf": "Pseudo-relevance feedback (RM3: 10 docs, 10 terms, weight 0.5; Rocchio: 5 docs, 1.0 / 0.5)",
     }
-    names = list(next(iter(report["sets"].values()))["methods"])
+    names = list(dict.fromkeys(m for v in report["sets"].values() for m in v["methods"]))
     group_of = report["groups"]
     for g, title in groups.items():
         lines += [f"## {title}", "", "| method | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
@@ -529,8 +529,12 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 continue
             cells = []
             for s in sets:
-                r = report["sets"][s]["methods"][m]
-                cells.append(f"{r['ndcg@10']:.4f} / {r['recall@10']:.4f} / {r['recall@100']:.4f}")
+                r = report["sets"][s]["methods"].get(m)
+                cells.append(
+                    "not run"
+                    if r is None
+                    else f"{r['ndcg@10']:.4f} / {r['recall@10']:.4f} / {r['recall@100']:.4f}"
+                )
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     if any("rerank" in v for v in report["sets"].values()):
