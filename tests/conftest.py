@@ -175,13 +175,12 @@ def live_server(
             raise AssertionError(f"engine processes outlived the SIGKILLed server:\n{left}")
 
 
-def _processes_left(pgid: int, wait_s: float = 15) -> str:
-    """`ps` lines of the processes still in the group after `wait_s`, or ''."""
+def _processes_left(pgid: int, wait_s: float = 30) -> str:
+    """`ps` lines of the live (not zombie) processes still in the group after `wait_s`, or ''."""
     deadline = time.time() + wait_s
-    while time.time() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return ""
+    while True:
+        out = subprocess.run(["ps", "-o", "pid=,stat=,cmd=", "-g", str(pgid)], capture_output=True, text=True)
+        alive = [line for line in out.stdout.splitlines() if line.split() and "Z" not in line.split()[1]]
+        if not alive or time.time() > deadline:
+            return "\n".join(alive)
         time.sleep(0.25)
-    return subprocess.run(["ps", "-o", "pid,cmd", "-g", str(pgid)], capture_output=True, text=True).stdout
