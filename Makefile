@@ -73,7 +73,7 @@ chromium:
 
 # The README's playground pictures, taken by the browser test (docs/screenshots/).
 screenshots: model chromium
-	RAGTUNE_SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest -q tests/test_playground.py
+	SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest -q tests/test_playground.py
 
 test-fast: install
 	$(BIN)/pytest -q -m "not engine"

@@ -3,7 +3,7 @@ against the session's live server (the real vLLM engine and the real 135M model)
 
 A newcomer's first minutes: ask and watch the answer stream in beside its sources; add a
 document, ask about it and see it among the sources; delete it; load an adapter and unload it.
-Screenshots go to the test's folder, and to RAGTUNE_SCREENSHOTS_DIR when set
+Screenshots go to the test's folder, and to SCREENSHOTS_DIR when set
 (`make screenshots` writes the README's, docs/screenshots/).
 """
 
@@ -86,7 +86,7 @@ def page(live_server: LiveServer) -> Iterator[Any]:
 def shot(page: Any, name: str, tmp_path: Path) -> None:
     path = tmp_path / name
     page.screenshot(path=str(path))
-    target = os.environ.get("RAGTUNE_SCREENSHOTS_DIR")
+    target = os.environ.get("SCREENSHOTS_DIR")
     if target:
         Path(target).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(target) / name)
