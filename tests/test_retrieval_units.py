@@ -10,9 +10,9 @@ import pytest
 from retrieval_fixtures import real_embedder, settings
 
 from retrieval.chunking import split_document
-from retrieval.collection import rrf
 from retrieval.errors import InvalidFilter
 from retrieval.filters import compile_filter, parse_filter
+from retrieval.fusion import rrf
 from retrieval.sparse import Tokenizer
 from retrieval.store import SCHEMA_VERSION, Store
 from retrieval.vectors import INDEX_TYPES, HNSWIndex, IVFIndex
