@@ -87,6 +87,7 @@ def generate(
             gen = model.generate(
                 **enc,
                 do_sample=False,
+                use_cache=True,  # a model fresh from training has use_cache off in its config
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
