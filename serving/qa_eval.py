@@ -257,8 +257,8 @@ def score_row(row: dict[str, Any], q: Question, extra: dict, scorer: Callable | 
     if row["phase"] == "answer":
         out["contains"] = float(contains(reply, q.answer))
         out["f1"] = token_f1(reply, q.answer)
-        out["retrieved"] = float(bool(gold_at))
         if row["rag"]:
+            out["retrieved"] = float(bool(gold_at))
             out["citation"] = float(cite_ok)
         if scorer is not None:
             expected = {**extra, "answer": q.answer, "n_sources": len(sources)}
@@ -531,6 +531,8 @@ def eval_qa_command(
 
     err = Console(stderr=True)
     settings = settings_of(ctx)
+    # vLLM logs to stdout by default; stdout is for the table or the --json object alone.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     model_list = [m.strip() for m in models.split(",") if m.strip()]
     rag_list = []
     for r in (x.strip().lower() for x in rag.split(",") if x.strip()):
