@@ -151,7 +151,7 @@ def live_server(
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # a slow or busy CPU: the engine start and its self-check
     try:
         while True:
             if proc.poll() is not None:
@@ -162,7 +162,7 @@ def live_server(
             except httpx.TransportError:
                 pass
             if time.time() > deadline:
-                raise RuntimeError(f"server not healthy after 300 s:\n{log.read_text()[-4000:]}")
+                raise RuntimeError(f"server not healthy after 900 s:\n{log.read_text()[-4000:]}")
             time.sleep(1)
         yield LiveServer(url, log, adapters_dir, indexes)
     finally:
