@@ -527,10 +527,13 @@ def eval_qa_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from serving.cli import fail, settings_of
-
     err = Console(stderr=True)
-    settings = settings_of(ctx)
+    settings = ctx.find_root().obj  # the root command loaded the settings (serving.cli)
+
+    def fail(message: str, code: int = 2) -> typer.Exit:
+        err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        return typer.Exit(code)
+
     # vLLM logs to stdout by default; stdout is for the table or the --json object alone.
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     model_list = [m.strip() for m in models.split(",") if m.strip()]
