@@ -91,8 +91,9 @@ class LogProgress(TrainerCallback):
             return
         done = state.global_step - self.first_step
         per_step = (time.time() - self.started) / done if done else 0.0
-        left = per_step * (state.max_steps - state.global_step)
-        parts = [f"step {state.global_step}/{state.max_steps}" if state.max_steps else "before training:"]
+        total = max(state.max_steps, state.global_step)  # a resumed, finished run can be past the plan
+        left = per_step * (total - state.global_step)
+        parts = [f"step {state.global_step}/{total}" if state.max_steps else "before training:"]
         if "loss" in logs:
             parts.append(f"loss {logs['loss']:.4f}")
         if "eval_loss" in logs:
