@@ -134,9 +134,7 @@ class CollectionState:
 
     async def ensure(self) -> None:
         listed = await _call(self.client, "GET", "/v1/collections")
-        names = {
-            c["name"] if isinstance(c, dict) else c for c in listed.get("data", listed.get("collections", []))
-        }
+        names = {c["name"] for c in listed["data"]}
         if self.name not in names:
             await _call(self.client, "POST", "/v1/collections", json={"name": self.name})
         offset = 0
@@ -147,7 +145,7 @@ class CollectionState:
                 f"/v1/collections/{self.name}/documents",
                 params={"offset": offset, "limit": 500},
             )
-            docs = page.get("data", page.get("documents", []))
+            docs = page["data"]
             self.present |= {d["id"] for d in docs}
             if len(docs) < 500:
                 break

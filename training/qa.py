@@ -42,6 +42,7 @@ _ABSTAIN_PATTERNS = re.compile(
     r"i'm not sure|i am not sure|unable to (answer|find|determine))",
     re.IGNORECASE,
 )
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 _MONTHS = [
     "january",
     "february",
@@ -167,7 +168,7 @@ def split_questions(qa: QASet, split: str) -> list[Question]:
 def normalize(text: str) -> str:
     """SQuAD's answer normalisation."""
     text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = text.translate(_NO_PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 

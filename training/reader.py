@@ -79,10 +79,9 @@ def build_reader_examples(
     from retrieval import Document
 
     rng = random.Random(seed)
-    questions = [
-        q for q in split_questions(qa, "train") if find_answer(qa.passages[q.doc_id].text, q.answer) >= 0
-    ]
-    train_docs = {q.doc_id for q in split_questions(qa, "train")}
+    train = split_questions(qa, "train")
+    questions = [q for q in train if find_answer(qa.passages[q.doc_id].text, q.answer) >= 0]
+    train_docs = {q.doc_id for q in train}
     coll = library.create(collection_name)
     coll.upsert(
         [
