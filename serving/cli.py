@@ -365,7 +365,7 @@ def _mount() -> None:
 
     register_retrieval(app, eval_app)
     register_training(app, eval_app)
-    from serving.qa_eval import eval_qa_command
+    from serving.qa_cli import eval_qa_command
 
     eval_app.command("qa")(eval_qa_command)
 
