@@ -1,13 +1,15 @@
-"""A collection: documents in SQLite (the truth) with two in-memory indexes derived from it.
+"""A collection: documents in a store (the truth) with two in-memory indexes derived from it.
 
-The derived indexes are FAISS (dense vectors) and BM25 postings (retrieval/sparse.py, the FTS5
-index's postings scored with numpy). Writes go store-first: a batch is validated, chunked and
-embedded outside any lock that searches wait on, written in one SQLite transaction, and only
+The store is SQLite or PostgreSQL behind retrieval/storage.py's Protocols; nothing here speaks
+SQL. The derived indexes are FAISS (dense vectors) and BM25 postings (retrieval/sparse.py,
+FTS5's formula scored with numpy). Writes go store-first: a batch is validated, chunked and
+embedded outside any lock that searches wait on, written in one store transaction, and only
 then applied to the in-memory indexes. The commit and the index updates happen together under
 the write side of a readers-writer lock, and every search holds the read side for its whole run
-with one SQLite read transaction, so a search sees the collection before or after a write,
-never between. Across processes a file lock admits one writer; a search that finds the store
-newer than its indexes (another process wrote) brings them up to date from the store first.
+with one read transaction, so a search sees the collection before or after a write, never
+between. Across processes (or replicas) the store admits one writer per collection; a search
+that finds the store newer than its indexes (someone else wrote) brings them up to date first,
+following the store's change log where it keeps one, else diffing chunk ids.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +26,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, get_args
 
-import filelock
 import numpy as np
 
 from retrieval.chunking import Chunk, split_document
@@ -38,20 +38,18 @@ from retrieval.errors import (
     RagtuneError,
     WriterBusy,
 )
-from retrieval.filters import check_fields, compile_filter
+from retrieval.filters import compile_filter
 from retrieval.fusion import FUSIONS, fuse
 from retrieval.locks import RWLock
 from retrieval.settings import RetrievalSettings, SearchMode
 from retrieval.sparse import SparseIndex, Tokenizer, count, fts_text
-from retrieval.store import Store, select_in, transaction
+from retrieval.storage import DocumentStore, Txn
 from retrieval.types import Document, Hit, UpsertResult
 from retrieval.vectors import INDEX_TYPES, VectorIndex
 
-STORE_FILE = "store.sqlite"
 INDEX_FILE = "vectors.faiss"
 SPARSE_FILE = "sparse.npz"
 MANIFEST_FILE = "manifest.json"
-LOCK_FILE = "write.lock"
 MANIFEST_FORMAT = 2
 MAX_ID_CHARS = 1024
 MAX_K = 1000
@@ -96,19 +94,20 @@ def validate_document(doc: Any, max_chars: int) -> None:
 class Collection:
     """Use through `Library.create` / `Library.open`; one object per collection per process."""
 
-    def __init__(self, path: Path, settings: RetrievalSettings, embedder_of: Callable[[str], Embedder]):
-        self.path = path
-        self.name = path.name
+    def __init__(
+        self, store: DocumentStore, settings: RetrievalSettings, embedder_of: Callable[[str], Embedder]
+    ):
+        self.store = store
+        self.path = store.snapshot_dir  # None: no snapshots (the indexes are built from the store)
+        self.name = store.name
         self.settings = settings
         self._embedder_of = embedder_of
         self._embedder: Embedder | None = None
-        self.store = Store(path / STORE_FILE)
-        self.config = Store.meta(self.store.writer)
+        self.config = store.config
         self.index_type: str = self.config["index_type"]
         self.dimension: int = int(self.config["dimension"])
         self._rw = RWLock()
         self._write_mutex = threading.Lock()
-        self._filelock = filelock.FileLock(path / LOCK_FILE, thread_local=False)
         self._version = -1
         self._saved_version = -1
         self._saved_at = 0.0
@@ -137,6 +136,8 @@ class Collection:
         vectors: VectorIndex | None = None
         sparse: SparseIndex | None = None
         try:
+            if self.path is None:
+                raise FileNotFoundError("this store keeps no snapshots")
             manifest = json.loads((self.path / MANIFEST_FILE).read_text())
             expected = {
                 "format": MANIFEST_FORMAT,
@@ -155,52 +156,69 @@ class Collection:
                     sparse = None
         except (OSError, ValueError, KeyError, RuntimeError):
             pass  # missing, stale or unreadable: the store has everything to rebuild them
-        conn = self.store.reader()
-        with transaction(conn):
-            stored = Store.chunk_ids(conn)
+        with self.store.reading() as txn:
+            stored = txn.chunk_ids()
             if vectors is None:
-                ids, vecs = Store.embeddings(conn, None, self.dimension)
+                ids, vecs = txn.embeddings(None, self.dimension)
                 vectors = cls.build(self.dimension, self.settings, ids, vecs)
             else:
-                self._sync_vectors(vectors, conn, stored)
+                self._sync_vectors(vectors, txn, stored)
             if sparse is None:
-                self._sparse = SparseIndex.from_store(conn, _TOKENIZER, stored)
+                self._sparse = txn.sparse_index(_TOKENIZER, stored)
             else:
                 self._sparse = sparse
-                self._sync_sparse(conn, stored)
-            self._version = Store.version(conn)
+                self._sync_sparse(txn, stored)
+            self._version = txn.version()
         self._vectors = vectors
         self._rebuild_if_needed()
 
     # Chunk ids are never reused and a chunk never changes, so comparing id sets is exact: each
     # index adds what it lacks and removes what the store no longer has.
-    def _sync_vectors(self, vectors: VectorIndex, conn: sqlite3.Connection, stored: np.ndarray) -> None:
+    def _sync_vectors(self, vectors: VectorIndex, txn: Txn, stored: np.ndarray) -> None:
         """Make the FAISS index hold exactly the `stored` chunk ids (in the caller's read transaction)."""
         missing = np.setdiff1d(stored, vectors.ids(), assume_unique=True)
         if len(missing):
-            ids, vecs = Store.embeddings(conn, missing.tolist(), self.dimension)
+            ids, vecs = txn.embeddings(missing.tolist(), self.dimension)
             vectors.add(ids, vecs)
         vectors.remove(np.setdiff1d(vectors.live_ids(), stored, assume_unique=True))
 
-    def _sync_sparse(self, conn: sqlite3.Connection, stored: np.ndarray) -> None:
-        missing = np.setdiff1d(stored, self._sparse.ids(), assume_unique=True)
+    def _sync_sparse(self, txn: Txn, stored: np.ndarray | None, added: np.ndarray | None = None) -> None:
+        """Make the BM25 index hold exactly the `stored` chunk ids, or add chunks `added`."""
+        if stored is None:
+            assert added is not None
+            missing = added
+        else:
+            missing = np.setdiff1d(stored, self._sparse.ids(), assume_unique=True)
         try:
-            self._sparse.add(count(_TOKENIZER, missing, Store.fts_texts(conn, missing.tolist())))
-        except ValueError:  # ids below the snapshot's (cannot happen with AUTOINCREMENT): rebuild
-            self._sparse = SparseIndex.from_store(conn, _TOKENIZER, stored)
-        self._sparse.remove(np.setdiff1d(self._sparse.live_ids(), stored, assume_unique=True))
+            self._sparse.add(count(_TOKENIZER, missing, txn.fts_texts(missing.tolist())))
+        except ValueError:  # ids below the index's (cannot happen: ids only grow): rebuild
+            stored = txn.chunk_ids() if stored is None else stored
+            self._sparse = txn.sparse_index(_TOKENIZER, stored)
+        if stored is not None:
+            self._sparse.remove(np.setdiff1d(self._sparse.live_ids(), stored, assume_unique=True))
 
-    def _catch_up(self) -> None:
-        """Another process wrote: bring the in-memory indexes to the store's current version."""
-        with self._rw.write():
-            conn = self.store.reader()
-            with transaction(conn):
-                version = Store.version(conn)
-                if version != self._version:
-                    stored = Store.chunk_ids(conn)
-                    self._sync_vectors(self._vectors, conn, stored)
-                    self._sync_sparse(conn, stored)
-                    self._version = version
+    def _catch_up(self, writer: Txn | None = None) -> None:
+        """Someone else wrote: bring the in-memory indexes to the store's current version, by the
+        store's change log when it has one (a few rows), else by comparing chunk ids (all of them).
+        A writer passes its own transaction: it holds the lock, so it sees the latest version."""
+        with contextlib.ExitStack() as stack:
+            txn = writer or stack.enter_context(self.store.reading())
+            with self._rw.write():
+                version = txn.version()
+                if version == self._version:
+                    return
+                changes = txn.changes_since(self._version) if self._version >= 0 else None
+                if changes is None:
+                    stored = txn.chunk_ids()
+                    self._sync_vectors(self._vectors, txn, stored)
+                    self._sync_sparse(txn, stored)
+                else:
+                    self._vectors.remove(changes.removed)
+                    self._sparse.remove(changes.removed)
+                    ids, vecs = txn.embeddings(changes.added.tolist(), self.dimension)
+                    self._vectors.add(ids, vecs)
+                    self._sync_sparse(txn, None, added=ids)
+                self._version = version
 
     def _rebuild_if_needed(self) -> None:
         """Compaction (HNSW tombstones) or (re)training (IVF) from the stored embeddings, and
@@ -213,10 +231,9 @@ class Collection:
                     self._sparse = merged
         if not self._vectors.needs_rebuild:
             return
-        conn = self.store.reader()
-        with transaction(conn):
-            version = Store.version(conn)
-            ids, vecs = Store.embeddings(conn, None, self.dimension)
+        with self.store.reading() as txn:
+            version = txn.version()
+            ids, vecs = txn.embeddings(None, self.dimension)
         fresh = INDEX_TYPES[self.index_type].build(self.dimension, self.settings, ids, vecs)
         with self._rw.write():
             if self._version in (version, -1):
@@ -226,7 +243,7 @@ class Collection:
         """Write the FAISS and BM25 files and the manifest (each atomically). Callers hold the
         write file lock. The manifest goes last; on open, each index is checked against the
         store by chunk id anyway, so a crash between the files costs a sync, not correctness."""
-        if self._version == self._saved_version:
+        if self.path is None or self._version == self._saved_version:
             return False
         if not force and time.monotonic() - self._saved_at < self.settings.snapshot_interval:
             return False
@@ -259,46 +276,37 @@ class Collection:
 
     # -- writing ------------------------------------------------------------------------
     @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
+    def _writing(self) -> Iterator[Txn]:
+        """The store's write lock and an open transaction, rolled back unless `_commit`ted."""
         timeout = self.settings.lock_timeout
         if self._closed:
             raise RagtuneError(f"collection {self.name!r} is closed")
         if not self._write_mutex.acquire(timeout=timeout if timeout > 0 else -1):
             raise WriterBusy(f"collection {self.name!r}: another thread kept writing for {timeout:g} s")
         try:
-            try:
-                self._filelock.acquire(timeout=timeout)
-            except filelock.Timeout:
-                raise WriterBusy(
-                    f"collection {self.name!r} is being written by another process "
-                    f"(lock {self.path / LOCK_FILE}); waited {timeout:g} s. Try again when it finishes, "
-                    "or raise RAGTUNE_RETRIEVAL__LOCK_TIMEOUT"
-                ) from None
-            try:
-                if Store.version(self.store.writer) != self._version:
-                    self._catch_up()
-                yield self.store.writer
+            with self.store.writing(timeout) as txn:
+                if txn.version() != self._version:
+                    self._catch_up(txn)
+                yield txn
                 self._rebuild_if_needed()
                 self.save_snapshot()
-            finally:
-                self._filelock.release()
         finally:
             self._write_mutex.release()
 
     def _commit(
         self,
-        conn: sqlite3.Connection,
+        txn: Txn,
         remove: np.ndarray,
         add_ids: np.ndarray,
         add_vecs: np.ndarray,
         add_texts: Sequence[str] = (),
     ) -> None:
-        """COMMIT the open transaction and apply the same change to the in-memory indexes, as
+        """Commit the open transaction and apply the same change to the in-memory indexes, as
         one step for readers. `add_texts` are the added chunks' texts as FTS5 holds them."""
-        version = Store.bump_version(conn)
+        version = txn.bump_version(add_ids, remove)
         counted = count(_TOKENIZER, add_ids, add_texts)  # before the lock: searches go on
         with self._rw.write():
-            conn.execute("COMMIT")
+            txn.commit()
             try:
                 self._vectors.remove(remove)
                 self._vectors.add(add_ids, add_vecs)
@@ -324,10 +332,14 @@ class Collection:
             return UpsertResult([], [], [])
         # Chunk and embed before taking the write lock, which then covers only the commit: a large
         # document embeds for minutes, and other writers must not wait on that.
-        reader = self.store.reader()
-        before = self._existing_hashes(reader, list(hashes))
+        # Short read transactions only: a pooled database connection is not held while embedding.
+        with self.store.reading() as reader:
+            before = self._existing_hashes(reader, list(hashes))
         chunks = self._chunk([d for d in docs if before.get(d.id) != hashes[d.id]])
-        vectors = self._vectors_for(reader, [c for cs in chunks.values() for c in cs], progress)
+        planned = [c for cs in chunks.values() for c in cs]
+        with self.store.reading() as reader:
+            stored = reader.embeddings_by_hash([c.hash for c in planned])
+        vectors = self._vectors_for(stored, planned, progress)
         with self._writing() as conn:
             existing = self._existing_hashes(conn, list(hashes))
             changed = [d for d in docs if existing.get(d.id) != hashes[d.id]]
@@ -337,58 +349,22 @@ class Collection:
             late = [d for d in changed if d.id not in chunks]  # another writer changed it meanwhile
             if late:
                 chunks |= self._chunk(late)
-                vectors |= self._vectors_for(conn, [c for d in late for c in chunks[d.id]], progress)
+                todo = [c for d in late for c in chunks[d.id]]
+                stored = conn.embeddings_by_hash([c.hash for c in todo])
+                vectors |= self._vectors_for(stored, todo, progress)
             now = time.time()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                old = self._chunk_ids_of(conn, [d.id for d in changed if d.id in existing])
-                if len(old):
-                    conn.executemany("DELETE FROM chunks WHERE id = ?", [(int(i),) for i in old])
-                new_ids: list[int] = []
-                new_vecs: list[np.ndarray] = []
-                new_texts: list[str] = []
-                for doc in changed:
-                    conn.execute(
-                        "INSERT INTO documents(id, title, source, metadata, text, content_hash, created_at, "
-                        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                        "title=excluded.title, source=excluded.source, metadata=excluded.metadata, "
-                        "text=excluded.text, content_hash=excluded.content_hash, "
-                        "updated_at=excluded.updated_at",
-                        (
-                            doc.id,
-                            doc.title,
-                            doc.source,
-                            json.dumps(doc.metadata, ensure_ascii=False),
-                            doc.text,
-                            hashes[doc.id],
-                            now,
-                            now,
-                        ),
-                    )
-                    for chunk in chunks[doc.id]:
-                        vec = vectors[chunk.hash]
-                        cur = conn.execute(
-                            "INSERT INTO chunks(doc_id, seq, title, text, start, end, hash, embedding) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (
-                                doc.id,
-                                chunk.seq,
-                                doc.title,
-                                chunk.text,
-                                chunk.start,
-                                chunk.end,
-                                chunk.hash,
-                                vec.tobytes(),
-                            ),
-                        )
-                        new_ids.append(int(cur.lastrowid or 0))
-                        new_vecs.append(vec)
-                        new_texts.append(fts_text(doc.title, chunk.text))
-                self._commit(conn, old, np.asarray(new_ids, dtype=np.int64), np.vstack(new_vecs), new_texts)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            old = conn.chunk_ids_of([d.id for d in changed if d.id in existing])
+            if len(old):
+                conn.delete_chunks(old)
+            new_ids: list[int] = []
+            new_vecs: list[np.ndarray] = []
+            new_texts: list[str] = []
+            for doc in changed:
+                conn.put_document(doc, hashes[doc.id], now)
+                new_ids += conn.add_chunks(doc, chunks[doc.id], vectors)
+                new_vecs += [vectors[c.hash] for c in chunks[doc.id]]
+                new_texts += [fts_text(doc.title, c.text) for c in chunks[doc.id]]
+            self._commit(conn, old, np.asarray(new_ids, dtype=np.int64), np.vstack(new_vecs), new_texts)
         added = [d.id for d in changed if d.id not in existing]
         updated = [d.id for d in changed if d.id in existing]
         return UpsertResult(added, updated, unchanged)
@@ -409,11 +385,10 @@ class Collection:
         return out
 
     def _vectors_for(
-        self, conn: sqlite3.Connection, chunks: Sequence[Chunk], progress: Progress | None
+        self, stored: dict[str, np.ndarray], chunks: Sequence[Chunk], progress: Progress | None
     ) -> dict[str, np.ndarray]:
-        """Embeddings by chunk hash: stored ones reused, only new texts embedded."""
-        stored = Store.embeddings_by_hash(conn, [c.hash for c in chunks])
-        vectors = {h: np.frombuffer(b, dtype=np.float32) for h, b in stored.items()}
+        """Embeddings by chunk hash: `stored` ones reused, only new texts embedded."""
+        vectors = dict(stored)
         todo: dict[str, Chunk] = {}
         for c in chunks:
             if c.hash not in vectors:
@@ -438,13 +413,8 @@ class Collection:
         return vectors
 
     @staticmethod
-    def _existing_hashes(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
-        return dict(select_in(conn, "SELECT id, content_hash FROM documents WHERE id IN ({marks})", ids))
-
-    @staticmethod
-    def _chunk_ids_of(conn: sqlite3.Connection, doc_ids: Sequence[str]) -> np.ndarray:
-        rows = select_in(conn, "SELECT id FROM chunks WHERE doc_id IN ({marks})", doc_ids)
-        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+    def _existing_hashes(txn: Txn, ids: Sequence[str]) -> dict[str, str]:
+        return txn.content_hashes(ids)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id; returns how many existed. Unknown ids are ignored."""
@@ -453,26 +423,12 @@ class Collection:
         ids = list(dict.fromkeys(ids))
         if not ids:
             return 0
-        with self._writing() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                chunk_ids = self._chunk_ids_of(conn, ids)
-                deleted = 0
-                for lo in range(0, len(ids), 900):
-                    part = ids[lo : lo + 900]
-                    marks = ",".join("?" * len(part))
-                    conn.execute(f"DELETE FROM chunks WHERE doc_id IN ({marks})", part)
-                    deleted += conn.execute(f"DELETE FROM documents WHERE id IN ({marks})", part).rowcount
-                if not deleted:
-                    conn.execute("ROLLBACK")
-                    return 0
-                self._commit(
-                    conn, chunk_ids, np.empty(0, np.int64), np.empty((0, self.dimension), np.float32)
-                )
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self._writing() as txn:
+            chunk_ids = txn.chunk_ids_of(ids)
+            deleted = txn.delete_documents(ids)
+            if not deleted:
+                return 0  # rolled back: nothing changed
+            self._commit(txn, chunk_ids, np.empty(0, np.int64), np.empty((0, self.dimension), np.float32))
         return deleted
 
     def delete_where(self, filter: dict[str, Any]) -> int:
@@ -481,51 +437,43 @@ class Collection:
             raise InvalidFilter("an empty filter matches every document; drop the collection instead")
         ids = list(self.metadata_where(filter))
         if not ids:
-            check_fields(self.store.reader(), filter, self.name)
+            with self.store.reading() as txn:
+                txn.check_fields(filter, self.name)
         return self.delete(ids)
 
     # -- reading ------------------------------------------------------------------------
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction on a snapshot that the in-memory index matches."""
+    def _reading(self) -> Iterator[Txn]:
+        """A read transaction on a snapshot that the in-memory index matches. The store's
+        connection is taken before the readers' lock: no one waits for a connection holding it."""
         if self._closed:
             raise RagtuneError(f"collection {self.name!r} is closed")
-        conn = self.store.reader()
         for _ in range(5):
-            with self._rw.read():
-                conn.execute("BEGIN")
-                try:
-                    if Store.version(conn) == self._version:
-                        yield conn
-                        return
-                finally:
-                    conn.execute("COMMIT")
+            with self.store.reading() as txn, self._rw.read():
+                if txn.version() == self._version:  # the snapshot starts at this first read
+                    yield txn
+                    return
             self._catch_up()
         raise WriterBusy(f"collection {self.name!r} changes faster than it can be searched; try again")
 
     def get(self, doc_id: str) -> Document:
-        conn = self.store.reader()
-        row = conn.execute(
-            "SELECT id, text, title, source, metadata FROM documents WHERE id = ?", (doc_id,)
-        ).fetchone()
-        if row is None:
+        with self.store.reading() as txn:
+            doc = txn.document(doc_id)
+        if doc is None:
             raise DocumentNotFound(f"no document {doc_id!r} in collection {self.name!r}", param="id")
-        return Document(row[0], row[1], row[2], row[3], json.loads(row[4]))
+        return doc
 
     def list_documents(self, *, offset: int = 0, limit: int = 100) -> list[Document]:
         if offset < 0 or limit < 0:
             raise RagtuneError("offset and limit must be >= 0", param="offset" if offset < 0 else "limit")
-        rows = self.store.reader().execute(
-            "SELECT id, text, title, source, metadata FROM documents ORDER BY rowid LIMIT ? OFFSET ?",
-            (limit, offset),
-        )
-        return [Document(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+        with self.store.reading() as txn:
+            return txn.documents(offset, limit)
 
     def metadata_where(self, filter: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
         """id -> metadata of the documents matching `filter` (all when None)."""
-        where, params = compile_filter(filter)
-        rows = self.store.reader().execute(f"SELECT d.id, d.metadata FROM documents d WHERE {where}", params)
-        return {r[0]: json.loads(r[1]) for r in rows}
+        compile_filter(filter)  # a bad filter fails the same way whichever store is behind
+        with self.store.reading() as txn:
+            return txn.metadata_where(filter)
 
     def search(
         self,
@@ -549,7 +497,7 @@ class Collection:
             raise RagtuneError(f"k must be an integer from 1 to {MAX_K}, got {k!r}", param="k")
         if not isinstance(query, str) or not query.strip():
             raise RagtuneError("the query is empty", param="query")
-        where, params = compile_filter(filter)
+        compile_filter(filter)  # validated before the query is embedded
         embedder = self.embedder
         qvec: np.ndarray | Future[np.ndarray] | None = None
         if mode == "dense":
@@ -561,13 +509,12 @@ class Collection:
                 qvec = _POOL.submit(embedder.embed_query, query)
         depth = k if mode != "hybrid" else max(k, self.settings.candidates)
         terms = _TOKENIZER.query_terms(query) if mode != "dense" else []
-        with self._reading() as conn:
+        with self._reading() as txn:
             allowed = None
             if filter:
-                sql = f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE {where}"
-                allowed = np.fromiter((r[0] for r in conn.execute(sql, params)), dtype=np.int64)
+                allowed = txn.chunk_ids_where(filter)
                 if not len(allowed):
-                    check_fields(conn, filter, self.name)  # a typo is an error, not "no hits"
+                    txn.check_fields(filter, self.name)  # a typo is an error, not "no hits"
             dense: list[tuple[int, float]] = []
             sparse = self._sparse.search(terms, depth, allowed) if terms else []
             if isinstance(qvec, Future):
@@ -582,41 +529,43 @@ class Collection:
             else:
                 s = self.settings
                 ranked = fuse(dense, sparse, fusion, rrf_k=s.rrf_k, alpha=s.fusion_weight)[:k]
-            return self._hits(conn, ranked)
+            return self._hits(txn, ranked)
 
-    def _hits(self, conn: sqlite3.Connection, ranked: Sequence[tuple[int, float]]) -> list[Hit]:
+    def _hits(self, txn: Txn, ranked: Sequence[tuple[int, float]]) -> list[Hit]:
         if not ranked:
             return []
-        marks = ",".join("?" * len(ranked))
-        rows = {
-            r[0]: r
-            for r in conn.execute(
-                "SELECT c.id, c.doc_id, c.seq, c.text, c.start, c.end, d.title, d.source, d.metadata "
-                f"FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})",
-                [i for i, _ in ranked],
-            )
-        }
+        rows = txn.chunk_rows([i for i, _ in ranked])
         hits = []
         for chunk_id, score in ranked:
             r = rows.get(chunk_id)
             if r is None:  # cannot happen while index and store agree; skip rather than fail a search
                 continue
             hits.append(
-                Hit(r[1], f"{r[1]}#{r[2]}", r[6], r[7], float(score), r[3], r[4], r[5], json.loads(r[8]))
+                Hit(
+                    r.doc_id,
+                    f"{r.doc_id}#{r.seq}",
+                    r.title,
+                    r.source,
+                    float(score),
+                    r.text,
+                    r.start,
+                    r.end,
+                    r.metadata,
+                )
             )
         return hits
 
     # -- bookkeeping ---------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        with self._reading() as conn:
-            counts = Store.counts(conn)
+        with self._reading() as txn:
+            counts = txn.counts()
             vectors = self._vectors.live
             tombstones = len(self._vectors.dead)
             memory = self._vectors.memory_bytes()
             sparse_chunks = self._sparse.live
             sparse_memory = self._sparse.memory_bytes()
             version = self._version
-        disk = _folder_bytes(self.path)
+        disk = _folder_bytes(self.path) if self.path is not None else self.store.disk_bytes()
         return {
             "name": self.name,
             "documents": counts["documents"],
@@ -633,7 +582,7 @@ class Collection:
             "chunk_tokens": self.config["chunk_tokens"],
             "chunk_overlap": self.config["chunk_overlap"],
             "store_version": version,
-            "schema_version": self.store.writer.execute("PRAGMA user_version").fetchone()[0],
+            "schema_version": self.store.schema_version(),
             "bytes_on_disk": disk,
             "index_memory_bytes": memory,
             "sparse_memory_bytes": sparse_memory,
@@ -641,20 +590,21 @@ class Collection:
 
     def check(self) -> bool:
         """Full consistency check: stats agree and the FTS index matches its content table."""
-        return bool(self.stats()["consistent"]) and Store.fts_ok(self.store.writer)
+        return bool(self.stats()["consistent"]) and self.store.check()
 
     def try_snapshot(self) -> bool:
         """Save the snapshot now if it is behind and no writer (thread or process) is busy."""
         if (
             self._closed
+            or self.path is None
             or self._version == self._saved_version
             or not self._write_mutex.acquire(blocking=False)
         ):
             return False
         try:
-            with self._filelock.acquire(timeout=0):
+            with self.store.writing(timeout=0):
                 return self.save_snapshot(force=True)
-        except filelock.Timeout:
+        except WriterBusy:
             return False  # another process is writing; the next open re-syncs from the store
         finally:
             self._write_mutex.release()

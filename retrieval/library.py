@@ -1,21 +1,21 @@
-"""The library: every collection under one folder, sharing one loaded embedder per model."""
+"""The library: every collection of one store backend, sharing one loaded embedder per model.
+
+The backend is SQLite files under the indexes folder, or a PostgreSQL database when
+`RAGTUNE_RETRIEVAL__STORE_URL` names one (retrieval/storage.py).
+"""
 
 from __future__ import annotations
 
 import re
-import shutil
 import threading
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-import filelock
-
-from retrieval.collection import LOCK_FILE, STORE_FILE, Collection, check_chunking
+from retrieval.collection import Collection, check_chunking
 from retrieval.embedder import Embedder, load_embedder
-from retrieval.errors import CollectionExists, CollectionNotFound, RagtuneError, WriterBusy
+from retrieval.errors import CollectionNotFound, RagtuneError
 from retrieval.settings import IndexType, RetrievalSettings
-from retrieval.store import Store
+from retrieval.storage import open_backend
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
@@ -33,9 +33,11 @@ class Library:
     def __init__(
         self, root: Path, settings: RetrievalSettings, *, embedders: Mapping[str, Embedder] | None = None
     ):
-        """`embedders` pre-seeds the embedder cache by name (tests and benchmarks inject their own)."""
+        """`embedders` pre-seeds the embedder cache by name (tests and benchmarks inject their own).
+        Collections live under `root`, or in the database `settings.store_url` names."""
         self.root = Path(root)
         self.settings = settings
+        self.backend = open_backend(self.root, settings.store_url)
         self._embedders: dict[str, Embedder] = dict(embedders or {})
         self._collections: dict[str, Collection] = {}
         self._lock = threading.RLock()
@@ -69,35 +71,16 @@ class Library:
         model = self.embedder(embedder)
         check_chunking(tokens, overlap, model.max_tokens)
         with self._lock:
-            final = self.root / name
-            if (final / STORE_FILE).exists():
-                raise CollectionExists(
-                    f"collection {name!r} already exists in {self.root}", param="collection"
-                )
-            # Build in a scratch folder and rename: a crash never leaves half a collection.
-            self.root.mkdir(parents=True, exist_ok=True)
-            scratch = self.root / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-            scratch.mkdir()
-            try:
-                store = Store(scratch / STORE_FILE)
-                store.init_meta(
-                    {
-                        "embedder": model.id,
-                        "dimension": model.dimension,
-                        "index_type": index_type,
-                        "chunk_tokens": tokens,
-                        "chunk_overlap": overlap,
-                    }
-                )
-                store.close()
-                if final.exists() and not any(final.iterdir()):
-                    final.rmdir()
-                scratch.rename(final)
-            except OSError:
-                shutil.rmtree(scratch, ignore_errors=True)
-                if final.exists():
-                    raise CollectionExists(f"collection {name!r} already exists in {self.root}") from None
-                raise
+            self.backend.create(
+                name,
+                {
+                    "embedder": model.id,
+                    "dimension": model.dimension,
+                    "index_type": index_type,
+                    "chunk_tokens": tokens,
+                    "chunk_overlap": overlap,
+                },
+            )
             return self.open(name)
 
     def open(self, name: str) -> Collection:
@@ -106,15 +89,14 @@ class Library:
             found = self._collections.get(name)
             if found is not None:
                 return found
-            path = self.root / name
-            if not (path / STORE_FILE).exists():
+            if not self.backend.exists(name):
                 known = ", ".join(self.names()) or "none yet"
                 raise CollectionNotFound(
-                    f"no collection {name!r} in {self.root} (known: {known}); create it with "
+                    f"no collection {name!r} in {self.backend.where} (known: {known}); create it with "
                     f"`ragtune collections create {name}`",
                     param="collection",
                 )
-            collection = Collection(path, self.settings, self.embedder)
+            collection = Collection(self.backend.open(name), self.settings, self.embedder)
             collection.try_snapshot()
             self._collections[name] = collection
             return collection
@@ -122,33 +104,21 @@ class Library:
     def drop(self, name: str) -> None:
         check_name(name)
         with self._lock:
-            path = self.root / name
-            if not (path / STORE_FILE).exists():
-                raise CollectionNotFound(f"no collection {name!r} in {self.root}", param="collection")
+            if not self.backend.exists(name):
+                raise CollectionNotFound(
+                    f"no collection {name!r} in {self.backend.where}", param="collection"
+                )
             collection = self._collections.pop(name, None)
             if collection is not None:
                 collection.close()
-            lock = filelock.FileLock(path / LOCK_FILE, thread_local=False)
-            try:
-                with lock.acquire(timeout=self.settings.lock_timeout):
-                    # Rename first so a reader never opens a half-deleted folder.
-                    trash = self.root / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-                    path.rename(trash)
-            except filelock.Timeout:
-                raise WriterBusy(
-                    f"collection {name!r} is being written by another process; try again"
-                ) from None
-            shutil.rmtree(trash, ignore_errors=True)
+            self.backend.drop(name, self.settings.lock_timeout)
 
     def names(self) -> list[str]:
-        if not self.root.exists():
-            return []
-        return sorted(
-            p.name for p in self.root.iterdir() if (p / STORE_FILE).exists() and _NAME.fullmatch(p.name)
-        )
+        return [n for n in self.backend.names() if _NAME.fullmatch(n)]
 
     def close(self) -> None:
         with self._lock:
             for collection in self._collections.values():
                 collection.close()
             self._collections.clear()
+            self.backend.close()

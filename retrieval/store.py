@@ -1,14 +1,17 @@
-"""The SQLite document store: the source of truth of a collection.
+"""The SQLite document store: the source of truth of a collection (the embedded default).
 
 Documents, chunks (text, offsets, content hash, float32 embedding) and an FTS5 index (BM25,
 porter stemming) kept in step by triggers, so all three change in one transaction. WAL mode:
 readers never block the writer and read a consistent snapshot for a whole transaction.
 `meta.version` counts committed writes; the FAISS snapshot records the version it reflects.
+A file lock beside the database admits one writer across processes. `Store` and `SqliteTxn`
+implement retrieval/storage.py's Protocols; `SqliteBackend` keeps one folder per collection.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -18,9 +21,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 
-from retrieval.sparse import fts_text
+from retrieval.chunking import Chunk
+from retrieval.errors import CollectionExists, CollectionNotFound, WriterBusy
+from retrieval.filters import SqliteFields, check_fields, compile_filter
+from retrieval.sparse import SparseIndex, Tokenizer, fts_text
+from retrieval.storage import Changes, ChunkRow
+from retrieval.types import Document
 
 # Ordered migrations: index i brings the schema from user_version i to i + 1. Append only.
 MIGRATIONS: list[str] = [
@@ -122,16 +131,24 @@ def select_in(conn: sqlite3.Connection, sql: str, values: Iterable[Any]) -> Iter
         yield from conn.execute(sql.format(marks=",".join("?" * len(part))), part)
 
 
+STORE_FILE = "store.sqlite"
+LOCK_FILE = "write.lock"
+
+
 class Store:
     """One collection's SQLite file. A single writer connection plus one reader per thread."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.name = path.parent.name
+        self.snapshot_dir: Path | None = path.parent
         self.writer = connect(path)
         migrate(self.writer)
+        self.config = self.meta(self.writer)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._filelock = filelock.FileLock(path.parent / LOCK_FILE, thread_local=False)
 
     # -- connections ---------------------------------------------------------------------
     def reader(self) -> sqlite3.Connection:
@@ -142,6 +159,37 @@ class Store:
             with self._readers_lock:
                 self._readers.append(conn)
         return conn
+
+    @contextmanager
+    def reading(self) -> Iterator[SqliteTxn]:
+        """A read transaction: WAL gives it one snapshot from its first read to its end. A
+        thread has one reader connection; a read nested in another shares its snapshot."""
+        conn = self.reader()
+        if conn.in_transaction:
+            yield SqliteTxn(conn)
+            return
+        with transaction(conn):
+            yield SqliteTxn(conn)
+
+    @contextmanager
+    def writing(self, timeout: float) -> Iterator[SqliteTxn]:
+        try:
+            self._filelock.acquire(timeout=timeout)
+        except filelock.Timeout:
+            raise WriterBusy(
+                f"collection {self.name!r} is being written by another process "
+                f"(lock {self._filelock.lock_file}); waited {timeout:g} s. Try again when it finishes, "
+                "or raise RAGTUNE_RETRIEVAL__LOCK_TIMEOUT"
+            ) from None
+        try:
+            self.writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqliteTxn(self.writer)
+            finally:
+                if self.writer.in_transaction:
+                    self.writer.execute("ROLLBACK")
+        finally:
+            self._filelock.release()
 
     def close(self) -> None:
         with self._readers_lock:
@@ -158,71 +206,233 @@ class Store:
                 "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                 [(k, json.dumps(v)) for k, v in rows.items()],
             )
+        self.config = self.meta(self.writer)
 
     @staticmethod
     def meta(conn: sqlite3.Connection) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
 
-    @staticmethod
-    def version(conn: sqlite3.Connection) -> int:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-        return int(row[0]) if row else 0
+    def schema_version(self) -> int:
+        return int(self.writer.execute("PRAGMA user_version").fetchone()[0])
 
-    @staticmethod
-    def bump_version(conn: sqlite3.Connection) -> int:
-        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")
-        return Store.version(conn)
-
-    # -- reads (any connection, inside the caller's transaction) -------------------------
-    @staticmethod
-    def chunk_ids(conn: sqlite3.Connection) -> np.ndarray:
-        rows = conn.execute("SELECT id FROM chunks ORDER BY id").fetchall()
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-
-    @staticmethod
-    def embeddings(
-        conn: sqlite3.Connection, ids: Sequence[int] | None, dim: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of the given chunk ids, or of every chunk when ids is None."""
-        if ids is None:
-            rows = conn.execute("SELECT id, embedding FROM chunks ORDER BY id").fetchall()
-        else:
-            rows = list(
-                select_in(conn, "SELECT id, embedding FROM chunks WHERE id IN ({marks})", map(int, ids))
-            )
-        out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
-        return out_ids, vecs
-
-    @staticmethod
-    def fts_texts(conn: sqlite3.Connection, ids: Sequence[int]) -> list[str]:
-        """The text FTS5 indexes for each chunk id (title and text, see sparse.fts_text)."""
-        sql = "SELECT id, title, text FROM chunks WHERE id IN ({marks})"
-        found = {i: fts_text(title, text) for i, title, text in select_in(conn, sql, map(int, ids))}
-        return [found[int(i)] for i in ids]
-
-    @staticmethod
-    def embeddings_by_hash(conn: sqlite3.Connection, hashes: Sequence[str]) -> dict[str, bytes]:
-        sql = "SELECT hash, embedding FROM chunks WHERE hash IN ({marks}) GROUP BY hash"
-        return dict(select_in(conn, sql, dict.fromkeys(hashes)))
-
-    @staticmethod
-    def counts(conn: sqlite3.Connection) -> dict[str, int]:
-        docs = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
-        chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
-        fts = conn.execute("SELECT count(*) FROM chunks_fts_docsize").fetchone()[0]
-        orphans = conn.execute(
-            "SELECT count(*) FROM documents d WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.doc_id = d.id)"
-        ).fetchone()[0]
-        return {"documents": docs, "chunks": chunks, "fts_rows": fts, "documents_without_chunks": orphans}
-
-    @staticmethod
-    def fts_ok(conn: sqlite3.Connection) -> bool:
+    def check(self) -> bool:
         try:
-            conn.execute("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
+            self.writer.execute("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
         except sqlite3.DatabaseError:
             return False
         return True
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+
+    # Kept for callers that hold a raw connection (the sparse index tests, the benchmarks).
+    @staticmethod
+    def fts_texts(conn: sqlite3.Connection, ids: Sequence[int]) -> list[str]:
+        return SqliteTxn(conn).fts_texts(ids)
+
+
+def _ints(rows: Iterable[Any]) -> np.ndarray:
+    return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+
+class SqliteTxn:
+    """retrieval/storage.py's `Txn` over one SQLite connection inside a transaction."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    # -- reads ---------------------------------------------------------------------------
+    def version(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def changes_since(self, version: int) -> Changes | None:
+        return None  # no change log: one process's indexes diff against the chunk ids
+
+    def chunk_ids(self) -> np.ndarray:
+        return _ints(self.conn.execute("SELECT id FROM chunks ORDER BY id"))
+
+    def embeddings(self, ids: Sequence[int] | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        if ids is None:
+            rows = self.conn.execute("SELECT id, embedding FROM chunks ORDER BY id").fetchall()
+        else:
+            sql = "SELECT id, embedding FROM chunks WHERE id IN ({marks})"
+            rows = list(select_in(self.conn, sql, map(int, ids)))
+        out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+        return out_ids, vecs
+
+    def fts_texts(self, ids: Sequence[int]) -> list[str]:
+        """The text FTS5 indexes for each chunk id (title and text, see sparse.fts_text)."""
+        sql = "SELECT id, title, text FROM chunks WHERE id IN ({marks})"
+        found = {i: fts_text(title, text) for i, title, text in select_in(self.conn, sql, map(int, ids))}
+        return [found[int(i)] for i in ids]
+
+    def sparse_index(self, tokenizer: Tokenizer, ids: np.ndarray) -> SparseIndex:
+        return SparseIndex.from_store(self.conn, tokenizer, ids)  # FTS5's own postings
+
+    def embeddings_by_hash(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        sql = "SELECT hash, embedding FROM chunks WHERE hash IN ({marks}) GROUP BY hash"
+        rows = select_in(self.conn, sql, dict.fromkeys(hashes))
+        return {h: np.frombuffer(b, dtype=np.float32) for h, b in rows}
+
+    def content_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        return dict(
+            select_in(self.conn, "SELECT id, content_hash FROM documents WHERE id IN ({marks})", doc_ids)
+        )
+
+    def chunk_ids_of(self, doc_ids: Sequence[str]) -> np.ndarray:
+        return _ints(select_in(self.conn, "SELECT id FROM chunks WHERE doc_id IN ({marks})", doc_ids))
+
+    def document(self, doc_id: str) -> Document | None:
+        sql = "SELECT id, text, title, source, metadata FROM documents WHERE id = ?"
+        row = self.conn.execute(sql, (doc_id,)).fetchone()
+        return None if row is None else Document(row[0], row[1], row[2], row[3], json.loads(row[4]))
+
+    def documents(self, offset: int, limit: int) -> list[Document]:
+        rows = self.conn.execute(
+            "SELECT id, text, title, source, metadata FROM documents ORDER BY rowid LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [Document(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def metadata_where(self, filter: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+        where, params = compile_filter(filter)
+        rows = self.conn.execute(f"SELECT d.id, d.metadata FROM documents d WHERE {where}", params)
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def chunk_ids_where(self, filter: dict[str, Any]) -> np.ndarray:
+        where, params = compile_filter(filter)
+        sql = f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE {where}"
+        return _ints(self.conn.execute(sql, params))
+
+    def check_fields(self, filter: dict[str, Any], collection: str) -> None:
+        check_fields(SqliteFields(self.conn), filter, collection)
+
+    def chunk_rows(self, ids: Sequence[int]) -> dict[int, ChunkRow]:
+        sql = (
+            "SELECT c.id, c.doc_id, c.seq, c.text, c.start, c.end, d.title, d.source, d.metadata "
+            "FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})"
+        )
+        return {
+            r[0]: ChunkRow(r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]))
+            for r in select_in(self.conn, sql, map(int, ids))
+        }
+
+    def counts(self) -> dict[str, int]:
+        one = self.conn.execute
+        return {
+            "documents": one("SELECT count(*) FROM documents").fetchone()[0],
+            "chunks": one("SELECT count(*) FROM chunks").fetchone()[0],
+            "fts_rows": one("SELECT count(*) FROM chunks_fts_docsize").fetchone()[0],
+            "documents_without_chunks": one(
+                "SELECT count(*) FROM documents d WHERE NOT EXISTS "
+                "(SELECT 1 FROM chunks c WHERE c.doc_id = d.id)"
+            ).fetchone()[0],
+        }
+
+    # -- writing -------------------------------------------------------------------------
+    def put_document(self, doc: Document, content_hash: str, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO documents(id, title, source, metadata, text, content_hash, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "title=excluded.title, source=excluded.source, metadata=excluded.metadata, "
+            "text=excluded.text, content_hash=excluded.content_hash, updated_at=excluded.updated_at",
+            (
+                doc.id,
+                doc.title,
+                doc.source,
+                json.dumps(doc.metadata, ensure_ascii=False),
+                doc.text,
+                content_hash,
+                now,
+                now,
+            ),
+        )
+
+    def add_chunks(self, doc: Document, chunks: Sequence[Chunk], vectors: dict[str, np.ndarray]) -> list[int]:
+        ids = []
+        for c in chunks:
+            cur = self.conn.execute(
+                "INSERT INTO chunks(doc_id, seq, title, text, start, end, hash, embedding) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (doc.id, c.seq, doc.title, c.text, c.start, c.end, c.hash, vectors[c.hash].tobytes()),
+            )
+            ids.append(int(cur.lastrowid or 0))
+        return ids
+
+    def delete_chunks(self, ids: np.ndarray) -> None:
+        self.conn.executemany("DELETE FROM chunks WHERE id = ?", [(int(i),) for i in ids])
+
+    def delete_documents(self, ids: Sequence[str]) -> int:
+        deleted = 0
+        for lo in range(0, len(ids), 900):
+            part = list(ids[lo : lo + 900])
+            marks = ",".join("?" * len(part))
+            self.conn.execute(f"DELETE FROM chunks WHERE doc_id IN ({marks})", part)
+            deleted += self.conn.execute(f"DELETE FROM documents WHERE id IN ({marks})", part).rowcount
+        return deleted
+
+    def bump_version(self, added: np.ndarray, removed: np.ndarray) -> int:
+        self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")
+        return self.version()
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+
+class SqliteBackend:
+    """One folder per collection under `root`: `store.sqlite` and the index snapshots."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.where = str(self.root)
+
+    def names(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / STORE_FILE).exists() and p.name[0] != ".")
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name / STORE_FILE).exists()
+
+    def create(self, name: str, config: dict[str, Any]) -> None:
+        final = self.root / name
+        if self.exists(name):
+            raise CollectionExists(f"collection {name!r} already exists in {self.root}", param="collection")
+        # Build in a scratch folder and rename: a crash never leaves half a collection.
+        self.root.mkdir(parents=True, exist_ok=True)
+        scratch = self.root / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        scratch.mkdir()
+        try:
+            store = Store(scratch / STORE_FILE)
+            store.init_meta(config)
+            store.close()
+            if final.exists() and not any(final.iterdir()):
+                final.rmdir()
+            scratch.rename(final)
+        except OSError:
+            shutil.rmtree(scratch, ignore_errors=True)
+            if final.exists():
+                raise CollectionExists(f"collection {name!r} already exists in {self.root}") from None
+            raise
+
+    def open(self, name: str) -> Store:
+        return Store(self.root / name / STORE_FILE)
+
+    def drop(self, name: str, timeout: float) -> None:
+        path = self.root / name
+        if not self.exists(name):
+            raise CollectionNotFound(f"no collection {name!r} in {self.root}", param="collection")
+        lock = filelock.FileLock(path / LOCK_FILE, thread_local=False)
+        try:
+            with lock.acquire(timeout=timeout):
+                # Rename first so a reader never opens a half-deleted folder.
+                trash = self.root / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+                path.rename(trash)
+        except filelock.Timeout:
+            raise WriterBusy(f"collection {name!r} is being written by another process; try again") from None
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def close(self) -> None:
+        pass
