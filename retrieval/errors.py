@@ -60,3 +60,11 @@ class WriterBusy(RagtuneError):
     status_code = 503
     error_type = "server_error"
     code = "collection_busy"
+
+
+class StoreUnavailable(RagtuneError):
+    """The document store (a PostgreSQL server) cannot be reached."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "store_unavailable"

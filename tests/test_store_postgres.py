@@ -1,0 +1,56 @@
+"""What only the PostgreSQL store has: a URL that may not answer, a change log replicas follow."""
+# ruff: noqa: F811  (fixtures imported from the fixture modules are redefined as arguments)
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from retrieval_fixtures import EMBEDDER, CountingEmbedder, embedder, settings  # noqa: F401
+from store_fixtures import postgres  # noqa: F401
+
+from retrieval import Document, Library
+from retrieval.errors import RagtuneError, StoreUnavailable
+from retrieval.storage import hide_password
+
+
+def test_an_unreachable_store_is_a_clear_error_without_the_password(tmp_path: Path) -> None:
+    url = "postgresql://ragtune:s3cret-pw@127.0.0.1:1/ragtune"
+    with pytest.raises(StoreUnavailable) as caught:
+        Library(tmp_path, settings(store_url=url))
+    message = str(caught.value)
+    assert "postgresql://ragtune:***@127.0.0.1:1/ragtune" in message and "s3cret" not in message
+    assert "RAGTUNE_RETRIEVAL__STORE_URL" in message and caught.value.status_code == 503
+    with pytest.raises(RagtuneError, match="postgresql:// URL, got 'mysql://u:\\*\\*\\*@h/db'"):
+        Library(tmp_path, settings(store_url="mysql://u:pw@h/db"))
+    assert hide_password("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_a_replica_follows_the_change_log(
+    tmp_path: Path,
+    embedder: CountingEmbedder,
+    postgres,  # noqa: ANN001
+) -> None:
+    """Replica B catches up from the few rows of `changes`, not by listing every chunk id."""
+    url = postgres.create_database("follow")
+    a, b = (
+        Library(tmp_path / n, settings(store_url=url), embedders={EMBEDDER: embedder}) for n in ("a", "b")
+    )
+    ca = a.create("kb")
+    ca.upsert([Document(f"d{i}", f"document number {i} about trains") for i in range(20)])
+    cb = b.open("kb")
+    listed = []
+    ca.upsert([Document("late", "a late note about harbor ferries")])
+    ca.delete(["d3"])
+    from retrieval.store_pg import PgTxn
+
+    original = PgTxn.chunk_ids
+    PgTxn.chunk_ids = lambda self: listed.append(1) or original(self)  # type: ignore[method-assign]
+    try:
+        assert [h.document_id for h in cb.search("harbor ferries", k=1, mode="sparse")] == ["late"]
+    finally:
+        PgTxn.chunk_ids = original  # type: ignore[method-assign]
+    assert not listed
+    assert cb.stats()["documents"] == 20 and cb.stats()["consistent"] and cb.check()
+    a.close()
+    b.close()
