@@ -15,9 +15,6 @@ following the store's change log where it keeps one, else diffing chunk ids.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +26,8 @@ from typing import Any, get_args
 import numpy as np
 
 from retrieval.chunking import Chunk, split_document
+from retrieval.derived import TOKENIZER, DerivedIndexes
+from retrieval.documents import content_hash, validate_document
 from retrieval.embedder import Embedder
 from retrieval.errors import (
     DimensionMismatch,
@@ -40,55 +39,15 @@ from retrieval.errors import (
 )
 from retrieval.filters import compile_filter
 from retrieval.fusion import FUSIONS, fuse
-from retrieval.locks import RWLock
 from retrieval.settings import RetrievalSettings, SearchMode
-from retrieval.sparse import SparseIndex, Tokenizer, count, fts_text
+from retrieval.sparse import count, fts_text
 from retrieval.storage import DocumentStore, Txn
 from retrieval.types import Document, Hit, UpsertResult
-from retrieval.vectors import INDEX_TYPES, VectorIndex
 
-INDEX_FILE = "vectors.faiss"
-SPARSE_FILE = "sparse.npz"
-MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = 2
-MAX_ID_CHARS = 1024
 MAX_K = 1000
 
 Progress = Callable[[int], None]
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ragtune-embed")
-_TOKENIZER = Tokenizer()
-
-
-def content_hash(doc: Document) -> str:
-    payload = json.dumps([doc.text, doc.title, doc.source, doc.metadata], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def validate_document(doc: Any, max_chars: int) -> None:
-    if not isinstance(doc, Document):
-        raise InvalidDocument(f"expected a Document, got {type(doc).__name__}")
-    if not isinstance(doc.id, str) or not doc.id.strip():
-        raise InvalidDocument("a document needs a non-empty string id", param="id")
-    if len(doc.id) > MAX_ID_CHARS:
-        raise InvalidDocument(f"document id is {len(doc.id)} characters; at most {MAX_ID_CHARS}", param="id")
-    if not isinstance(doc.text, str) or not doc.text.strip():
-        raise InvalidDocument(f"document {doc.id!r} has no text", param="text")
-    if len(doc.text) > max_chars:
-        raise InvalidDocument(
-            f"document {doc.id!r} has {len(doc.text):,} characters; the limit is {max_chars:,} "
-            "(split it, or raise RAGTUNE_RETRIEVAL__MAX_DOCUMENT_CHARS)",
-            param="text",
-        )
-    for name in ("title", "source"):
-        value = getattr(doc, name)
-        if value is not None and not isinstance(value, str):
-            raise InvalidDocument(f"document {doc.id!r}: {name} must be a string or null", param=name)
-    if not isinstance(doc.metadata, dict):
-        raise InvalidDocument(f"document {doc.id!r}: metadata must be a JSON object", param="metadata")
-    try:
-        json.dumps(doc.metadata, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidDocument(f"document {doc.id!r}: metadata is not JSON: {exc}", param="metadata") from None
 
 
 class Collection:
@@ -106,13 +65,9 @@ class Collection:
         self.config = store.config
         self.index_type: str = self.config["index_type"]
         self.dimension: int = int(self.config["dimension"])
-        self._rw = RWLock()
         self._write_mutex = threading.Lock()
-        self._version = -1
-        self._saved_version = -1
-        self._saved_at = 0.0
         self._closed = False
-        self._load_indexes()
+        self._idx = DerivedIndexes(store, settings)
 
     # -- embedder -----------------------------------------------------------------------
     @property
@@ -129,151 +84,6 @@ class Collection:
             self._embedder = embedder
         return self._embedder
 
-    # -- the snapshots of the derived indexes -------------------------------------------
-    def _load_indexes(self) -> None:
-        """Load the snapshots if they match this store, else build them; then sync them to it."""
-        cls = INDEX_TYPES[self.index_type]
-        vectors: VectorIndex | None = None
-        sparse: SparseIndex | None = None
-        try:
-            if self.path is None:
-                raise FileNotFoundError("this store keeps no snapshots")
-            manifest = json.loads((self.path / MANIFEST_FILE).read_text())
-            expected = {
-                "format": MANIFEST_FORMAT,
-                "store_id": self.config["store_id"],
-                "embedder": self.config["embedder"],
-                "dimension": self.dimension,
-                "index_type": self.index_type,
-            }
-            if all(manifest.get(k) == v for k, v in expected.items()):
-                vectors = cls.load(self.path / INDEX_FILE, self.dimension, self.settings, manifest["state"])
-                if vectors.ntotal != manifest["vectors"]:
-                    vectors = None
-            if manifest.get("sparse_postings") is not None:
-                sparse = SparseIndex.load(self.path / SPARSE_FILE, _TOKENIZER)
-                if sparse.postings != manifest["sparse_postings"]:
-                    sparse = None
-        except (OSError, ValueError, KeyError, RuntimeError):
-            pass  # missing, stale or unreadable: the store has everything to rebuild them
-        with self.store.reading() as txn:
-            stored = txn.chunk_ids()
-            if vectors is None:
-                ids, vecs = txn.embeddings(None, self.dimension)
-                vectors = cls.build(self.dimension, self.settings, ids, vecs)
-            else:
-                self._sync_vectors(vectors, txn, stored)
-            if sparse is None:
-                self._sparse = txn.sparse_index(_TOKENIZER, stored)
-            else:
-                self._sparse = sparse
-                self._sync_sparse(txn, stored)
-            self._version = txn.version()
-        self._vectors = vectors
-        self._rebuild_if_needed()
-
-    # Chunk ids are never reused and a chunk never changes, so comparing id sets is exact: each
-    # index adds what it lacks and removes what the store no longer has.
-    def _sync_vectors(self, vectors: VectorIndex, txn: Txn, stored: np.ndarray) -> None:
-        """Make the FAISS index hold exactly the `stored` chunk ids (in the caller's read transaction)."""
-        missing = np.setdiff1d(stored, vectors.ids(), assume_unique=True)
-        if len(missing):
-            ids, vecs = txn.embeddings(missing.tolist(), self.dimension)
-            vectors.add(ids, vecs)
-        vectors.remove(np.setdiff1d(vectors.live_ids(), stored, assume_unique=True))
-
-    def _sync_sparse(self, txn: Txn, stored: np.ndarray | None, added: np.ndarray | None = None) -> None:
-        """Make the BM25 index hold exactly the `stored` chunk ids, or add chunks `added`."""
-        if stored is None:
-            assert added is not None
-            missing = added
-        else:
-            missing = np.setdiff1d(stored, self._sparse.ids(), assume_unique=True)
-        try:
-            self._sparse.add(count(_TOKENIZER, missing, txn.fts_texts(missing.tolist())))
-        except ValueError:  # ids below the index's (cannot happen: ids only grow): rebuild
-            stored = txn.chunk_ids() if stored is None else stored
-            self._sparse = txn.sparse_index(_TOKENIZER, stored)
-        if stored is not None:
-            self._sparse.remove(np.setdiff1d(self._sparse.live_ids(), stored, assume_unique=True))
-
-    def _catch_up(self, writer: Txn | None = None) -> None:
-        """Someone else wrote: bring the in-memory indexes to the store's current version, by the
-        store's change log when it has one (a few rows), else by comparing chunk ids (all of them).
-        A writer passes its own transaction: it holds the lock, so it sees the latest version."""
-        with contextlib.ExitStack() as stack:
-            txn = writer or stack.enter_context(self.store.reading())
-            with self._rw.write():
-                version = txn.version()
-                if version == self._version:
-                    return
-                changes = txn.changes_since(self._version) if self._version >= 0 else None
-                if changes is None:
-                    stored = txn.chunk_ids()
-                    self._sync_vectors(self._vectors, txn, stored)
-                    self._sync_sparse(txn, stored)
-                else:
-                    self._vectors.remove(changes.removed)
-                    self._sparse.remove(changes.removed)
-                    ids, vecs = txn.embeddings(changes.added.tolist(), self.dimension)
-                    self._vectors.add(ids, vecs)
-                    self._sync_sparse(txn, None, added=ids)
-                self._version = version
-
-    def _rebuild_if_needed(self) -> None:
-        """Compaction (HNSW tombstones) or (re)training (IVF) from the stored embeddings, and
-        merging of the BM25 segments. Built beside the live index, swapped in at the end."""
-        if self._sparse.needs_merge:
-            version = self._version
-            merged = self._sparse.merged()
-            with self._rw.write():
-                if self._version == version:
-                    self._sparse = merged
-        if not self._vectors.needs_rebuild:
-            return
-        with self.store.reading() as txn:
-            version = txn.version()
-            ids, vecs = txn.embeddings(None, self.dimension)
-        fresh = INDEX_TYPES[self.index_type].build(self.dimension, self.settings, ids, vecs)
-        with self._rw.write():
-            if self._version in (version, -1):
-                self._vectors, self._version = fresh, version
-
-    def save_snapshot(self, *, force: bool = False) -> bool:
-        """Write the FAISS and BM25 files and the manifest (each atomically). Callers hold the
-        write file lock. The manifest goes last; on open, each index is checked against the
-        store by chunk id anyway, so a crash between the files costs a sync, not correctness."""
-        if self.path is None or self._version == self._saved_version:
-            return False
-        if not force and time.monotonic() - self._saved_at < self.settings.snapshot_interval:
-            return False
-        with self._rw.read():
-            tmp = self.path / f"{INDEX_FILE}.tmp"
-            self._vectors.save(tmp)
-            os.replace(tmp, self.path / INDEX_FILE)
-            tmp = self.path / f"{SPARSE_FILE}.tmp"
-            self._sparse.save(tmp)
-            os.replace(tmp, self.path / SPARSE_FILE)
-            manifest = {
-                "format": MANIFEST_FORMAT,
-                "store_id": self.config["store_id"],
-                "store_version": self._version,
-                "embedder": self.config["embedder"],
-                "dimension": self.dimension,
-                "index_type": self.index_type,
-                "vectors": self._vectors.ntotal,
-                "live_vectors": self._vectors.live,
-                "state": self._vectors.state(),
-                "sparse_postings": self._sparse.postings,
-                "saved_at": time.time(),
-            }
-            tmp_manifest = self.path / f"{MANIFEST_FILE}.tmp"
-            tmp_manifest.write_text(json.dumps(manifest, indent=2))
-            os.replace(tmp_manifest, self.path / MANIFEST_FILE)
-            self._saved_version = manifest["store_version"]
-        self._saved_at = time.monotonic()
-        return True
-
     # -- writing ------------------------------------------------------------------------
     @contextmanager
     def _writing(self) -> Iterator[Txn]:
@@ -285,11 +95,11 @@ class Collection:
             raise WriterBusy(f"collection {self.name!r}: another thread kept writing for {timeout:g} s")
         try:
             with self.store.writing(timeout) as txn:
-                if txn.version() != self._version:
-                    self._catch_up(txn)
+                if txn.version() != self._idx.version:
+                    self._idx.catch_up(txn)
                 yield txn
-                self._rebuild_if_needed()
-                self.save_snapshot()
+                self._idx.rebuild_if_needed()
+                self._idx.save_snapshot()
         finally:
             self._write_mutex.release()
 
@@ -304,17 +114,17 @@ class Collection:
         """Commit the open transaction and apply the same change to the in-memory indexes, as
         one step for readers. `add_texts` are the added chunks' texts as FTS5 holds them."""
         version = txn.bump_version(add_ids, remove)
-        counted = count(_TOKENIZER, add_ids, add_texts)  # before the lock: searches go on
-        with self._rw.write():
+        counted = count(TOKENIZER, add_ids, add_texts)  # before the lock: searches go on
+        with self._idx.rw.write():
             txn.commit()
             try:
-                self._vectors.remove(remove)
-                self._vectors.add(add_ids, add_vecs)
-                self._sparse.remove(remove)
-                self._sparse.add(counted)
-                self._version = version
+                self._idx.vectors.remove(remove)
+                self._idx.vectors.add(add_ids, add_vecs)
+                self._idx.sparse.remove(remove)
+                self._idx.sparse.add(counted)
+                self._idx.version = version
             except Exception:
-                self._version = -1  # the next search re-syncs from the store
+                self._idx.version = -1  # the next search re-syncs from the store
                 raise
 
     def upsert(self, docs: Sequence[Document], *, progress: Progress | None = None) -> UpsertResult:
@@ -356,14 +166,9 @@ class Collection:
             old = conn.chunk_ids_of([d.id for d in changed if d.id in existing])
             if len(old):
                 conn.delete_chunks(old)
-            new_ids: list[int] = []
-            new_vecs: list[np.ndarray] = []
-            new_texts: list[str] = []
-            for doc in changed:
-                conn.put_document(doc, hashes[doc.id], now)
-                new_ids += conn.add_chunks(doc, chunks[doc.id], vectors)
-                new_vecs += [vectors[c.hash] for c in chunks[doc.id]]
-                new_texts += [fts_text(doc.title, c.text) for c in chunks[doc.id]]
+            new_ids = conn.add_documents(changed, hashes, chunks, vectors, now)
+            new_vecs = [vectors[c.hash] for d in changed for c in chunks[d.id]]
+            new_texts = [fts_text(d.title, c.text) for d in changed for c in chunks[d.id]]
             self._commit(conn, old, np.asarray(new_ids, dtype=np.int64), np.vstack(new_vecs), new_texts)
         added = [d.id for d in changed if d.id not in existing]
         updated = [d.id for d in changed if d.id in existing]
@@ -449,11 +254,11 @@ class Collection:
         if self._closed:
             raise RagtuneError(f"collection {self.name!r} is closed")
         for _ in range(5):
-            with self.store.reading() as txn, self._rw.read():
-                if txn.version() == self._version:  # the snapshot starts at this first read
+            with self.store.reading() as txn, self._idx.rw.read():
+                if txn.version() == self._idx.version:  # the snapshot starts at this first read
                     yield txn
                     return
-            self._catch_up()
+            self._idx.catch_up()
         raise WriterBusy(f"collection {self.name!r} changes faster than it can be searched; try again")
 
     def get(self, doc_id: str) -> Document:
@@ -508,7 +313,7 @@ class Collection:
             if qvec is None:
                 qvec = _POOL.submit(embedder.embed_query, query)
         depth = k if mode != "hybrid" else max(k, self.settings.candidates)
-        terms = _TOKENIZER.query_terms(query) if mode != "dense" else []
+        terms = TOKENIZER.query_terms(query) if mode != "dense" else []
         with self._reading() as txn:
             allowed = None
             if filter:
@@ -516,11 +321,11 @@ class Collection:
                 if not len(allowed):
                     txn.check_fields(filter, self.name)  # a typo is an error, not "no hits"
             dense: list[tuple[int, float]] = []
-            sparse = self._sparse.search(terms, depth, allowed) if terms else []
+            sparse = self._idx.sparse.search(terms, depth, allowed) if terms else []
             if isinstance(qvec, Future):
                 qvec = qvec.result()
             if qvec is not None:
-                scores, ids = self._vectors.search(qvec, depth, allowed)
+                scores, ids = self._idx.vectors.search(qvec, depth, allowed)
                 dense = list(zip(ids.tolist(), scores.tolist(), strict=True))
             if mode == "dense":
                 ranked = dense[:k]
@@ -559,12 +364,12 @@ class Collection:
     def stats(self) -> dict[str, Any]:
         with self._reading() as txn:
             counts = txn.counts()
-            vectors = self._vectors.live
-            tombstones = len(self._vectors.dead)
-            memory = self._vectors.memory_bytes()
-            sparse_chunks = self._sparse.live
-            sparse_memory = self._sparse.memory_bytes()
-            version = self._version
+            vectors = self._idx.vectors.live
+            tombstones = len(self._idx.vectors.dead)
+            memory = self._idx.vectors.memory_bytes()
+            sparse_chunks = self._idx.sparse.live
+            sparse_memory = self._idx.sparse.memory_bytes()
+            version = self._idx.version
         disk = _folder_bytes(self.path) if self.path is not None else self.store.disk_bytes()
         return {
             "name": self.name,
@@ -597,13 +402,13 @@ class Collection:
         if (
             self._closed
             or self.path is None
-            or self._version == self._saved_version
+            or self._idx.version == self._idx.saved_version
             or not self._write_mutex.acquire(blocking=False)
         ):
             return False
         try:
             with self.store.writing(timeout=0):
-                return self.save_snapshot(force=True)
+                return self._idx.save_snapshot(force=True)
         except WriterBusy:
             return False  # another process is writing; the next open re-syncs from the store
         finally:
@@ -627,17 +432,3 @@ def _folder_bytes(path: Path) -> int:
             if p.is_file():
                 total += p.stat().st_size
     return total
-
-
-def check_chunking(chunk_tokens: int, overlap: int, max_tokens: int) -> None:
-    if chunk_tokens > max_tokens:
-        raise RagtuneError(
-            f"chunk_tokens={chunk_tokens} exceeds the embedder's {max_tokens}-token window; "
-            f"set RAGTUNE_RETRIEVAL__CHUNK_TOKENS (or --chunk-tokens) to at most {max_tokens}",
-            param="chunk_tokens",
-        )
-    if not 0 <= overlap < chunk_tokens:
-        raise RagtuneError(
-            f"chunk_overlap={overlap} must be at least 0 and below chunk_tokens={chunk_tokens}",
-            param="chunk_overlap",
-        )

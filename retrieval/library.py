@@ -11,7 +11,8 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from retrieval.collection import Collection, check_chunking
+from retrieval.collection import Collection
+from retrieval.documents import check_chunking
 from retrieval.embedder import Embedder, load_embedder
 from retrieval.errors import CollectionNotFound, RagtuneError
 from retrieval.settings import IndexType, RetrievalSettings

@@ -84,9 +84,16 @@ class Txn(Protocol):
         ...
 
     # -- writing ------------------------------------------------------------------------
-    def put_document(self, doc: Document, content_hash: str, now: float) -> None: ...
-    def add_chunks(self, doc: Document, chunks: Sequence[Chunk], vectors: dict[str, np.ndarray]) -> list[int]:
-        """Insert a document's chunks; returns their new ids, which grow and are never reused."""
+    def add_documents(
+        self,
+        docs: Sequence[Document],
+        hashes: dict[str, str],
+        chunks: dict[str, list[Chunk]],
+        vectors: dict[str, np.ndarray],
+        now: float,
+    ) -> list[int]:
+        """Insert or replace documents (their old chunks deleted already) and insert their chunks,
+        `vectors` by chunk hash. Returns the new chunk ids in order; ids grow, never reused."""
         ...
 
     def delete_chunks(self, ids: np.ndarray) -> None: ...

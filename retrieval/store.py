@@ -332,7 +332,21 @@ class SqliteTxn:
         }
 
     # -- writing -------------------------------------------------------------------------
-    def put_document(self, doc: Document, content_hash: str, now: float) -> None:
+    def add_documents(
+        self,
+        docs: Sequence[Document],
+        hashes: dict[str, str],
+        chunks: dict[str, list[Chunk]],
+        vectors: dict[str, np.ndarray],
+        now: float,
+    ) -> list[int]:
+        ids: list[int] = []
+        for doc in docs:
+            self._put_document(doc, hashes[doc.id], now)
+            ids += self._add_chunks(doc, chunks[doc.id], vectors)
+        return ids
+
+    def _put_document(self, doc: Document, content_hash: str, now: float) -> None:
         self.conn.execute(
             "INSERT INTO documents(id, title, source, metadata, text, content_hash, created_at, "
             "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
@@ -350,7 +364,9 @@ class SqliteTxn:
             ),
         )
 
-    def add_chunks(self, doc: Document, chunks: Sequence[Chunk], vectors: dict[str, np.ndarray]) -> list[int]:
+    def _add_chunks(
+        self, doc: Document, chunks: Sequence[Chunk], vectors: dict[str, np.ndarray]
+    ) -> list[int]:
         ids = []
         for c in chunks:
             cur = self.conn.execute(

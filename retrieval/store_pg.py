@@ -8,8 +8,7 @@ collection are serialised by the database, whichever replica they run in; a read
 REPEATABLE READ transaction sees one committed state from its first statement to its end.
 Each replica's FAISS and BM25 indexes are derived in memory and follow `changes`.
 
-Full-text terms are not stored: BM25 tokenises chunk texts with FTS5's tokenizer in memory
-(retrieval/sparse.py), so both stores rank exactly alike.
+The SQL of reads and writes inside a transaction is in retrieval/store_pg_txn.py.
 """
 
 from __future__ import annotations
@@ -17,30 +16,19 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from retrieval.chunking import Chunk
-from retrieval.errors import (
-    CollectionExists,
-    CollectionNotFound,
-    InvalidDocument,
-    RagtuneError,
-    StoreUnavailable,
-    WriterBusy,
-)
-from retrieval.filters import check_fields, compile_filter
-from retrieval.sparse import SparseIndex, Tokenizer, count, fts_text
-from retrieval.storage import Changes, ChunkRow, hide_password
-from retrieval.types import Document
+from retrieval.errors import CollectionExists, CollectionNotFound, RagtuneError, StoreUnavailable, WriterBusy
+from retrieval.storage import hide_password
+from retrieval.store_pg_txn import PgTxn
 
 # Ordered migrations: index i brings the schema from version i to i + 1. Append only.
 MIGRATIONS: list[str] = [
@@ -93,7 +81,6 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = 0x5241_4754  # pg_advisory_xact_lock key: replicas starting together migrate once
 POOL_SIZE = 16
-SPARSE_BATCH = 5000  # chunks tokenised per BM25 segment on a cold build
 
 
 def migrate(conn: psycopg.Connection[Any]) -> None:
@@ -145,6 +132,10 @@ class PostgresBackend:
             with self.pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
+            # Idle connections died with this one: drop them now, so that the first request
+            # after the server is back gets a fresh connection rather than another failure.
+            with suppress(Exception):
+                self.pool.check()
             raise StoreUnavailable(
                 f"the PostgreSQL store at {self.where} failed: {self._scrub(exc)}"
             ) from None
@@ -215,27 +206,39 @@ class PgStore:
         self.config = config
 
     @contextmanager
-    def _transaction(self, begin: str) -> Iterator[psycopg.Connection[Any]]:
+    def _transaction(self, begin: str, lock: str = "") -> Iterator[PgTxn]:
+        """`begin` and the collection's version in one round trip (a search makes three: this,
+        its rows, the end). `lock` makes the version's read take the collection's row lock."""
         with self.backend.connection() as conn:
-            conn.execute(begin)
             try:
-                yield conn
+                try:
+                    cur = conn.execute(
+                        f"{begin}; SELECT version FROM collections WHERE id = {int(self.id)}{lock}"
+                    )
+                except pg_errors.LockNotAvailable:
+                    raise WriterBusy(
+                        f"collection {self.name!r} is being written by another process or replica; "
+                        "try again when it finishes, or raise RAGTUNE_RETRIEVAL__LOCK_TIMEOUT"
+                    ) from None
+                while cur.description is None and cur.nextset():
+                    pass
+                row = cur.fetchone()
+                if row is None:
+                    raise CollectionNotFound(f"collection {self.name!r} was dropped", param="collection")
+                yield PgTxn(conn, self, int(row[0]))
             finally:
                 if conn.info.transaction_status != TransactionStatus.IDLE:
                     with suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
 
-    @contextmanager
-    def reading(self) -> Iterator[PgTxn]:
-        with self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") as conn:
-            yield PgTxn(conn, self)
+    def reading(self) -> AbstractContextManager[PgTxn]:
+        return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
-    @contextmanager
-    def writing(self, timeout: float) -> Iterator[PgTxn]:
-        with self._transaction("BEGIN") as conn:
-            if _lock_row(conn, "id = %s", self.id, timeout, self.name) is None:
-                raise CollectionNotFound(f"collection {self.name!r} was dropped", param="collection")
-            yield PgTxn(conn, self)
+    def writing(self, timeout: float) -> AbstractContextManager[PgTxn]:
+        """Writers of this collection queue on its row, whichever replica they run in."""
+        if timeout > 0:
+            return self._transaction(f"BEGIN; SET LOCAL lock_timeout = {int(timeout * 1000)}", " FOR UPDATE")
+        return self._transaction("BEGIN", " FOR UPDATE NOWAIT")
 
     def schema_version(self) -> int:
         with self.backend.connection() as conn:
@@ -264,223 +267,3 @@ class PgStore:
 
     def close(self) -> None:
         pass  # the connections belong to the backend's pool
-
-
-class PgTxn:
-    """retrieval/storage.py's `Txn` on one pooled connection inside a transaction."""
-
-    def __init__(self, conn: psycopg.Connection[Any], store: PgStore):
-        self.conn = conn
-        self.store = store
-        self.id = store.id
-
-    def one(self, sql: str, *params: Any) -> Any:
-        return self.conn.execute(sql, params).fetchone()
-
-    def rows(self, sql: str, *params: Any, binary: bool = False) -> list[Any]:
-        return self.conn.execute(sql, params, binary=binary).fetchall()
-
-    def _ints(self, sql: str, *params: Any) -> np.ndarray:
-        rows = self.rows(sql, *params, binary=True)
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-
-    # -- reads ---------------------------------------------------------------------------
-    def version(self) -> int:
-        row = self.one("SELECT version FROM collections WHERE id = %s", self.id)
-        if row is None:
-            raise CollectionNotFound(f"collection {self.store.name!r} was dropped", param="collection")
-        return int(row[0])
-
-    def changes_since(self, version: int) -> Changes | None:
-        rows = self.rows(
-            "SELECT version, added, removed FROM changes WHERE collection = %s AND version > %s "
-            "ORDER BY version",
-            self.id,
-            version,
-        )
-        if not rows or rows[0][0] != version + 1:
-            return None  # not logged that far back: diff by chunk id instead
-        added = np.array([i for r in rows for i in r[1]], dtype=np.int64)
-        removed = np.array([i for r in rows for i in r[2]], dtype=np.int64)
-        return Changes(np.setdiff1d(added, removed), removed)
-
-    def chunk_ids(self) -> np.ndarray:
-        return self._ints("SELECT id FROM chunks WHERE collection = %s ORDER BY id", self.id)
-
-    def embeddings(self, ids: Sequence[int] | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        params: tuple[Any, ...] = (self.id,)
-        if ids is None:
-            sql = "SELECT id, embedding FROM chunks WHERE collection = %s ORDER BY id"
-        else:
-            sql = (
-                "SELECT id, embedding FROM chunks WHERE collection = %s AND id = ANY(%s::bigint[]) "
-                "ORDER BY id"
-            )
-            params = (self.id, [int(i) for i in ids])
-        rows = self.rows(sql, *params, binary=True)
-        out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
-        return out_ids, vecs
-
-    def fts_texts(self, ids: Sequence[int]) -> list[str]:
-        rows = self.rows(
-            "SELECT id, title, text FROM chunks WHERE collection = %s AND id = ANY(%s::bigint[])",
-            self.id,
-            [int(i) for i in ids],
-        )
-        found = {i: fts_text(title, text) for i, title, text in rows}
-        return [found[int(i)] for i in ids]
-
-    def sparse_index(self, tokenizer: Tokenizer, ids: np.ndarray) -> SparseIndex:
-        index = SparseIndex(tokenizer)
-        for lo in range(0, len(ids), SPARSE_BATCH):
-            part = ids[lo : lo + SPARSE_BATCH]
-            index.add(count(tokenizer, part, self.fts_texts(part.tolist())))
-        return index.merged() if index.needs_merge else index
-
-    def embeddings_by_hash(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        rows = self.rows(
-            "SELECT DISTINCT ON (hash) hash, embedding FROM chunks "
-            "WHERE collection = %s AND hash = ANY(%s::text[])",
-            self.id,
-            list(dict.fromkeys(hashes)),
-            binary=True,
-        )
-        return {h: np.frombuffer(b, dtype=np.float32) for h, b in rows}
-
-    def content_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
-        sql = "SELECT id, content_hash FROM documents WHERE collection = %s AND id = ANY(%s::text[])"
-        return dict(self.rows(sql, self.id, list(doc_ids)))
-
-    def chunk_ids_of(self, doc_ids: Sequence[str]) -> np.ndarray:
-        sql = "SELECT id FROM chunks WHERE collection = %s AND doc_id = ANY(%s::text[])"
-        return self._ints(sql, self.id, list(doc_ids))
-
-    def document(self, doc_id: str) -> Document | None:
-        sql = "SELECT id, text, title, source, metadata FROM documents WHERE collection = %s AND id = %s"
-        row = self.one(sql, self.id, doc_id)
-        return None if row is None else Document(*row)
-
-    def documents(self, offset: int, limit: int) -> list[Document]:
-        rows = self.rows(
-            "SELECT id, text, title, source, metadata FROM documents WHERE collection = %s "
-            "ORDER BY pos LIMIT %s OFFSET %s",
-            self.id,
-            limit,
-            offset,
-        )
-        return [Document(*r) for r in rows]
-
-    def metadata_where(self, filter: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-        where, params = compile_filter(filter, dialect="postgres")
-        sql = f"SELECT d.id, d.metadata FROM documents d WHERE d.collection = %s AND ({where})"
-        return dict(self.rows(sql, self.id, *params))
-
-    def chunk_ids_where(self, filter: dict[str, Any]) -> np.ndarray:
-        where, params = compile_filter(filter, dialect="postgres")
-        sql = (
-            "SELECT c.id FROM chunks c JOIN documents d ON d.collection = c.collection AND d.id = c.doc_id "
-            f"WHERE c.collection = %s AND ({where})"
-        )
-        return self._ints(sql, self.id, *params)
-
-    def check_fields(self, filter: dict[str, Any], collection: str) -> None:
-        check_fields(self, filter, collection)
-
-    # `FieldProbe` for check_fields
-    def has_documents(self) -> bool:
-        return self.one("SELECT 1 FROM documents WHERE collection = %s LIMIT 1", self.id) is not None
-
-    def has_field(self, name: str) -> bool:
-        sql = "SELECT 1 FROM documents WHERE collection = %s AND metadata #> %s::text[] IS NOT NULL LIMIT 1"
-        return self.one(sql, self.id, name.split(".")) is not None
-
-    def field_names(self, limit: int) -> list[str]:
-        sql = (
-            'SELECT DISTINCT k COLLATE "C" FROM documents, jsonb_object_keys(metadata) k '
-            "WHERE collection = %s ORDER BY 1 LIMIT %s"
-        )
-        return [r[0] for r in self.rows(sql, self.id, limit)]
-
-    def chunk_rows(self, ids: Sequence[int]) -> dict[int, ChunkRow]:
-        rows = self.rows(
-            'SELECT c.id, c.doc_id, c.seq, c.text, c.start, c."end", d.title, d.source, d.metadata '
-            "FROM chunks c JOIN documents d ON d.collection = c.collection AND d.id = c.doc_id "
-            "WHERE c.collection = %s AND c.id = ANY(%s::bigint[])",
-            self.id,
-            [int(i) for i in ids],
-        )
-        return {r[0]: ChunkRow(*r[1:]) for r in rows}
-
-    def counts(self) -> dict[str, int]:
-        row = self.conn.execute(
-            "SELECT (SELECT count(*) FROM documents WHERE collection = %(c)s), "
-            "(SELECT count(*) FROM chunks WHERE collection = %(c)s), "
-            "(SELECT count(*) FROM documents d WHERE collection = %(c)s AND NOT EXISTS "
-            "(SELECT 1 FROM chunks c WHERE c.collection = d.collection AND c.doc_id = d.id))",
-            {"c": self.id},
-        ).fetchone()
-        assert row is not None
-        # No separate full-text table: BM25 reads the chunks themselves, so its rows are the chunks.
-        return {"documents": row[0], "chunks": row[1], "fts_rows": row[1], "documents_without_chunks": row[2]}
-
-    # -- writing -------------------------------------------------------------------------
-    def put_document(self, doc: Document, content_hash: str, now: float) -> None:
-        metadata = json.dumps(doc.metadata, ensure_ascii=False)
-        if (
-            any("\x00" in s for s in (doc.text, doc.title or "", doc.source or "", doc.id))
-            or "\\u0000" in metadata
-        ):
-            raise InvalidDocument(
-                f"document {doc.id!r}: PostgreSQL cannot store NUL characters", param="text"
-            )
-        self.conn.execute(
-            "INSERT INTO documents(collection, id, title, source, metadata, text, content_hash, created_at, "
-            "updated_at) VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s) "
-            "ON CONFLICT (collection, id) DO UPDATE SET title = excluded.title, source = excluded.source, "
-            "metadata = excluded.metadata, "
-            "text = excluded.text, content_hash = excluded.content_hash, updated_at = excluded.updated_at",
-            (self.id, doc.id, doc.title, doc.source, metadata, doc.text, content_hash, now, now),
-        )
-
-    def add_chunks(self, doc: Document, chunks: Sequence[Chunk], vectors: dict[str, np.ndarray]) -> list[int]:
-        rows = self.rows(
-            'INSERT INTO chunks(collection, doc_id, seq, title, text, start, "end", hash, embedding) '
-            "SELECT %s, %s, s, %s, t, a, b, h, e FROM unnest(%s::int[], %s::text[], %s::int[], %s::int[], "
-            "%s::text[], %s::bytea[]) AS u(s, t, a, b, h, e) ORDER BY s RETURNING seq, id",
-            self.id,
-            doc.id,
-            doc.title,
-            [c.seq for c in chunks],
-            [c.text for c in chunks],
-            [c.start for c in chunks],
-            [c.end for c in chunks],
-            [c.hash for c in chunks],
-            [vectors[c.hash].astype(np.float32).tobytes() for c in chunks],
-        )
-        by_seq = dict(rows)
-        return [int(by_seq[c.seq]) for c in chunks]
-
-    def delete_chunks(self, ids: np.ndarray) -> None:
-        sql = "DELETE FROM chunks WHERE collection = %s AND id = ANY(%s::bigint[])"
-        self.conn.execute(sql, (self.id, [int(i) for i in ids]))
-
-    def delete_documents(self, ids: Sequence[str]) -> int:
-        sql = "DELETE FROM documents WHERE collection = %s AND id = ANY(%s::text[])"
-        return self.conn.execute(sql, (self.id, list(ids))).rowcount
-
-    def bump_version(self, added: np.ndarray, removed: np.ndarray) -> int:
-        version = int(
-            self.one("UPDATE collections SET version = version + 1 WHERE id = %s RETURNING version", self.id)[
-                0
-            ]
-        )
-        self.conn.execute(
-            "INSERT INTO changes(collection, version, added, removed) "
-            "VALUES (%s, %s, %s::bigint[], %s::bigint[])",
-            (self.id, version, [int(i) for i in added], [int(i) for i in removed]),
-        )
-        return version
-
-    def commit(self) -> None:
-        self.conn.execute("COMMIT")
