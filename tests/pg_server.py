@@ -56,6 +56,7 @@ class Server:
     folder: Path
     port: int
     user: str | None  # the unprivileged user the server runs as (None: ourselves)
+    fsync: bool = False
 
     @property
     def url(self) -> str:
@@ -77,8 +78,32 @@ class Server:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url_for(name)
 
-    def stop(self) -> None:
+    def start(self) -> None:
+        """Start (or start again) the server on its data folder and wait until it accepts connections."""
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.folder} "
+            f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=200"
+        )
+        data, log = str(self.folder / "data"), str(self.folder / "log")
+        done = self._run("pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "-t", "60", "start")
+        if done.returncode:
+            text = Path(log).read_text()[-500:] if Path(log).exists() else ""
+            raise Unavailable(f"pg_ctl start failed: {done.stderr.strip()[-300:]} {text}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise Unavailable("PostgreSQL did not accept connections within 30 s")
+
+    def halt(self) -> None:
+        """Stop the server at once (as a crash would), keeping its data."""
         self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop")
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -108,23 +133,10 @@ def start(*, fsync: bool = False) -> Server:
     if done.returncode:
         shutil.rmtree(folder, ignore_errors=True)
         raise Unavailable(f"initdb failed: {done.stderr.strip()[-500:]}")
-    options = (
-        f"-c listen_addresses=127.0.0.1 -c port={server.port} -c unix_socket_directories={folder} "
-        f"-c fsync={'on' if fsync else 'off'} -c max_connections=200"
-    )
-    done = server._run(
-        "pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "-t", "60", "start"
-    )
-    if done.returncode:
-        log = (folder / "log").read_text() if (folder / "log").exists() else ""
+    server.fsync = fsync
+    try:
+        server.start()
+    except Unavailable:
         shutil.rmtree(folder, ignore_errors=True)
-        raise Unavailable(f"pg_ctl start failed: {done.stderr.strip()[-300:]} {log[-500:]}")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
-            return server
-        except OSError:
-            time.sleep(0.2)
-    server.stop()
-    raise Unavailable("PostgreSQL did not accept connections within 30 s")
+        raise
+    return server

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pg_server
 import pytest
 from retrieval_fixtures import EMBEDDER, CountingEmbedder, embedder, settings  # noqa: F401
 from store_fixtures import postgres  # noqa: F401
 
 from retrieval import Document, Library
-from retrieval.errors import RagtuneError, StoreUnavailable
+from retrieval.errors import InvalidDocument, RagtuneError, StoreUnavailable
 from retrieval.storage import hide_password
 
 
@@ -54,3 +55,47 @@ def test_a_replica_follows_the_change_log(
     assert cb.stats()["documents"] == 20 and cb.stats()["consistent"] and cb.check()
     a.close()
     b.close()
+
+
+def test_a_lost_database_is_a_503_and_the_replica_recovers(
+    tmp_path: Path, embedder: CountingEmbedder
+) -> None:
+    try:
+        server = pg_server.start()  # its own server: this test stops it
+    except pg_server.Unavailable as exc:
+        pytest.skip(f"no PostgreSQL: {exc}")
+    try:
+        url = server.create_database("lost")
+        lib = Library(tmp_path, settings(store_url=url), embedders={EMBEDDER: embedder})
+        c = lib.create("kb")
+        c.upsert([Document("a", "the harbor ferry leaves at noon")])
+        server.halt()
+        with pytest.raises(StoreUnavailable, match=f"PostgreSQL store at {url} failed") as caught:
+            c.search("harbor ferry", mode="sparse")
+        assert caught.value.status_code == 503
+        with pytest.raises(StoreUnavailable):
+            c.upsert([Document("b", "a note about night buses")])
+        server.start()
+        assert [h.document_id for h in c.search("harbor ferry", mode="sparse")] == ["a"]
+        c.upsert([Document("b", "a note about night buses")])  # the failed write can be repeated
+        assert [h.document_id for h in c.search("night buses", mode="sparse")] == ["b"]
+        assert c.stats()["documents"] == 2 and c.stats()["consistent"]
+        lib.close()
+    finally:
+        server.stop()
+
+
+def test_nul_characters_are_refused_whole_batch(
+    tmp_path: Path,
+    embedder: CountingEmbedder,
+    postgres,  # noqa: ANN001
+) -> None:
+    """PostgreSQL text cannot hold NUL: a clear 400 for the batch, nothing written."""
+    lib = Library(
+        tmp_path, settings(store_url=postgres.create_database("nul")), embedders={EMBEDDER: embedder}
+    )
+    c = lib.create("kb")
+    with pytest.raises(InvalidDocument, match="cannot store NUL"):
+        c.upsert([Document("ok", "fine text"), Document("bad", "text with a \x00 in it")])
+    assert c.list_documents() == [] and c.stats()["chunks"] == 0
+    lib.close()
