@@ -59,7 +59,10 @@ def _library(ctx: typer.Context) -> Iterator[Library]:
     from retrieval.library import Library
 
     settings, root = _settings(ctx)
-    library = Library(root, settings)
+    try:
+        library = Library(root, settings)  # a store that cannot be reached fails here
+    except RagtuneError as exc:
+        raise _fail(exc.message) from None
     try:
         yield library
     except RagtuneError as exc:
@@ -119,7 +122,8 @@ def create_command(
             chunk_overlap=chunk_overlap,
             embedder=embedder,
         )
-        console.print(f"created [bold]{c.name}[/] ({c.index_type}, {c.config['embedder']}) in {c.path}")
+        where = c.path or library.backend.where
+        console.print(f"created [bold]{c.name}[/] ({c.index_type}, {c.config['embedder']}) in {where}")
 
 
 @collections_app.command("drop")

@@ -41,7 +41,7 @@ from retrieval.filters import compile_filter
 from retrieval.fusion import FUSIONS, fuse
 from retrieval.settings import RetrievalSettings, SearchMode
 from retrieval.sparse import count, fts_text
-from retrieval.storage import DocumentStore, Txn
+from retrieval.storage import ChunkRow, DocumentStore, Txn
 from retrieval.types import Document, Hit, UpsertResult
 
 MAX_K = 1000
@@ -314,19 +314,30 @@ class Collection:
                 qvec = _POOL.submit(embedder.embed_query, query)
         depth = k if mode != "hybrid" else max(k, self.settings.candidates)
         terms = TOKENIZER.query_terms(query) if mode != "dense" else []
-        with self._reading() as txn:
-            allowed = None
+        if self._closed:
+            raise RagtuneError(f"collection {self.name!r} is closed")
+        # Search the in-memory indexes at their version, then read the hits' rows together with
+        # the store's version (one statement on PostgreSQL): equal versions mean the hits are
+        # those of one committed state. Otherwise someone wrote: catch up and search again.
+        for _ in range(5):
+            allowed, allowed_at = None, None
             if filter:
-                allowed = txn.chunk_ids_where(filter)
+                allowed_at, allowed = self.store.ids_where_at(filter)
+                if allowed_at != self._idx.version:
+                    self._idx.catch_up()
+                    continue
                 if not len(allowed):
-                    txn.check_fields(filter, self.name)  # a typo is an error, not "no hits"
-            dense: list[tuple[int, float]] = []
-            sparse = self._idx.sparse.search(terms, depth, allowed) if terms else []
+                    with self.store.reading() as txn:
+                        txn.check_fields(filter, self.name)  # a typo is an error, not "no hits"
             if isinstance(qvec, Future):
                 qvec = qvec.result()
-            if qvec is not None:
-                scores, ids = self._idx.vectors.search(qvec, depth, allowed)
-                dense = list(zip(ids.tolist(), scores.tolist(), strict=True))
+            with self._idx.rw.read():
+                searched_at = self._idx.version
+                dense: list[tuple[int, float]] = []
+                sparse = self._idx.sparse.search(terms, depth, allowed) if terms else []
+                if qvec is not None:
+                    scores, ids = self._idx.vectors.search(qvec, depth, allowed)
+                    dense = list(zip(ids.tolist(), scores.tolist(), strict=True))
             if mode == "dense":
                 ranked = dense[:k]
             elif mode == "sparse":
@@ -334,12 +345,14 @@ class Collection:
             else:
                 s = self.settings
                 ranked = fuse(dense, sparse, fusion, rrf_k=s.rrf_k, alpha=s.fusion_weight)[:k]
-            return self._hits(txn, ranked)
+            version, rows = self.store.rows_at([i for i, _ in ranked])
+            if version == searched_at and allowed_at in (None, searched_at):
+                return self._hits(rows, ranked)
+            self._idx.catch_up()
+        raise WriterBusy(f"collection {self.name!r} changes faster than it can be searched; try again")
 
-    def _hits(self, txn: Txn, ranked: Sequence[tuple[int, float]]) -> list[Hit]:
-        if not ranked:
-            return []
-        rows = txn.chunk_rows([i for i, _ in ranked])
+    @staticmethod
+    def _hits(rows: dict[int, ChunkRow], ranked: Sequence[tuple[int, float]]) -> list[Hit]:
         hits = []
         for chunk_id, score in ranked:
             r = rows.get(chunk_id)

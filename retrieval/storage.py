@@ -119,6 +119,15 @@ class DocumentStore(Protocol):
         WriterBusy after `timeout` seconds (0: one try)."""
         ...
 
+    def rows_at(self, ids: Sequence[int]) -> tuple[int, dict[int, ChunkRow]]:
+        """The store's version and the rows of chunks `ids`, read in one snapshot."""
+        ...
+
+    def ids_where_at(self, filter: dict[str, Any]) -> tuple[int, np.ndarray]:
+        """The store's version and the ids of the chunks whose documents match `filter`, read
+        in one snapshot."""
+        ...
+
     def schema_version(self) -> int: ...
     def check(self) -> bool:
         """The store's own integrity check (SQLite: the FTS5 index against its table)."""

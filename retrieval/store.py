@@ -191,6 +191,14 @@ class Store:
         finally:
             self._filelock.release()
 
+    def rows_at(self, ids: Sequence[int]) -> tuple[int, dict[int, ChunkRow]]:
+        with self.reading() as txn:
+            return txn.version(), txn.chunk_rows(ids)
+
+    def ids_where_at(self, filter: dict[str, Any]) -> tuple[int, np.ndarray]:
+        with self.reading() as txn:
+            return txn.version(), txn.chunk_ids_where(filter)
+
     def close(self) -> None:
         with self._readers_lock:
             for conn in self._readers:

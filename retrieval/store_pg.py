@@ -16,18 +16,20 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from retrieval.errors import CollectionExists, CollectionNotFound, RagtuneError, StoreUnavailable, WriterBusy
-from retrieval.storage import hide_password
+from retrieval.filters import compile_filter
+from retrieval.storage import ChunkRow, hide_password
 from retrieval.store_pg_txn import PgTxn
 
 # Ordered migrations: index i brings the schema from version i to i + 1. Append only.
@@ -239,6 +241,34 @@ class PgStore:
         if timeout > 0:
             return self._transaction(f"BEGIN; SET LOCAL lock_timeout = {int(timeout * 1000)}", " FOR UPDATE")
         return self._transaction("BEGIN", " FOR UPDATE NOWAIT")
+
+    # One statement each: a statement sees one snapshot, so no transaction (and no round trips
+    # to open and end one) is needed for a search's reads.
+    def rows_at(self, ids: Sequence[int]) -> tuple[int, dict[int, ChunkRow]]:
+        with self.backend.connection() as conn:
+            rows = conn.execute(
+                "SELECT k.version, r.* FROM collections k LEFT JOIN LATERAL ("
+                'SELECT c.id, c.doc_id, c.seq, c.text, c.start, c."end", d.title, d.source, d.metadata '
+                "FROM chunks c JOIN documents d ON d.collection = c.collection AND d.id = c.doc_id "
+                "WHERE c.collection = k.id AND c.id = ANY(%s::bigint[])) r ON true WHERE k.id = %s",
+                ([int(i) for i in ids], self.id),
+            ).fetchall()
+        if not rows:
+            raise CollectionNotFound(f"collection {self.name!r} was dropped", param="collection")
+        return int(rows[0][0]), {r[1]: ChunkRow(*r[2:]) for r in rows if r[1] is not None}
+
+    def ids_where_at(self, filter: dict[str, Any]) -> tuple[int, np.ndarray]:
+        where, params = compile_filter(filter, dialect="postgres")
+        with self.backend.connection() as conn:
+            row = conn.execute(
+                "SELECT k.version, ARRAY(SELECT c.id FROM chunks c JOIN documents d "
+                "ON d.collection = c.collection AND d.id = c.doc_id "
+                f"WHERE c.collection = k.id AND ({where})) FROM collections k WHERE k.id = %s",
+                (*params, self.id),
+            ).fetchone()
+        if row is None:
+            raise CollectionNotFound(f"collection {self.name!r} was dropped", param="collection")
+        return int(row[0]), np.asarray(row[1], dtype=np.int64)
 
     def schema_version(self) -> int:
         with self.backend.connection() as conn:

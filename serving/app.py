@@ -53,8 +53,9 @@ def create_app(
         from serving.engine import VllmEngine
 
         model_path = settings.base_model_path
-        eng = engine or (engine_factory() if engine_factory else VllmEngine(model_path, settings.engine))
+        # The store first: an unreachable database fails the start before the engine's minutes.
         lib = library or Library(settings.indexes_dir, settings.retrieval)
+        eng = engine or (engine_factory() if engine_factory else VllmEngine(model_path, settings.engine))
         metrics = Metrics()
         registry = AdapterRegistry(
             eng,
