@@ -99,3 +99,28 @@ def test_nul_characters_are_refused_whole_batch(
         c.upsert([Document("ok", "fine text"), Document("bad", "text with a \x00 in it")])
     assert c.list_documents() == [] and c.stats()["chunks"] == 0
     lib.close()
+
+
+def test_the_server_does_not_start_on_an_unreachable_store(tmp_path: Path, base_model: Path) -> None:
+    """The store is opened before the engine: a bad URL fails the start at once, password hidden."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import load_settings
+
+    settings = load_settings(
+        models_dir=base_model.parent,
+        indexes_dir=tmp_path / "indexes",
+        retrieval={"store_url": "postgresql://ragtune:pw-123@127.0.0.1:1/ragtune"},
+    )
+    engines: list[int] = []
+
+    def engine_factory():  # noqa: ANN202
+        engines.append(1)
+        raise AssertionError("the engine must not start")
+
+    app = create_app(settings, engine_factory=engine_factory)
+    pattern = r"postgresql://ragtune:\*\*\*@127.0.0.1:1/ragtune"
+    with pytest.raises(StoreUnavailable, match=pattern) as caught, TestClient(app):
+        pass
+    assert "pw-123" not in str(caught.value) and not engines
