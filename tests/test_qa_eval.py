@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,6 +36,7 @@ from training.qa import (
     is_abstention,
     is_held_out,
     load_qa_set,
+    pick_substitute,
     split_questions,
     token_f1,
 )
@@ -81,6 +83,17 @@ def test_the_qa_helpers_score_split_and_substitute():
         new = texts[c.question.doc_id]
         assert c.substitute in new and c.question.answer not in new
         assert answer_type(c.substitute) == answer_type(c.question.answer)
+
+
+def test_a_substitute_keeps_the_answer_s_shape_when_it_can():
+    pool = {"number": ["4 credits", "20 minutes", "7 credits", "1871 ships"]}
+    rng = random.Random(0)
+    picks = {pick_substitute("12 minutes", "Trains leave every 12 minutes.", pool, rng) for _ in range(20)}
+    assert picks == {"20 minutes"}  # not "4 credits": the passage must still make sense
+    # With no answer of the same shape, any other of the same type.
+    assert pick_substitute("3 stops", "It has 3 stops.", pool, rng) in pool["number"]
+    # Never the answer itself, nor one already in the passage.
+    assert pick_substitute("20 minutes", "Every 20 minutes.", {"number": ["20 minutes"]}, rng) is None
 
 
 def test_a_set_without_answers_or_files_is_refused(tmp_path: Path):

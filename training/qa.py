@@ -269,8 +269,12 @@ def substitute_pool(questions: Iterable[Question]) -> dict[str, list[str]]:
 def pick_substitute(
     answer: str, passage_text: str, pool: dict[str, list[str]], rng: random.Random
 ) -> str | None:
-    """Another answer of the same type, absent from the passage, of similar length."""
+    """Another answer of the same type, absent from the passage, of similar length; one of the
+    same shape when there is one ("12 minutes" for "20 minutes", not "4 credits")."""
     candidates = pool.get(answer_type(answer), [])
+    same_shape = [c for c in candidates if _shape(c) == _shape(answer) and normalize(c) != normalize(answer)]
+    if same_shape:
+        candidates = same_shape
     if not candidates:
         return None
     n_words = len(answer.split())
@@ -285,6 +289,10 @@ def pick_substitute(
         ):
             return other
     return None
+
+
+def _shape(answer: str) -> str:
+    return re.sub(r"\d+", "#", answer.lower())
 
 
 def substitute(text: str, answer: str, replacement: str) -> str:
