@@ -9,13 +9,15 @@ and numbers) can only be answered from its context.
 
 Writes, beside this file: train.jsonl, heldout.jsonl (prompts + what the scorer expects),
 docs.jsonl and questions.jsonl (raw documents and questions with `{cite}` placeholders, for
-`ragtune train --collection`). Run: python examples/house-style/make_data.py
+`ragtune train --collection`); and examples/northwind-qa/, a QA set in BEIR layout about lines
+no adapter is trained on (for `ragtune eval qa`). Run: python examples/house-style/make_data.py
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -70,6 +72,31 @@ STATIONS = [
     "Stonebridge",
     "Upton Vale",
     "Westcombe",
+]
+# Lines of the QA set (examples/northwind-qa): none of them is in any training file.
+QA_LINES = [
+    "Heron",
+    "Larch",
+    "Cedar",
+    "Ridge",
+    "Kingfisher",
+    "Bramble",
+    "Foxglove",
+    "Slate",
+    "Harvest",
+    "Moorland",
+    "Saltmarsh",
+    "Lavender",
+    "Osprey",
+    "Wren",
+]
+# The short answer (a span of the passage) of each fact in facts_for; None: a yes/no fact.
+ANSWER_SPANS = [
+    r"every (\d+ minutes)",
+    r"costs (\d+ credits)",
+    r"opens at (\d+:\d\d)",
+    None,
+    r"by (\d+-car \w+)",
 ]
 MODELS = ["Arrow", "Kestrel", "Meridian", "Swift", "Pioneer"]
 OUT_OF_DOMAIN = [
@@ -237,6 +264,28 @@ def main() -> None:
         ],
     )
     print(f"train {len(train_rows)}, held-out {len(held_rows)}, docs {len(train_docs)}")
+    write_qa_set(HERE.parent / "northwind-qa", random.Random(11))
+
+
+def write_qa_set(dest: Path, rng: random.Random) -> None:
+    """Passages about QA_LINES (each station opens on one line only) and questions whose answer
+    is a span of their passage, in BEIR layout; the yes/no facts stay in as distractors."""
+    corpus, queries = [], []
+    for i, line in enumerate(QA_LINES):
+        a, b = STATIONS[i], STATIONS[(i + len(QA_LINES)) % len(STATIONS)]
+        for j, (passage, question, _) in enumerate(facts_for(line, a, b, rng)):
+            doc_id = f"{line.lower()}-{j}"
+            corpus.append({"_id": doc_id, "title": f"{line} Line", "text": passage})
+            if ANSWER_SPANS[j]:
+                span = re.search(ANSWER_SPANS[j], passage)
+                assert span, (passage, ANSWER_SPANS[j])
+                queries.append({"_id": f"q-{doc_id}", "text": question, "answer": span.group(1)})
+    (dest / "qrels").mkdir(parents=True, exist_ok=True)
+    write(dest / "corpus.jsonl", corpus)
+    write(dest / "queries.jsonl", queries)
+    rels = "".join(f"{q['_id']}\t{q['_id'][2:]}\t1\n" for q in queries)
+    (dest / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + rels)
+    print(f"{dest}: {len(queries)} questions, {len(corpus)} passages")
 
 
 def write(path: Path, rows: list[dict]) -> None:
