@@ -137,11 +137,53 @@ def serve(
 ) -> None:
     """Serve the OpenAI-compatible API: base model, adapters, profiles and collections."""
     settings = _reload(ctx, config, serving={"host": host, "port": port})
-    _serve(settings, _bind(settings))
+    sock = _bind(settings)
+    _serve(with_grounded(settings), sock)
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "house-style"
 DEMO_ADAPTER = "house-style"
+READER_ADAPTER = "reader"
+GROUNDED_PROFILE = "grounded"
+
+
+def trained_adapter(settings: Settings, name: str, otherwise: str) -> str | None:
+    """`name` when adapters/NAME is a usable adapter for the base model; else None, after a
+    line saying why and what is served instead (`otherwise`)."""
+    from training.adapters import inspect_adapter
+
+    try:
+        inspect_adapter(
+            settings.adapters_dir / name,
+            base_model_path=settings.base_model_path,
+            max_lora_rank=settings.engine.max_lora_rank,
+        )
+    except RagtuneError as exc:
+        console.print(f"[yellow]no {name} adapter[/] ({exc.message}): {otherwise}")
+        return None
+    return name
+
+
+def with_grounded(settings: Settings) -> Settings:
+    """Settings that also serve the `grounded` profile: the reader adapter (`make reader-adapter`)
+    answering from the sources of the collection a request names (`rag.collection`), citing
+    them, and saying "The sources do not answer this question." when they do not. A profile or
+    adapter of the same name in the settings wins."""
+    from serving.settings import ProfileSettings
+
+    if GROUNDED_PROFILE in settings.serving.profiles:
+        return settings
+    adapter = settings.serving.adapters.get(READER_ADAPTER) and READER_ADAPTER
+    adapter = adapter or trained_adapter(
+        settings, READER_ADAPTER, "no `grounded` profile. `make reader-adapter` trains it"
+    )
+    if not adapter:
+        return settings
+    adapters = {READER_ADAPTER: READER_ADAPTER, **settings.serving.adapters}
+    profile = ProfileSettings(adapter=adapter, top_k=4)
+    profiles = {**settings.serving.profiles, GROUNDED_PROFILE: profile}
+    serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})
+    return settings.model_copy(update={"serving": serving})
 
 
 DEMO_OWNER = {"owner": "ragtune-demo"}
@@ -179,7 +221,6 @@ def demo(
     """Serve the demo domain: Northwind Rail's handbook and, once trained, its house-style adapter."""
     from retrieval import Library
     from serving.settings import ProfileSettings
-    from training.adapters import inspect_adapter
 
     settings = _reload(ctx, config, serving={"host": host, "port": port})
     sock = _bind(settings)
@@ -194,25 +235,20 @@ def demo(
     finally:
         library.close()
 
+    adapter = trained_adapter(
+        settings,
+        DEMO_ADAPTER,
+        "the `demo` profile serves the base model with retrieval. `make demo-adapter` trains it "
+        "(about 12 minutes on 2 CPU cores)",
+    )
     adapters = dict(settings.serving.adapters)
-    adapter: str | None = None
-    try:
-        inspect_adapter(
-            settings.adapters_dir / DEMO_ADAPTER,
-            base_model_path=settings.base_model_path,
-            max_lora_rank=settings.engine.max_lora_rank,
-        )
-        adapters[DEMO_ADAPTER] = DEMO_ADAPTER
-        adapter = DEMO_ADAPTER
-    except RagtuneError as exc:
-        console.print(
-            f"[yellow]no demo adapter[/] ({exc.message}): the `demo` profile serves the base model with "
-            "retrieval. `make demo-adapter` trains it (about 12 minutes on 2 CPU cores)."
-        )
+    if adapter:
+        adapters[adapter] = adapter
     profiles = dict(settings.serving.profiles)
     profiles.setdefault("demo", ProfileSettings(adapter=adapter, collection="demo", top_k=3))
     serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})
-    _serve(settings.model_copy(update={"serving": serving}), sock)
+    settings = with_grounded(settings.model_copy(update={"serving": serving}))
+    _serve(settings, sock)
 
 
 @app.command()

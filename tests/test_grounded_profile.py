@@ -1,0 +1,51 @@
+"""The `grounded` profile: served whenever the reader adapter (`make reader-adapter`) is trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import make_lora_adapter
+
+from serving.cli import GROUNDED_PROFILE, READER_ADAPTER, with_grounded
+from serving.settings import ProfileSettings, Settings
+
+
+@pytest.fixture(scope="module")
+def reader_dir(tmp_path_factory: pytest.TempPathFactory, base_model: Path) -> Path:
+    root = tmp_path_factory.mktemp("adapters")
+    make_lora_adapter(base_model, root / READER_ADAPTER, seed=3)
+    return root
+
+
+def settings_with(adapters_dir: Path, base_model: Path, **serving: object) -> Settings:
+    return Settings(
+        models_dir=base_model.parent,
+        adapters_dir=adapters_dir,
+        serving=serving,
+    )
+
+
+def test_a_trained_reader_adds_the_grounded_profile(reader_dir: Path, base_model: Path) -> None:
+    settings = with_grounded(settings_with(reader_dir, base_model))
+    assert settings.serving.adapters == {READER_ADAPTER: READER_ADAPTER}
+    profile = settings.serving.profiles[GROUNDED_PROFILE]
+    # No collection of its own: the request names one (`rag.collection`); the adapter was
+    # trained on 2 to 4 sources.
+    assert (profile.adapter, profile.collection, profile.top_k) == (READER_ADAPTER, None, 4)
+
+
+def test_without_a_reader_nothing_is_added_and_the_log_says_how_to_train_it(
+    tmp_path: Path, base_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = settings_with(tmp_path, base_model)
+    assert with_grounded(settings) == settings
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
+    assert "no reader adapter" in out and "make reader-adapter" in out
+
+
+def test_a_configured_grounded_profile_wins(reader_dir: Path, base_model: Path) -> None:
+    mine = ProfileSettings(collection="kb", top_k=2)
+    settings = with_grounded(settings_with(reader_dir, base_model, profiles={GROUNDED_PROFILE: mine}))
+    assert settings.serving.profiles[GROUNDED_PROFILE] == mine
+    assert READER_ADAPTER not in settings.serving.adapters
