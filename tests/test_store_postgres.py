@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pg_server
@@ -124,3 +130,63 @@ def test_the_server_does_not_start_on_an_unreachable_store(tmp_path: Path, base_
     with pytest.raises(StoreUnavailable, match=pattern) as caught, TestClient(app):
         pass
     assert "pw-123" not in str(caught.value) and not engines
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[2])
+    from pathlib import Path
+    from retrieval_fixtures import HashEmbedder, settings
+    from retrieval import Document, Library
+
+    lib = Library(Path(sys.argv[1]), settings(store_url=sys.argv[3]), embedders={"hash": HashEmbedder()})
+    c = lib.open("kb")
+    words = "lift drag wing shock flow heat boundary layer pressure nozzle".split()
+    for batch in range(10_000):
+        docs = [Document(f"b{batch}-{i}", " ".join(words[(batch + i + j) % 10] for j in range(120)))
+                for i in range(10)]
+        c.upsert(docs)
+        print(batch, flush=True)
+    """
+)
+
+
+def test_kill_9_mid_ingest_loses_at_most_the_open_batch(tmp_path: Path, postgres) -> None:  # noqa: ANN001
+    """The SQLite crash test (tests/test_retrieval_ingest.py) on PostgreSQL: a writer process
+    killed inside a batch leaves whole batches only, and its row lock goes with it."""
+    from retrieval_fixtures import HashEmbedder
+
+    url = postgres.create_database("crash")
+    lib = Library(tmp_path, settings(store_url=url), embedders={"hash": HashEmbedder()})
+    watcher = lib.create("kb", embedder="hash")  # another replica holding the collection open
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path / "writer"), str(Path(__file__).parent), url],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        text=True,
+    )
+    assert proc.stdout is not None
+    committed = -1
+    deadline = time.monotonic() + 120
+    while committed < 3 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        committed = int(line)
+    time.sleep(0.05)  # land inside the next batch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert committed >= 3, "the writer never committed"
+    stats = watcher.stats()
+    assert stats["consistent"] and stats["documents"] % 10 == 0 and stats["documents"] >= 10 * (committed + 1)
+    lib.close()
+    lib = Library(tmp_path, settings(store_url=url), embedders={"hash": HashEmbedder()})
+    c = lib.open("kb")
+    stats = c.stats()
+    assert stats["consistent"] and c.check(), stats
+    assert stats["documents"] % 10 == 0 and stats["chunks"] == stats["vectors"]
+    assert c.search("nozzle pressure", mode="sparse", k=3)
+    c.upsert([Document("after", "the collection still takes writes after the crash")])  # lock released
+    assert c.get("after").text.startswith("the collection")
+    lib.close()
