@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from retrieval.errors import RagtuneError
 from training.qa import (
@@ -273,14 +274,6 @@ def score_row(row: dict[str, Any], q: Question, extra: dict, scorer: Callable | 
     return out
 
 
-def percentile(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
-
-
 def summarize(rows: list[dict[str, Any]], qa: QASet, scorer: Callable | None) -> dict[str, dict[str, Any]]:
     by_id = {q.id: q for q in qa.questions}
     table: dict[str, dict[str, Any]] = {}
@@ -299,8 +292,8 @@ def summarize(rows: list[dict[str, Any]], qa: QASet, scorer: Callable | None) ->
         table[label].update(
             {f"n_{k}": len(v) for k, v in bucket.items() if k in ("contains", "grounded", "abstain")}
         )
-        table[label]["latency_p50_s"] = percentile(lat, 50)
-        table[label]["latency_p99_s"] = percentile(lat, 99)
+        p50, p99 = np.percentile(lat, [50, 99]).tolist() if lat else (None, None)
+        table[label]["latency_p50_s"], table[label]["latency_p99_s"] = p50, p99
     return table
 
 
