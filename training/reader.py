@@ -155,7 +155,8 @@ def write_reader_data(
 
     qa = load_qa_set(dataset)
     with tempfile.TemporaryDirectory(prefix="ragtune-reader-") as scratch:
-        library = Library(Path(scratch), settings)
+        # A scratch collection: on this machine, never in a shared PostgreSQL store.
+        library = Library(Path(scratch), settings.model_copy(update={"store_url": None}))
         try:
             rows, stats = build_reader_examples(
                 qa,
