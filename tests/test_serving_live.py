@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -132,6 +134,57 @@ def test_document_fact_is_answered_cited_then_forgotten(live_server: LiveServer)
     assert "zorblatt" not in [s["document_id"] for s in after.model_extra["sources"]]
     assert after.model_extra["sources"], "the profile still retrieves the remaining documents"
     assert http.get("/v1/collections/kb/documents/zorblatt").status_code == 404
+
+
+def _files_state(*folders: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(f): (f.stat().st_size, f.stat().st_mtime_ns)
+        for folder in folders
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    }
+
+
+def test_changing_a_document_changes_the_answer_without_retraining(
+    live_server: LiveServer, base_model
+) -> None:  # noqa: ANN001
+    """Knowledge comes from the collection: update a document over HTTP and the next answer
+    follows the new version and cites it; delete it and the fact is gone from the answers.
+    No model or adapter file is touched on the way."""
+    weights = _files_state(base_model, live_server.adapters_dir)
+    http = httpx.Client(base_url=live_server.url, timeout=120)
+    assert http.post("/v1/collections", json={"name": "reindex"}).status_code == 201
+    doc = {**FACT_DOC, "id": "reactor"}
+    assert (
+        http.post("/v1/collections/reindex/documents", json={"documents": [doc, *FILLER]}).status_code == 200
+    )
+    client = live_server.client()
+    question = [{"role": "user", "content": "Who invented the Zorblatt reactor?"}]
+    rag = {"collection": "reindex", "top_k": 2}
+
+    def cited(resp) -> list[dict]:  # noqa: ANN001 - the sources its [n] markers point at
+        sources = resp.model_extra["sources"]
+        marks = {int(n) for n in re.findall(r"\[(\d+)\]", resp.choices[0].message.content)}
+        return [s for s in sources if s["index"] in marks]
+
+    first = greedy(client, BASE, question, rag=rag)
+    assert "Quell" in first.choices[0].message.content
+
+    changed = {**doc, "text": doc["text"].replace("Marta Quell", "Ivo Brenn")}
+    up = http.post("/v1/collections/reindex/documents", json={"documents": [changed]}).json()
+    assert up["updated"] == ["reactor"]
+    second = greedy(client, BASE, question, rag=rag)
+    answer = second.choices[0].message.content
+    assert "Brenn" in answer and "Quell" not in answer, answer
+    top = second.model_extra["sources"][0]
+    assert top["document_id"] == "reactor" and "Ivo Brenn" in top["text"]
+    assert all(s["document_id"] == "reactor" and "Brenn" in s["text"] for s in cited(second)), answer
+
+    assert http.delete("/v1/collections/reindex/documents/reactor").status_code == 200
+    third = greedy(client, BASE, question, rag=rag)
+    assert "reactor" not in [s["document_id"] for s in third.model_extra["sources"]]
+    assert "Brenn" not in third.choices[0].message.content  # the deleted fact is not served
+    assert _files_state(base_model, live_server.adapters_dir) == weights
 
 
 def test_stream_first_chunk_carries_sources(live_server: LiveServer) -> None:
