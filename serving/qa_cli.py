@@ -31,6 +31,7 @@ METRICS = [
     ("citation", "cites gold"),
     ("grounded", "grounded (cf)"),
     ("abstain", "abstains (gold gone)"),
+    ("false_abstain", "abstains (gold shown)"),
     ("behaviour", "behaviour"),
 ]
 

@@ -258,6 +258,8 @@ def score_row(row: dict[str, Any], q: Question, extra: dict, scorer: Callable | 
         if row["rag"]:
             out["retrieved"] = float(bool(gold_at))
             out["citation"] = float(cite_ok)
+            if gold_at:  # the answer was in the prompt: abstaining here is a miss, not caution
+                out["false_abstain"] = float(is_abstention(reply))
         if scorer is not None:
             expected = {**extra, "answer": q.answer, "n_sources": len(sources)}
             expected.setdefault("cite", gold_at[0] if gold_at else None)

@@ -140,6 +140,8 @@ def test_eval_qa_scores_answers_grounding_and_abstention_and_resumes(app_client,
     assert rag["behaviour"] == 1.0 and rag["grounded"] == 1.0 and rag["n_grounded"] == 8
     # With the gold passage removed the double answers from another passage: it never abstains.
     assert rag["abstain"] == 0.0 and rag["n_abstain"] == 8
+    # ... and with the gold passage shown it answered: no abstention counted against it.
+    assert rag["false_abstain"] == 0.0 and "false_abstain" not in plain
     # Without retrieval it has no sources and abstains: no answer, but the reader's format.
     assert plain["contains"] == 0.0 and plain["behaviour"] == 1.0 and "grounded" not in plain
     assert rag["latency_p50_s"] is not None
