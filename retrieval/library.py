@@ -16,9 +16,26 @@ from retrieval.documents import check_chunking
 from retrieval.embedder import Embedder, load_embedder
 from retrieval.errors import CollectionNotFound, RagtuneError
 from retrieval.settings import IndexType, RetrievalSettings
-from retrieval.storage import open_backend
+from retrieval.storage import Backend, hide_password
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def open_backend(root: Path, store_url: str | None) -> Backend:
+    """SQLite under `root` when `store_url` is unset, else the database it names."""
+    if not store_url:
+        from retrieval.store import SqliteBackend
+
+        return SqliteBackend(root)
+    if store_url.startswith(("postgresql://", "postgres://")):
+        from retrieval.store_pg import PostgresBackend
+
+        return PostgresBackend(store_url)
+    raise RagtuneError(
+        f"RAGTUNE_RETRIEVAL__STORE_URL must be unset (SQLite under the indexes folder) or a "
+        f"postgresql:// URL, got {hide_password(store_url)!r}",
+        param="store_url",
+    )
 
 
 def check_name(name: str) -> None:

@@ -19,7 +19,6 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from retrieval.chunking import Chunk
-from retrieval.errors import RagtuneError
 from retrieval.sparse import SparseIndex, Tokenizer
 from retrieval.types import Document
 
@@ -156,20 +155,3 @@ class Backend(Protocol):
 def hide_password(url: str) -> str:
     """The URL as it may be shown: `postgresql://user:***@host/db`."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-def open_backend(root: Path, store_url: str | None) -> Backend:
-    """SQLite under `root` when `store_url` is unset, else the database it names."""
-    if not store_url:
-        from retrieval.store import SqliteBackend
-
-        return SqliteBackend(root)
-    if store_url.startswith(("postgresql://", "postgres://")):
-        from retrieval.store_pg import PostgresBackend
-
-        return PostgresBackend(store_url)
-    raise RagtuneError(
-        f"RAGTUNE_RETRIEVAL__STORE_URL must be unset (SQLite under the indexes folder) or a "
-        f"postgresql:// URL, got {hide_password(store_url)!r}",
-        param="store_url",
-    )
