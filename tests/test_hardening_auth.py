@@ -142,3 +142,105 @@ def test_public_address_without_keys_refuses_to_start(host: str, monkeypatch: py
     create_app(load_settings(serving={"host": "localhost"}))
     monkeypatch.setenv("RAGTUNE_ADMIN_KEYS", ADMIN)
     create_app(load_settings(serving={"host": host}))  # with keys, any address
+
+
+LEGAL, LEGAL_ADMIN = "legal-key-789", "legal-admin-012"
+
+
+@pytest.fixture
+def domains(
+    tmp_path: Path, base_model: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
+    """Two domains, each a collection behind a profile; two keys limited to the legal one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAGTUNE_ADMIN_KEYS", ADMIN)
+    monkeypatch.setenv(
+        "RAGTUNE_SCOPED_KEYS",
+        f'[{{"key": "{LEGAL}", "collections": ["legal"], "models": ["legal"]}},'
+        f' {{"key": "{LEGAL_ADMIN}", "admin": true, "collections": ["legal"], "models": ["legal"]}}]',
+    )
+    profiles = {"legal": {"collection": "legal"}, "medical": {"collection": "medical"}}
+    settings = load_settings(
+        models_dir=base_model.parent,
+        adapters_dir=tmp_path / "adapters",
+        indexes_dir=tmp_path / "indexes",
+        serving={"profiles": profiles},
+    )
+    (tmp_path / "adapters").mkdir()
+    library = Library(settings.indexes_dir, settings.retrieval)
+    with TestClient(create_app(settings, engine=EchoEngine(tokenizer), library=library)) as c:
+        texts = [("legal", "Contracts are kept for seven years."), ("medical", "The dosage is 5 mg.")]
+        for name, text in texts:
+            assert call(c, "POST", "/v1/collections", {"name": name}, ADMIN).status_code == 201
+            docs = {"documents": [{"id": f"{name}-1", "text": text}]}
+            assert call(c, "POST", f"/v1/collections/{name}/documents", docs, ADMIN).status_code == 200
+        yield c
+    library.close()
+
+
+def ask(model: str, rag: Any = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "How long?"}]}
+    return body | {"max_tokens": 200} | ({"rag": rag} if rag is not None else {})
+
+
+def test_a_scoped_key_reaches_only_its_domain(domains: TestClient) -> None:
+    ok = call(domains, "POST", "/v1/chat/completions", ask("legal"), LEGAL)
+    assert ok.status_code == 200 and [s["document_id"] for s in ok.json()["sources"]] == ["legal-1"]
+    for body, param in [
+        (ask("medical"), "model"),
+        (ask(BASE), "model"),
+        (ask("legal", {"collection": "medical"}), "rag.collection"),
+    ]:
+        resp = call(domains, "POST", "/v1/chat/completions", body, LEGAL)
+        assert error(resp, 403, "permission_error")["param"] == param
+        assert "5 mg" not in resp.text
+    completion = {"model": "legal", "prompt": "How long?", "max_tokens": 3, "rag": {"collection": "medical"}}
+    error(call(domains, "POST", "/v1/completions", completion, LEGAL), 403, "permission_error")
+
+    # Lists show only what the key may use; the other domain's routes are closed.
+    listed = call(domains, "GET", "/v1/collections", None, LEGAL).json()["data"]
+    assert [c["name"] for c in listed] == ["legal"]
+    assert [m["id"] for m in call(domains, "GET", "/v1/models", None, LEGAL).json()["data"]] == ["legal"]
+    assert [p["name"] for p in call(domains, "GET", "/v1/profiles", None, LEGAL).json()["data"]] == ["legal"]
+    for method, path, body in [
+        ("GET", "/v1/collections/medical", None),
+        ("GET", "/v1/collections/medical/documents", None),
+        ("GET", "/v1/collections/medical/documents/medical-1", None),
+        ("POST", "/v1/collections/medical/search", {"query": "dosage"}),
+        ("GET", "/v1/models/medical", None),
+        ("GET", "/v1/profiles/medical", None),
+    ]:
+        resp = call(domains, method, path, body, LEGAL)
+        error(resp, 403, "permission_error")
+        assert "5 mg" not in resp.text
+    assert call(domains, "POST", "/v1/collections/legal/search", {"query": "years"}, LEGAL).status_code == 200
+    # Unscoped keys still see everything.
+    assert len(call(domains, "GET", "/v1/collections", None, ADMIN).json()["data"]) == 2
+
+
+def test_a_scoped_admin_key_changes_only_its_collections(domains: TestClient) -> None:
+    doc = {"documents": [{"id": "x", "text": "New text."}]}
+    assert call(domains, "POST", "/v1/collections/legal/documents", doc, LEGAL_ADMIN).status_code == 200
+    assert call(domains, "DELETE", "/v1/collections/legal/documents/x", None, LEGAL_ADMIN).status_code == 200
+    error(call(domains, "POST", "/v1/collections/legal/documents", doc, LEGAL), 403, "permission_error")
+    for method, path, body in [
+        ("POST", "/v1/collections/medical/documents", doc),
+        ("DELETE", "/v1/collections/medical/documents/medical-1", None),
+        ("DELETE", "/v1/collections/medical", None),
+        ("POST", "/v1/collections", {"name": "other"}),
+        ("PUT", "/v1/profiles/p", {"collection": "legal"}),
+        ("POST", "/v1/adapters", {"name": "x", "path": "nope"}),
+        ("DELETE", "/v1/adapters/x", None),
+    ]:
+        error(call(domains, method, path, body, LEGAL_ADMIN), 403, "permission_error")
+    medical = call(domains, "GET", "/v1/collections/medical/documents", None, ADMIN).json()["data"]
+    assert [d["id"] for d in medical] == ["medical-1"]  # nothing of the other domain changed
+
+
+def test_scoped_keys_are_checked_and_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGTUNE_SCOPED_KEYS", '[{"key": "secret with space", "collections": ["a"]}]')
+    with pytest.raises(SettingsError) as exc:
+        load_settings()
+    assert "RAGTUNE_SCOPED_KEYS" in str(exc.value) and "secret" not in str(exc.value)
+    monkeypatch.setenv("RAGTUNE_SCOPED_KEYS", f'[{{"key": "{LEGAL}", "collections": ["legal"]}}]')
+    create_app(load_settings(serving={"host": "0.0.0.0"}))  # a scoped key is a key: any address

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from retrieval.errors import RagtuneError
 from serving.adapters import AdapterNotFound, LoadedAdapter
-from serving.auth import AdminKey, UserKey
+from serving.auth import AdminKey, ScopeDep, UserKey
 from serving.deps import AdaptersDep, LibraryDep, ResolverDep
 from serving.protocol import NAME_PATTERN, AdapterLoadRequest
 from serving.settings import ProfileSettings
@@ -34,8 +34,9 @@ def _adapter_json(entry: LoadedAdapter) -> dict[str, Any]:
 
 
 @router.get("/v1/adapters", dependencies=[UserKey])
-async def list_adapters(adapters: AdaptersDep) -> dict[str, Any]:
-    return {"object": "list", "data": [_adapter_json(e) for e in adapters.entries()]}
+async def list_adapters(adapters: AdaptersDep, scope: ScopeDep) -> dict[str, Any]:
+    entries = [e for e in adapters.entries() if scope.allows_model(e.name)]
+    return {"object": "list", "data": [_adapter_json(e) for e in entries]}
 
 
 @router.post("/v1/adapters", response_model=None, dependencies=[AdminKey])
@@ -59,15 +60,14 @@ async def unload_adapter(name: str, adapters: AdaptersDep) -> dict[str, Any]:
 
 
 @router.get("/v1/profiles", dependencies=[UserKey])
-async def list_profiles(resolver: ResolverDep) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [{"name": n, **p.model_dump()} for n, p in sorted(resolver.profiles().items())],
-    }
+async def list_profiles(resolver: ResolverDep, scope: ScopeDep) -> dict[str, Any]:
+    profiles = sorted((n, p) for n, p in resolver.profiles().items() if scope.allows_model(n))
+    return {"object": "list", "data": [{"name": n, **p.model_dump()} for n, p in profiles]}
 
 
 @router.get("/v1/profiles/{name}", dependencies=[UserKey])
-async def get_profile(name: str, resolver: ResolverDep) -> dict[str, Any]:
+async def get_profile(name: str, resolver: ResolverDep, scope: ScopeDep) -> dict[str, Any]:
+    scope.check_model(name)
     return {"name": name, **resolver.get_profile(name).model_dump()}
 
 

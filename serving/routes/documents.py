@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from retrieval import Document
-from serving.auth import AdminKey, UserKey
+from serving.auth import AdminKey, ScopeDep, UserKey
 from serving.deps import LibraryDep, SettingsDep
 from serving.errors import DocumentTooLarge
 from serving.protocol import INT64_MAX, CollectionCreate, SearchBody, Source, UpsertBody
@@ -19,16 +19,17 @@ router = APIRouter(prefix="/v1/collections")
 
 
 @router.get("", dependencies=[UserKey])
-async def list_collections(library: LibraryDep) -> dict[str, Any]:
+async def list_collections(library: LibraryDep, scope: ScopeDep) -> dict[str, Any]:
     data = []
-    for name in library.names():
+    for name in filter(scope.allows_collection, library.names()):
         coll = await asyncio.to_thread(library.open, name)
         data.append({"name": name, **(await asyncio.to_thread(coll.stats))})
     return {"object": "list", "data": data}
 
 
 @router.post("", status_code=201, dependencies=[AdminKey])
-async def create_collection(body: CollectionCreate, library: LibraryDep) -> dict[str, Any]:
+async def create_collection(body: CollectionCreate, library: LibraryDep, scope: ScopeDep) -> dict[str, Any]:
+    scope.check_collection(body.name)
     options = body.model_dump(exclude={"name"}, exclude_none=True)
     coll = await asyncio.to_thread(library.create, body.name, **options)
     return {"name": body.name, **(await asyncio.to_thread(coll.stats))}

@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from retrieval.errors import RagtuneError
-from serving.auth import AdminOrLoopback, UserKey
+from serving.auth import AdminOrLoopback, ScopeDep, UserKey
 from serving.canary import HEALTH_TTL_S
 from serving.chat import Prepared, Result
 from serving.deps import CanaryDep, EngineDep, GenerationDep, MetricsDep, ResolverDep
@@ -35,8 +35,8 @@ def _sources(prep: Prepared) -> list[dict[str, Any]]:
 
 
 @router.post("/v1/chat/completions", response_model=None, dependencies=[UserKey])
-async def chat_completions(req: ChatCompletionRequest, gen: GenerationDep) -> Response:
-    prep = await gen.prepare_chat(req)
+async def chat_completions(req: ChatCompletionRequest, gen: GenerationDep, scope: ScopeDep) -> Response:
+    prep = await gen.prepare_chat(req, scope)
     if req.stream:
         return _sse(_chat_chunks(await gen.start(prep), prep, req))
     result = await gen.run(prep)
@@ -62,8 +62,8 @@ async def chat_completions(req: ChatCompletionRequest, gen: GenerationDep) -> Re
 
 
 @router.post("/v1/completions", response_model=None, dependencies=[UserKey])
-async def completions(req: CompletionRequest, gen: GenerationDep) -> Response:
-    prep = await gen.prepare_completion(req)
+async def completions(req: CompletionRequest, gen: GenerationDep, scope: ScopeDep) -> Response:
+    prep = await gen.prepare_completion(req, scope)
     if req.stream:
         return _sse(_completion_chunks(await gen.start(prep), prep, req))
     result = await gen.run(prep)
@@ -158,12 +158,13 @@ async def _completion_chunks(
 
 
 @router.get("/v1/models", dependencies=[UserKey])
-async def list_models(resolver: ResolverDep) -> ModelList:
-    return ModelList(data=resolver.cards())
+async def list_models(resolver: ResolverDep, scope: ScopeDep) -> ModelList:
+    return ModelList(data=[card for card in resolver.cards() if scope.allows_model(card.id)])
 
 
 @router.get("/v1/models/{model:path}", dependencies=[UserKey])
-async def get_model(model: str, resolver: ResolverDep) -> ModelCard:
+async def get_model(model: str, resolver: ResolverDep, scope: ScopeDep) -> ModelCard:
+    scope.check_model(model)
     resolver.resolve(model)  # 404 model_not_found for an unknown name
     return next(card for card in resolver.cards() if card.id == model)
 

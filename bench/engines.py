@@ -1,0 +1,167 @@
+"""Every engine configuration ragtune offers, started for real: does the start-up self-check
+pass, and how fast is it? (issue 10 point 3; the rule behind `engine.dtype: auto`.)
+
+`python -m bench.engines [--quick]` starts the real vLLM engine once per configuration (dtype x
+LoRA on/off), each in its own process, one after the other:
+- the self-check the server runs at start: the engine's greedy answer to the canary question
+  against transformers' (float32) on the same model folder; "refused" is what `ragtune serve`
+  would do, with its message;
+- decode speed: one request of 64 tokens, then 16 concurrent requests of 32 tokens (ignore_eos),
+  every prompt its own question.
+Writes bench/results/engines.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.machine import cpu_model, mem_gib
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+CONFIGS = [
+    ("float32", True),
+    ("float32", False),
+    ("bfloat16", True),
+    ("bfloat16", False),
+    ("float16", True),
+]
+
+
+async def measure(dtype: str, lora: bool, quick: bool) -> dict[str, Any]:
+    """One configuration, in this process: start, self-check, decode speed, stop."""
+    from transformers import AutoTokenizer
+
+    from serving.app import _start_canary
+    from serving.canary import EngineMismatch
+    from serving.engine import SamplingOptions, VllmEngine
+    from serving.protocol import new_id
+    from serving.settings import load_settings
+
+    settings = load_settings(engine={"dtype": dtype, "enable_lora": lora})
+    tokenizer = AutoTokenizer.from_pretrained(settings.base_model_path)
+    started = time.perf_counter()
+    engine = VllmEngine(settings.base_model_path, settings.engine)
+    result: dict[str, Any] = {"dtype": dtype, "enable_lora": lora, "start_s": 0.0}
+    try:
+        result["start_s"] = round(time.perf_counter() - started, 1)
+        try:
+            canary = await _start_canary(engine, tokenizer, settings, self_check=True)
+            result |= {"self_check": "pass", "answer": canary.reference}
+        except EngineMismatch as exc:
+            result |= {"self_check": "refused", "answer": None, "message": str(exc)}
+
+        async def run(i: int, tokens: int) -> int:
+            messages = [{"role": "user", "content": f"Write about harbour number {i}."}]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            options = SamplingOptions(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+            made = 0
+            async for delta in engine.generate(ids, options, new_id("bench"), None):
+                made += delta.tokens
+            return made
+
+        began = time.perf_counter()
+        made = await run(0, 16 if quick else 64)
+        result["c1_tok_s"] = round(made / (time.perf_counter() - began), 2)
+        n, tokens = (4, 8) if quick else (16, 32)
+        began = time.perf_counter()
+        made = sum(await asyncio.gather(*(run(i, tokens) for i in range(1, n + 1))))
+        result[f"c{n}_tok_s" if quick else "c16_tok_s"] = round(made / (time.perf_counter() - began), 2)
+    finally:
+        engine.shutdown()
+    return result
+
+
+def render(record: dict[str, Any]) -> str:
+    rows = [
+        "| dtype | LoRA | self-check | engine's answer | start s | c1 tok/s | c16 tok/s |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in record["configs"]:
+        if "error" in r:
+            lora = "on" if r["enable_lora"] else "off"
+            rows.append(f"| {r['dtype']} | {lora} | error | {r['error']} | | | |")
+            continue
+        answer = (r.get("answer") or r.get("message", "")[:90]).replace("|", "\\|").replace("\n", " ")
+        rows.append(
+            f"| {r['dtype']} | {'on' if r['enable_lora'] else 'off'} | **{r['self_check']}** | {answer!r} | "
+            f"{r['start_s']} | {r.get('c1_tok_s', '')} | {r.get('c16_tok_s', r.get('c4_tok_s', ''))} |"
+        )
+    return "\n".join(
+        [
+            "# Engine configurations: self-check and decode speed",
+            "",
+            f"Command: `{record['command']}`  ",
+            f"Machine: {record['machine']['cpu']}, {record['machine']['cores']} cores, "
+            f"{record['machine']['mem_gib']} GiB, CPU flags: {record['machine']['flags']}  ",
+            f"Date: {record['date']}; model `models/smollm2-135m-instruct`; vLLM {record['vllm']}",
+            "",
+            "Each configuration is the real engine started in its own process, one after the other. "
+            'Self-check: the engine\'s greedy answer to "What is the capital of France?" (6 tokens) '
+            "must equal transformers' float32 answer on the same folder, as at every server start. "
+            "c1: one request, 64 tokens; c16: 16 concurrent requests, 32 tokens each.",
+            "",
+            *rows,
+            "",
+        ]
+    )
+
+
+def cpu_flags() -> str:
+    flags = next(
+        (line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), ""
+    ).split()
+    wanted = [f for f in flags if f.startswith(("avx", "amx"))]
+    return " ".join(wanted) or "none of avx/amx"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.engines")
+    parser.add_argument("--quick", action="store_true", help="shorter generations (a smoke run)")
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        result = asyncio.run(measure(args.one[0], args.one[1] == "on", args.quick))
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+    import vllm
+
+    configs = []
+    for dtype, lora in CONFIGS:
+        cmd = [sys.executable, "-m", "bench.engines", "--one", dtype, "on" if lora else "off"]
+        cmd += ["--quick"] if args.quick else []
+        print(f"== {dtype}, LoRA {'on' if lora else 'off'}", flush=True)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            configs.append({"dtype": dtype, "enable_lora": lora, "error": tail[:200]})
+        else:
+            configs.append(json.loads(line[len("RESULT ") :]))
+        print(json.dumps(configs[-1]), flush=True)
+    record = {
+        "command": "python -m bench.engines " + " ".join(argv),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "mem_gib": mem_gib(), "flags": cpu_flags()},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "vllm": vllm.__version__,
+        "configs": configs,
+    }
+    name = "engines-quick" if args.quick else "engines"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(render(record))
+    print(render(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
