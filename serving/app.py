@@ -23,7 +23,7 @@ from retrieval import Library
 from retrieval.errors import RagtuneError
 from serving.adapters import AdapterRegistry
 from serving.auth import AdminKey, KeyChecker, check_exposure
-from serving.canary import Canary, EngineMismatch, transformers_answer
+from serving.canary import Canary, EngineMismatch, reference_answer
 from serving.chat import GenerationService
 from serving.engine import Engine, resolved_dtype
 from serving.metrics import Metrics
@@ -115,7 +115,7 @@ async def _start_canary(engine: Engine, tokenizer: Any, settings: Settings, *, s
     canary = Canary(engine, tokenizer)
     expected = None
     if self_check and settings.engine.self_check:
-        expected = await asyncio.to_thread(transformers_answer, settings.base_model_path, canary.prompt_ids)
+        expected = await asyncio.to_thread(reference_answer, settings.base_model_path, canary.prompt_ids)
     try:
         await canary.calibrate(expected)
     except EngineMismatch as exc:

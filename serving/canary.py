@@ -10,7 +10,10 @@ stops giving it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,36 @@ class Canary:
                     "restart the server"
                 )
             self._checked_at = time.monotonic()
+
+
+def reference_answer(model_path: Path, prompt_ids: list[int]) -> str:
+    """transformers' answer, kept beside the model (`.ragtune-selfcheck.json`) for the next start:
+    greedy float32 decoding of the same files by the same library versions gives the same text,
+    and loading the model for it costs seconds of every start. A changed file, prompt or version
+    computes it again; a read-only folder just does not keep it."""
+    import torch
+    import transformers
+
+    files = sorted(p for p in model_path.iterdir() if p.is_file() and not p.name.startswith("."))
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = hashlib.sha256(
+        json.dumps([stamp, prompt_ids, TOKENS, transformers.__version__, torch.__version__]).encode()
+    ).hexdigest()
+    cache = model_path / ".ragtune-selfcheck.json"
+    try:
+        kept = json.loads(cache.read_text())
+        if kept.get("key") == key and isinstance(kept.get("answer"), str):
+            return str(kept["answer"])
+    except (OSError, ValueError):
+        pass
+    answer = transformers_answer(model_path, prompt_ids)
+    try:
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "answer": answer}))
+        tmp.replace(cache)
+    except OSError:
+        pass
+    return answer
 
 
 def transformers_answer(model_path: Path, prompt_ids: list[int]) -> str:

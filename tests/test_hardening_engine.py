@@ -85,3 +85,29 @@ def test_a_right_engine_passes_and_becomes_the_canary(
     off = load_settings(models_dir=base_model.parent, engine={"self_check": False})
     wrong = RecordedEngine(RECORDED_BF16_NO_LORA)
     assert asyncio.run(_start_canary(wrong, tokenizer, off, self_check=True)).reference  # type: ignore[arg-type]
+
+
+def test_the_reference_answer_is_kept_until_a_model_file_changes(
+    base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving import canary
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for f in base_model.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            (folder / f.name).symlink_to(f)
+    calls: list[Path] = []
+
+    def counted(path: Path, prompt_ids: list[int]) -> str:
+        calls.append(path)
+        return f"answer {len(calls)}"
+
+    monkeypatch.setattr(canary, "transformers_answer", counted)
+    assert canary.reference_answer(folder, [1, 2, 3]) == "answer 1"
+    assert canary.reference_answer(folder, [1, 2, 3]) == "answer 1" and len(calls) == 1  # kept
+    assert canary.reference_answer(folder, [1, 2, 4]) == "answer 2"  # another prompt
+    (folder / "extra.json").write_text("{}")  # a model file added or changed
+    assert canary.reference_answer(folder, [1, 2, 4]) == "answer 3"
+    (folder / ".ragtune-selfcheck.json").write_text("not json")
+    assert canary.reference_answer(folder, [1, 2, 4]) == "answer 4"  # a damaged cache is recomputed
