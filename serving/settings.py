@@ -33,6 +33,8 @@ from training.settings import TrainingSettings
 
 ENV_PREFIX = "RAGTUNE_"
 CONFIG_ENV = "RAGTUNE_CONFIG"
+# Read by the clients (`ragtune chat`, `ragtune eval qa --server`), not settings of a server.
+CLIENT_ENV = (CONFIG_ENV, "RAGTUNE_API_KEY", "RAGTUNE_SERVER")
 DEFAULT_CONFIG = Path("ragtune.yaml")
 _config_path: ContextVar[Path | None] = ContextVar("ragtune_config_path", default=None)
 
@@ -235,7 +237,7 @@ def _env_name(loc: tuple[Any, ...]) -> str:
 def _check_env_names(environ: dict[str, str]) -> None:
     """pydantic-settings ignores unknown RAGTUNE_* variables; a typo should not pass silently."""
     for name in environ:
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in CLIENT_ENV:
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         model: type[BaseModel] = Settings

@@ -47,6 +47,16 @@ def test_unknown_env_var_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
+def test_the_clients_variables_are_not_server_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ragtune chat` and `eval qa --server` read these; a shell that exports them still serves."""
+    monkeypatch.setenv("RAGTUNE_API_KEY", "sk-client")
+    monkeypatch.setenv("RAGTUNE_SERVER", "http://127.0.0.1:8000")
+    assert load_settings().api_keys == []
+    monkeypatch.setenv("RAGTUNE_API_KEYZ", "x")
+    with pytest.raises(SettingsError, match="RAGTUNE_API_KEYZ"):
+        load_settings()
+
+
 def test_bad_value_names_variable_and_accepted_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAGTUNE_RETRIEVAL__MODE", "fuzzy")
     with pytest.raises(SettingsError, match=r"RAGTUNE_RETRIEVAL__MODE.*'dense', 'sparse' or 'hybrid'"):
