@@ -253,6 +253,7 @@ def demo(
 
 @app.command()
 def chat(
+    ctx: typer.Context,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="model, adapter or profile (default: demo, a profile)")
     ] = None,
@@ -270,12 +271,29 @@ def chat(
         str | None, typer.Option("--api-key", envvar="RAGTUNE_API_KEY", help="sent as a Bearer token")
     ] = None,
     remember: Annotated[bool, typer.Option("--remember", help="send the earlier turns too")] = False,
+    in_process: Annotated[
+        bool,
+        typer.Option(
+            "--in-process",
+            help="no server needed: start the engine in this process (about a minute), loopback only",
+        ),
+    ] = False,
 ) -> None:
-    """Chat in the terminal with a running server: answers stream, their sources follow."""
+    """Chat in the terminal with a running server (or `--in-process`): answers stream, their
+    sources follow."""
     import sys
 
+    from serving.background import serve_in_background
     from serving.terminal import ChatError, ChatOptions, TerminalChat, input_lines
 
+    stop = None
+    if in_process:
+        settings = settings_of(ctx)
+        with console.status("starting the engine in this process (about a minute on a CPU) ..."):
+            try:
+                server, stop = serve_in_background(settings)
+            except RuntimeError as exc:
+                raise fail(str(exc)) from None
     options = ChatOptions(
         server=server,
         model=model,
@@ -296,6 +314,8 @@ def chat(
         raise fail(str(exc)) from None
     finally:
         session.close()
+        if stop is not None:
+            stop()
 
 
 def _reload(ctx: typer.Context, config: Path | None, **overrides: dict[str, object]) -> Settings:
@@ -366,12 +386,12 @@ def _serve(settings: Settings, sock: socket.socket) -> None:
     import uvicorn
 
     from serving.app import create_app
-    from training.models import check_model_dir
+    from serving.background import check_base_model
 
-    problem = check_model_dir(settings.base_model_path)
+    problem = check_base_model(settings)
     if problem:
         sock.close()
-        raise fail(f"base model not usable: {problem}. Run: ragtune models import-default")
+        raise fail(problem)
     host, port = settings.serving.host, settings.serving.port
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     console.print(

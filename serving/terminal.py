@@ -1,4 +1,5 @@
-"""`ragtune chat`: a terminal chat against a running ragtune server, streamed, with sources.
+"""`ragtune chat`: a terminal chat against a ragtune server (running, or started in this process
+by `--in-process`), streamed, with sources.
 
 It speaks the server's public HTTP API only (the OpenAI chat endpoint with `stream: true`;
 `sources` arrive in the first event), so it works against any ragtune server it can reach.

@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -390,3 +391,34 @@ def test_terminal_chat_streams_answers_and_prints_their_sources(live_server) -> 
     finally:
         http.delete("/v1/collections/chat-cli")
         http.close()
+
+
+def test_terminal_chat_in_process_needs_no_server(
+    tmp_path: Path, base_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ragtune chat --in-process`: the server starts in a thread of the chat's own process, on
+    a loopback port, and stops with it. (The echo engine stands in for vLLM: one real engine per
+    test session, and the live server holds it; the HTTP path is the real one.)"""
+    from transformers import AutoTokenizer
+
+    from serving import app as app_module
+    from serving.cli import app as cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAGTUNE_MODELS_DIR", str(base_model.parent))
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    made: list[str] = []
+
+    def echo_app(settings, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        made.append(settings.serving.host)
+        return create_app(settings, engine=EchoEngine(tokenizer))
+
+    monkeypatch.setattr(app_module, "create_app", echo_app)
+    threads = set(threading.enumerate())
+    result = CliRunner().invoke(
+        cli, ["chat", "--in-process", "--model", BASE, "--no-rag"], input="Say the word granite.\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert made == ["127.0.0.1"]  # loopback, whatever the settings say
+    assert "> Say the word granite." in result.output and "granite" in result.output.split("> Say")[1]
+    assert set(threading.enumerate()) <= threads  # the server's thread ended
