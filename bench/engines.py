@@ -108,7 +108,8 @@ def render(record: dict[str, Any]) -> str:
             "Each configuration is the real engine started in its own process, one after the other. "
             'Self-check: the engine\'s greedy answer to "What is the capital of France?" (6 tokens) '
             "must equal transformers' float32 answer on the same folder, as at every server start. "
-            "c1: one request, 64 tokens; c16: 16 concurrent requests, 32 tokens each.",
+            "c1: one request, 64 tokens; c16: 16 concurrent requests, 32 tokens each. start s: the "
+            "engine's construction (with LoRA off vLLM compiles the model with torch.compile first).",
             "",
             *rows,
             "",
@@ -128,7 +129,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.engines")
     parser.add_argument("--quick", action="store_true", help="shorter generations (a smoke run)")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--render", type=Path, help="only re-render the Markdown of an engines JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
+        return 0
     if args.one:
         result = asyncio.run(measure(args.one[0], args.one[1] == "on", args.quick))
         print("RESULT " + json.dumps(result), flush=True)

