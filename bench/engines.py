@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.machine import cpu_model, mem_gib
+from bench.machine import machine, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -155,16 +154,12 @@ def main(argv: list[str]) -> int:
         print(json.dumps(configs[-1]), flush=True)
     record = {
         "command": "python -m bench.engines " + " ".join(argv),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "mem_gib": mem_gib(), "flags": cpu_flags()},
+        "machine": {**machine(), "flags": cpu_flags()},
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "vllm": vllm.__version__,
         "configs": configs,
     }
-    name = "engines-quick" if args.quick else "engines"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(render(record))
-    print(render(record))
+    write_result(RESULTS, "engines-quick" if args.quick else "engines", record, render(record))
     return 0
 
 

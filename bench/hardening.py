@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bench.machine import cpu_model, mem_gib
+from bench.machine import machine, write_result
 from bench.serving_servers import base_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -333,17 +333,13 @@ def main(argv: list[str]) -> int:
         crash = crash_loop(rounds, root)
     result = {
         "command": "python -m bench.hardening " + " ".join(argv),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "mem_gib": mem_gib()},
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load": load_result,
         "server_sigkill_processes_left": server_left,
         "crash_loop": crash,
     }
-    name = "hardening-quick" if args.quick else "hardening"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(report(result))
-    print(report(result))
+    write_result(RESULTS, "hardening-quick" if args.quick else "hardening", result, report(result))
     return 0
 
 

@@ -20,3 +20,20 @@ def cpu_model() -> str:
 def mem_gib() -> float:
     total = _proc_field("/proc/meminfo", "MemTotal")  # "131072000 kB"
     return round(int(total.split()[0]) / 2**20, 1) if total else 0.0
+
+
+def machine() -> dict[str, object]:
+    """The machine fields every result records."""
+    import os
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "mem_gib": mem_gib()}
+
+
+def write_result(results: Path, name: str, record: dict[str, object], markdown: str) -> None:
+    """bench/results/NAME.json and NAME.md, and the Markdown on stdout."""
+    import json
+
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (results / f"{name}.md").write_text(markdown)
+    print(markdown)

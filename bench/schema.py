@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.machine import cpu_model, mem_gib
+from bench.machine import machine, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     statuses = {int(k): v for k, v in ast.literal_eval(found.group(2)).items()}
     result = {
         "command": "python -m bench.schema " + " ".join(argv),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "mem_gib": mem_gib()},
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "examples_per_operation": examples,
         "requests": int(found.group(1)),
@@ -53,9 +53,7 @@ def main(argv: list[str]) -> int:
         "seconds": round(seconds, 1),
         "passed": proc.returncode == 0,
     }
-    name = "schema-quick" if args.quick else "schema"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+
     md = "\n".join(
         [
             "# schemathesis over the whole OpenAPI schema",
@@ -75,8 +73,7 @@ def main(argv: list[str]) -> int:
             "",
         ]
     )
-    (RESULTS / f"{name}.md").write_text(md)
-    print(md)
+    write_result(RESULTS, "schema-quick" if args.quick else "schema", result, md)
     return 0 if proc.returncode == 0 else 1
 
 
