@@ -227,7 +227,7 @@ class PgStore:
                 row = cur.fetchone()
                 if row is None:
                     raise CollectionNotFound(f"collection {self.name!r} was dropped", param="collection")
-                yield PgTxn(conn, self, int(row[0]))
+                yield PgTxn(conn, self.id, int(row[0]))
             finally:
                 if conn.info.transaction_status != TransactionStatus.IDLE:
                     with suppress(psycopg.Error):

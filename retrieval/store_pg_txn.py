@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -21,19 +21,15 @@ from retrieval.sparse import SparseIndex, Tokenizer, count, fts_text
 from retrieval.storage import Changes, ChunkRow
 from retrieval.types import Document
 
-if TYPE_CHECKING:
-    from retrieval.store_pg import PgStore
-
 SPARSE_BATCH = 5000  # chunks tokenised per BM25 segment on a cold build
 
 
 class PgTxn:
     """retrieval/storage.py's `Txn` on one pooled connection inside a transaction."""
 
-    def __init__(self, conn: psycopg.Connection[Any], store: PgStore, version: int):
+    def __init__(self, conn: psycopg.Connection[Any], collection_id: int, version: int):
         self.conn = conn
-        self.store = store
-        self.id = store.id
+        self.id = collection_id
         self._version = version  # read when the transaction began (its snapshot, or under the lock)
 
     def one(self, sql: str, *params: Any) -> Any:
