@@ -141,6 +141,11 @@ class ServingSettings(BaseModel):
     )
 
 
+def _bad_key(key: str) -> bool:
+    """Keys travel in an `Authorization` header and comma-separated lists: printable, no spaces."""
+    return not key.isprintable() or " " in key
+
+
 class ScopedKey(BaseModel):
     """An API key limited to some collections and models: one domain's documents never reach
     another's answers or sources."""
@@ -158,7 +163,7 @@ class ScopedKey(BaseModel):
     @classmethod
     def _printable(cls, v: SecretStr) -> SecretStr:
         key = v.get_secret_value()
-        if not key or not key.isprintable() or " " in key:
+        if not key or _bad_key(key):
             raise ValueError("a key is printable text without spaces")
         return v
 
@@ -198,7 +203,7 @@ class Settings(BaseSettings):
             v = v.split(",")
         if isinstance(v, list):
             keys = [k.strip() if isinstance(k, str) else k for k in v]
-            if any(isinstance(k, str) and (not k.isprintable() or " " in k) for k in keys):
+            if any(isinstance(k, str) and _bad_key(k) for k in keys):
                 raise ValueError("keys are printable text without spaces, separated by commas")
             return [k for k in keys if k]
         return v
