@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from serving.settings import Settings
 
@@ -18,21 +17,21 @@ def check_base_model(settings: Settings) -> str | None:
     return f"base model not usable: {problem}. Run: ragtune models import-default" if problem else None
 
 
-def serve_in_background(settings: Settings, app: Any = None) -> tuple[str, Callable[[], None]]:
-    """The server (`app`, else the real one) on a free loopback port in a thread of this
-    process: its URL once it accepts requests, and a function that stops it (engine included)."""
+def serve_in_background(settings: Settings) -> tuple[str, Callable[[], None]]:
+    """The server on a free loopback port in a thread of this process: its URL once it accepts
+    requests, and a function that stops it (engine included)."""
     import uvicorn
 
     from serving.app import create_app
 
-    problem = None if app is not None else check_base_model(settings)
+    problem = check_base_model(settings)
     if problem:
         raise RuntimeError(problem)
     local = settings.model_copy(update={"serving": settings.serving.model_copy(update={"host": "127.0.0.1"})})
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config = uvicorn.Config(app or create_app(local), log_level="warning")
+    config = uvicorn.Config(create_app(local), log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
