@@ -59,16 +59,19 @@ reader-adapter: model
 	$(BIN)/ragtune train --data examples/grounded/train.jsonl --name reader --batch-size 2 --grad-accum 4 \
 	  --epochs 1 --eval-split 0.05 --overwrite
 
-# The 2x2 (models with and without retrieval): base and, once trained, the reader adapter, on the
-# held-out passages of QA_SET and on the demo domain (examples/northwind-qa: lines no adapter
-# trains on, so every question counts).
+# The 2x2 (models with and without retrieval): base, the `grounded` profile (strict grounding;
+# the reader adapter once trained) and the reader itself, on the held-out passages of QA_SET, on
+# the demo domain (examples/northwind-qa: lines no adapter trains on, so every question counts)
+# and on a knowledge conflict (examples/world-qa: capitals the model knows, sources that differ).
 EVAL_LIMIT ?= 500
 eval: model
-	models=base; [ -d adapters/reader ] && models=base,reader; \
+	models=base,grounded; [ -d adapters/reader ] && models=base,reader,grounded; \
 	$(BIN)/ragtune eval qa --dataset $(QA_SET) --models $$models --rag on,off --limit $(EVAL_LIMIT) \
 	  --plot bench/results/qa-$(notdir $(QA_SET)).png --json > bench/results/qa-$(notdir $(QA_SET)).json && \
-	$(BIN)/ragtune eval qa --dataset examples/northwind-qa --split all --models $$models --rag on,off \
-	  --plot bench/results/qa-northwind-qa.png --json > bench/results/qa-northwind-qa.json
+	for set in northwind-qa world-qa; do \
+	  $(BIN)/ragtune eval qa --dataset examples/$$set --split all --models $$models --rag on,off \
+	    --plot bench/results/qa-$$set.png --json > bench/results/qa-$$set.json || exit 1; \
+	done
 
 serve: model
 	$(BIN)/ragtune serve $(PORT_FLAG)

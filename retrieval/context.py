@@ -15,6 +15,10 @@ CONTEXT_FORMAT_VERSION = 1
 
 _HEADER = "Use the numbered sources below when they answer the question, and cite them as [n]."
 
+# The answer when no source answers the question: the grounded reader is trained to say it,
+# strict grounding always allows it, and the evaluation counts it as an abstention.
+ABSTAIN = "The sources do not answer this question."
+
 
 @dataclass(frozen=True)
 class ContextChunk:

@@ -25,7 +25,7 @@ from serving.adapters import AdapterRegistry
 from serving.auth import AdminKey, KeyChecker, check_exposure
 from serving.canary import Canary, EngineMismatch, reference_answer
 from serving.chat import GenerationService
-from serving.engine import Engine, resolved_dtype
+from serving.engine import Engine, resolved_dtype, resolved_executor
 from serving.metrics import Metrics
 from serving.protocol import error_body
 from serving.resolve import ModelResolver
@@ -121,9 +121,10 @@ async def _start_canary(engine: Engine, tokenizer: Any, settings: Settings, *, s
     except EngineMismatch as exc:
         raise EngineMismatch(f"{exc}. {_engine_advice(settings)}") from None
     log.info(
-        "engine self-check passed (dtype=%s, LoRA %s): %r",
+        "engine self-check passed (dtype=%s, LoRA %s, executor %s): %r",
         resolved_dtype(settings.engine.dtype),
         "on" if settings.engine.enable_lora else "off",
+        resolved_executor(settings.engine) or "vLLM's",
         canary.reference,
     )
     return canary

@@ -19,6 +19,7 @@ from retrieval.errors import RagtuneError
 from serving.adapters import AdapterNotFound, AdapterRegistry
 from serving.auth import UNLIMITED, Scope
 from serving.engine import Delta, Engine, SamplingOptions
+from serving.grounding import allowed_token_ids
 from serving.metrics import Metrics
 from serving.protocol import (
     ChatCompletionRequest,
@@ -102,13 +103,11 @@ class GenerationService:
     ) -> list[Hit]:
         """Hits for `query` as the profile says, overridden field by field by `rag`; `param` is
         the request field the query came from. A collection outside the key's `scope` is a 403."""
-        if rag is False:
+        collection = self._collection(target, rag)
+        if not collection:
             return []
         profile = target.profile
         override = rag if isinstance(rag, RagOptions) else RagOptions()
-        collection = override.collection or (profile.collection if profile else None)
-        if not collection:
-            return []
         scope.check_collection(collection, param="rag.collection" if override.collection else "model")
         if not query.strip():
             what = "the last user message" if param == "messages" else f"the {param}"
@@ -122,6 +121,21 @@ class GenerationService:
         hits = await asyncio.to_thread(coll.search, query, k=top_k, mode=mode, filter=filt, fusion=fusion)
         self.metrics.retrieval.labels(mode=mode).observe(time.perf_counter() - started)
         return hits
+
+    @staticmethod
+    def _collection(target: Target, rag: RagOptions | bool | None) -> str | None:
+        """The collection this request retrieves from; None when retrieval is off."""
+        if rag is False:
+            return None
+        override = rag if isinstance(rag, RagOptions) else RagOptions()
+        return override.collection or (target.profile.collection if target.profile else None)
+
+    @classmethod
+    def _strict(cls, target: Target, rag: RagOptions | bool | None) -> bool:
+        """Strict grounding (serving.grounding) applies: asked for, and retrieval is on."""
+        grounding = rag.grounding if isinstance(rag, RagOptions) else None
+        grounding = grounding or (target.profile.grounding if target.profile else "free")
+        return grounding == "strict" and cls._collection(target, rag) is not None
 
     def _context_budget(self, base_len: int, requested: int | None) -> int:
         """Tokens left for retrieved context once the prompt and the answer's share are counted."""
@@ -163,7 +177,7 @@ class GenerationService:
         prompt_ids, kept = await asyncio.to_thread(
             self._chat_prompt, messages, system_prompt, hits, req.token_limit
         )
-        return self._finish(req, target, prompt_ids, hits, kept)
+        return self._finish(req, target, prompt_ids, hits, kept, strict=self._strict(target, req.rag))
 
     def _chat_prompt(
         self,
@@ -187,7 +201,7 @@ class GenerationService:
         prompt = req.prompt_text
         hits = await self.retrieve(target, req.rag, prompt, param="prompt", scope=scope)
         prompt_ids, kept = await asyncio.to_thread(self._completion_prompt, prompt, hits, req.token_limit)
-        return self._finish(req, target, prompt_ids, hits, kept)
+        return self._finish(req, target, prompt_ids, hits, kept, strict=self._strict(target, req.rag))
 
     def _completion_prompt(
         self, prompt: str, hits: list[Hit], requested: int | None
@@ -204,6 +218,8 @@ class GenerationService:
         prompt_ids: list[int],
         hits: list[Hit],
         kept: list[ContextChunk],
+        *,
+        strict: bool = False,
     ) -> Prepared:
         if target.adapter is not None and self.adapters.get(target.adapter) is None:
             # Checked here, not at generation: a stream must not fail after its headers are sent.
@@ -233,6 +249,11 @@ class GenerationService:
             n=req.n,
             ignore_eos=req.ignore_eos,
             min_tokens=req.min_tokens,
+            allowed_token_ids=(
+                tuple(allowed_token_ids(self.tokenizer, prompt_ids, [c.text for c in kept]))
+                if strict
+                else None
+            ),
         )
         sources = [Source.of(i, h, c.text) for i, (h, c) in enumerate(zip(hits, kept, strict=False), start=1)]
         return Prepared(new_id("req"), target, prompt_ids, options, sources)

@@ -18,6 +18,13 @@ from rich.console import Console
 from rich.table import Table
 
 from retrieval.errors import RagtuneError
+from serving.builtin import (
+    DEMO_ADAPTER,
+    EXAMPLES,
+    sync_demo_documents,
+    trained_adapter,
+    with_grounded,
+)
 from serving.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -141,76 +148,6 @@ def serve(
     _serve(with_grounded(settings), sock)
 
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "house-style"
-DEMO_ADAPTER = "house-style"
-READER_ADAPTER = "reader"
-GROUNDED_PROFILE = "grounded"
-
-
-def trained_adapter(settings: Settings, name: str, otherwise: str) -> str | None:
-    """`name` when adapters/NAME is a usable adapter for the base model; else None, after a
-    line saying why and what is served instead (`otherwise`)."""
-    from training.adapters import inspect_adapter
-
-    try:
-        inspect_adapter(
-            settings.adapters_dir / name,
-            base_model_path=settings.base_model_path,
-            max_lora_rank=settings.engine.max_lora_rank,
-        )
-    except RagtuneError as exc:
-        console.print(f"[yellow]no {name} adapter[/] ({exc.message}): {otherwise}")
-        return None
-    return name
-
-
-def with_grounded(settings: Settings) -> Settings:
-    """Settings that also serve the `grounded` profile: the reader adapter (`make reader-adapter`)
-    answering from the sources of the collection a request names (`rag.collection`), citing
-    them, and saying "The sources do not answer this question." when they do not. A profile or
-    adapter of the same name in the settings wins."""
-    from serving.settings import ProfileSettings
-
-    if GROUNDED_PROFILE in settings.serving.profiles:
-        return settings
-    adapter = settings.serving.adapters.get(READER_ADAPTER) and READER_ADAPTER
-    adapter = adapter or trained_adapter(
-        settings, READER_ADAPTER, "no `grounded` profile. `make reader-adapter` trains it"
-    )
-    if not adapter:
-        return settings
-    adapters = {READER_ADAPTER: READER_ADAPTER, **settings.serving.adapters}
-    profile = ProfileSettings(adapter=adapter, top_k=4)
-    profiles = {**settings.serving.profiles, GROUNDED_PROFILE: profile}
-    serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})
-    return settings.model_copy(update={"serving": serving})
-
-
-DEMO_OWNER = {"owner": "ragtune-demo"}
-
-
-def sync_demo_documents(collection: Any, path: Path) -> dict[str, int]:
-    """Make the demo's own documents in `collection` those of a JSONL file (id, text, title,
-    source). Its documents carry `DEMO_OWNER` in their metadata; documents a user added to the
-    collection are never touched (unless they reuse a demo document's id)."""
-    import json
-
-    from retrieval import Document
-
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    docs = [Document(**{**r, "metadata": {**r.get("metadata", {}), **DEMO_OWNER}}) for r in rows]
-    result = collection.upsert(docs)
-    keep = {d.id for d in docs}
-    gone = [i for i in collection.metadata_where(DEMO_OWNER) if i not in keep]
-    removed = collection.delete(gone) if gone else 0
-    return {
-        "added": len(result.added),
-        "updated": len(result.updated),
-        "unchanged": len(result.unchanged),
-        "deleted": removed,
-    }
-
-
 @app.command()
 def demo(
     ctx: typer.Context,
@@ -287,6 +224,9 @@ def chat(
     from serving.terminal import ChatError, ChatOptions, TerminalChat, input_lines
 
     stop = None
+    source = ctx.get_parameter_source("server")  # typer's own click: compare by name
+    if in_process and source is not None and source.name == "COMMANDLINE":
+        raise fail("--in-process starts its own server: leave out --server, or --in-process")
     if in_process:
         settings = settings_of(ctx)
         with console.status("starting the engine in this process (about a minute on a CPU) ..."):

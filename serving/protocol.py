@@ -25,6 +25,7 @@ from retrieval import Hit
 from retrieval.errors import InvalidFilter
 from retrieval.filters import compile_filter
 from retrieval.settings import Fusion, SearchMode
+from serving.grounding import Grounding
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_FILTER_TERMS = 64  # fields, operators and list values of one filter together
@@ -127,6 +128,9 @@ class RagOptions(BaseModel):
     mode: SearchMode | None = None
     fusion: Fusion | None = None
     filter: Filter = None
+    grounding: Grounding | None = Field(
+        None, description="'strict': the answer may only use words of the prompt and its sources"
+    )
 
 
 class StreamOptions(BaseModel):

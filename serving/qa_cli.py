@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from retrieval.errors import RagtuneError
+from serving.builtin import with_grounded
 from serving.qa_eval import (
     PHASES,
     QAEvalOptions,
@@ -163,7 +164,7 @@ def eval_qa_command(
                     tasks[phase] = bar.add_task(phase, total=total)
                 bar.update(tasks[phase], completed=done, total=total)
 
-            client_cm = server_client(server, key) if server else in_process_client(settings)
+            client_cm = server_client(server, key) if server else in_process_client(with_grounded(settings))
             async with client_cm as client:
                 return await run_qa_eval(client, dataset, opts, results_file=answers, progress=progress)
 

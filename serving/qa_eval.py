@@ -128,8 +128,9 @@ async def _call(client: httpx.AsyncClient, method: str, path: str, **kw: Any) ->
 class CollectionState:
     """Puts the evaluation collection in the state a phase needs, through the documents API."""
 
-    def __init__(self, client: httpx.AsyncClient, name: str, qa: QASet):
+    def __init__(self, client: httpx.AsyncClient, name: str, qa: QASet, *, owned: bool = True):
         self.client, self.name, self.qa = client, name, qa
+        self.owned = owned  # the eval's own `qa-NAME`: documents not in the set are stale there
         self.present: set[str] = set()
 
     async def ensure(self) -> None:
@@ -167,7 +168,8 @@ class CollectionState:
                 json={"documents": docs[start : start + 200]},
             )
         self.present |= {d["id"] for d in docs}
-        for doc_id in sorted(absent & self.present):
+        stale = self.present - set(self.qa.passages) if self.owned else set()
+        for doc_id in sorted((absent | stale) & self.present):
             await _call(self.client, "DELETE", f"/v1/collections/{self.name}/documents/{doc_id}")
             self.present.discard(doc_id)
 
@@ -324,7 +326,7 @@ async def run_qa_eval(
     names = await resolve_models(client, opts.models)
     configs = [Config(m, r) for m in opts.models for r in opts.rag]
     collection = opts.collection or f"qa-{qa.name}".lower()[:60]
-    state = CollectionState(client, collection, qa)
+    state = CollectionState(client, collection, qa, owned=opts.collection is None)
     await state.ensure()
     cf_texts, cf = counterfactuals(qa, questions, seed=opts.seed)
     gold_docs = sorted({q.doc_id for q in questions})

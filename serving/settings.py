@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from retrieval.settings import Fusion, RetrievalSettings, SearchMode
+from serving.grounding import Grounding
 from training.settings import TrainingSettings
 
 ENV_PREFIX = "RAGTUNE_"
@@ -64,6 +65,12 @@ class EngineSettings(BaseModel):
     max_lora_rank: int = Field(16, ge=1)
     max_cpu_loras: int = Field(8, ge=1, description="adapters cached in host memory")
     tensor_parallel_size: int = Field(1, ge=1)
+    executor: Literal["auto", "uni", "mp"] = Field(
+        "auto",
+        description="where the model runs: 'uni' inside the engine-core process, 'mp' in worker "
+        "processes of its own; 'auto': 'uni' on a CPU with one tensor-parallel rank (one process "
+        "less to start, and both cores compute), else vLLM's choice",
+    )
     self_check: bool = Field(
         True,
         description="compare the engine's greedy answer with transformers' at start",
@@ -94,6 +101,10 @@ class ProfileSettings(BaseModel):
     fusion: Fusion | None = Field(None, description="hybrid fusion; None: retrieval.fusion")
     filter: dict[str, Any] | None = None
     system_prompt: str | None = None
+    grounding: Grounding = Field(
+        "free",
+        description="'strict': answers only use words of the prompt and its sources (serving.grounding)",
+    )
 
     @model_validator(mode="before")
     @classmethod

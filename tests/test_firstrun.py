@@ -33,7 +33,7 @@ from typer.testing import CliRunner
 from retrieval import Document, Library
 from retrieval.errors import InvalidFilter
 from serving.app import create_app
-from serving.cli import sync_demo_documents
+from serving.builtin import sync_demo_documents
 from serving.settings import load_settings
 from tests.doubles import EchoEngine
 
@@ -422,3 +422,7 @@ def test_terminal_chat_in_process_needs_no_server(
     assert made == ["127.0.0.1"]  # loopback, whatever the settings say
     assert "> Say the word granite." in result.output and "granite" in result.output.split("> Say")[1]
     assert set(threading.enumerate()) <= threads  # the server's thread ended
+
+    both = CliRunner().invoke(cli, ["chat", "--in-process", "--server", "http://127.0.0.1:9"], input="hi\n")
+    assert both.exit_code == 2 and "leave out --server" in both.output, both.output
+    assert made == ["127.0.0.1"]  # refused before any server started

@@ -1,4 +1,5 @@
-"""The `grounded` profile: served whenever the reader adapter (`make reader-adapter`) is trained."""
+"""The `grounded` profile: always served with strict grounding; by the reader adapter
+(`make reader-adapter`) once it is trained."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import make_lora_adapter
 
-from serving.cli import GROUNDED_PROFILE, READER_ADAPTER, with_grounded
+from serving.builtin import GROUNDED_PROFILE, READER_ADAPTER, with_grounded
 from serving.settings import ProfileSettings, Settings
 
 
@@ -33,13 +34,16 @@ def test_a_trained_reader_adds_the_grounded_profile(reader_dir: Path, base_model
     # No collection of its own: the request names one (`rag.collection`); the adapter was
     # trained on 2 to 4 sources.
     assert (profile.adapter, profile.collection, profile.top_k) == (READER_ADAPTER, None, 4)
+    assert profile.grounding == "strict"
 
 
-def test_without_a_reader_nothing_is_added_and_the_log_says_how_to_train_it(
+def test_without_a_reader_the_base_model_answers_and_the_log_says_how_to_train_it(
     tmp_path: Path, base_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = settings_with(tmp_path, base_model)
-    assert with_grounded(settings) == settings
+    settings = with_grounded(settings_with(tmp_path, base_model))
+    assert settings.serving.adapters == {}
+    profile = settings.serving.profiles[GROUNDED_PROFILE]
+    assert (profile.adapter, profile.top_k, profile.grounding) == (None, 4, "strict")
     out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
     assert "no reader adapter" in out and "make reader-adapter" in out
 

@@ -40,9 +40,11 @@ def base_answer(http: httpx.Client) -> str:
 
 def test_the_engine_passed_its_self_check_at_start(live_server: LiveServer) -> None:
     log = live_server.log.read_text()
-    # dtype `auto`: float32 on CPUs without native bfloat16, bfloat16 where it is native
+    # dtype `auto`: float32 on CPUs without native bfloat16, bfloat16 where it is native;
+    # executor `auto`: the model runs in the engine-core process on a CPU
     passed = (
-        r"engine self-check passed \(dtype=(float32|bfloat16), LoRA on\): " r"'The capital of France is Paris"
+        r"engine self-check passed \(dtype=(float32|bfloat16), LoRA on, executor uni\): "
+        r"'The capital of France is Paris"
     )
     assert re.search(passed, log), log[-2000:]
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from retrieval import Library
+from retrieval import Document, Library
 from serving.app import create_app
 from serving.engine import AdapterRef, Delta, SamplingOptions
 from serving.qa_eval import EvalError, QAEvalOptions, run_qa_eval
@@ -133,6 +133,9 @@ def test_eval_qa_scores_answers_grounding_and_abstention_and_resumes(app_client,
     app, engine, library = app_client
     opts = QAEvalOptions(models=["base"], rag=[True, False], split="all", top_k=2, concurrency=4)
     answers = tmp_path / "answers.jsonl"
+    # A passage an earlier version of the set had: the eval's own collection drops it.
+    stale = library.create(f"qa-{load_qa_set(QA).name}")
+    stale.upsert([Document(id="gone", text="The Vorn bridge opened in 1871 to carriages only.")])
     summary = asyncio.run(_run(app, opts, answers))
     rag, plain = summary["configs"]["base+RAG"], summary["configs"]["base"]
     # Retrieval finds each one-sentence passage first, and the double repeats it citing [1].

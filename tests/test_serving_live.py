@@ -136,6 +136,35 @@ def test_document_fact_is_answered_cited_then_forgotten(live_server: LiveServer)
     assert http.get("/v1/collections/kb/documents/zorblatt").status_code == 404
 
 
+def test_strict_grounding_keeps_a_memorised_answer_out(live_server: LiveServer) -> None:
+    """Sources contradict what the model memorised (examples/world-qa's conflict): free decoding
+    answers from memory, strict grounding cannot write the memorised city."""
+    http = httpx.Client(base_url=live_server.url, timeout=120)
+    assert http.post("/v1/collections", json={"name": "atlas"}).status_code in (201, 409)
+    docs = [
+        {
+            "id": country,
+            "title": country,
+            "text": f"{city} is the capital of {country}. The government "
+            f"and parliament of {country} meets in {city}.",
+        }
+        for country, city in [("France", "Havana"), ("Belgium", "Warsaw"), ("Denmark", "Cairo")]
+    ]
+    assert http.post("/v1/collections/atlas/documents", json={"documents": docs}).status_code == 200
+    client = live_server.client()
+    rag = {"collection": "atlas", "top_k": 3}
+    free = greedy(client, BASE, FRANCE, rag=rag)
+    strict = greedy(client, BASE, FRANCE, rag={**rag, "grounding": "strict"})
+    assert "Paris" in free.choices[0].message.content  # the memory wins without the constraint
+    answer = strict.choices[0].message.content
+    assert "Paris" not in answer and answer.strip(), answer
+    assert strict.model_extra["sources"][0]["document_id"] == "France"
+    # The `grounded` profile is strict (no reader adapter in this test's adapters folder).
+    profile = greedy(client, "grounded", FRANCE, rag={"collection": "atlas"})
+    assert "Paris" not in profile.choices[0].message.content
+    http.delete("/v1/collections/atlas")
+
+
 def _files_state(*folders: Path) -> dict[str, tuple[int, int]]:
     return {
         str(f): (f.stat().st_size, f.stat().st_mtime_ns)

@@ -27,10 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from retrieval.context import ABSTAIN as ABSTAIN  # defined with the prompt layout it answers
 from retrieval.errors import RagtuneError
-
-# The reader adapter's answer when no source answers the question (trained, then scored).
-ABSTAIN = "The sources do not answer this question."
 
 HELD_OUT_FRACTION = 0.25  # passages held out for evaluation (by hash of the passage id)
 SPLIT_SALT = "ragtune-qa-split-v1"

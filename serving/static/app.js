@@ -128,6 +128,7 @@ function onModelChange() {
     $("rag-collection").value = profile.collection ? "" : $("rag-collection").value;
     $("rag-topk").value = profile.top_k;
     $("rag-mode").value = profile.mode;
+    $("rag-strict").checked = profile.grounding === "strict";
     info = "profile: " + (profile.adapter ? "adapter " + profile.adapter : "base model") +
       (profile.collection ? ", collection " + profile.collection : "") +
       (profile.system_prompt ? ", a system prompt" : "");
@@ -186,7 +187,11 @@ async function refreshModelsAndAdapters() {
 // -- chat ----------------------------------------------------------------------------------
 function ragOptions() {
   if (!$("rag-on").checked) return false;
-  const rag = { top_k: Number($("rag-topk").value) || 3, mode: $("rag-mode").value };
+  const rag = {
+    top_k: Number($("rag-topk").value) || 3,
+    mode: $("rag-mode").value,
+    grounding: $("rag-strict").checked ? "strict" : "free",
+  };
   const collection = $("rag-collection").value;
   if (collection) rag.collection = collection;
   return rag;

@@ -1,0 +1,89 @@
+"""What ragtune serves on its own: the `grounded` profile, and the demo's documents and adapter.
+
+`ragtune serve`, `ragtune demo` and `ragtune eval qa` (in-process) all add `grounded` through
+`with_grounded`, so an evaluation asks the same profile a server answers with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from retrieval.errors import RagtuneError
+from serving.settings import ProfileSettings, Settings
+
+console = Console()
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "house-style"
+DEMO_ADAPTER = "house-style"
+READER_ADAPTER = "reader"
+GROUNDED_PROFILE = "grounded"
+
+
+def trained_adapter(settings: Settings, name: str, otherwise: str) -> str | None:
+    """`name` when adapters/NAME is a usable adapter for the base model; else None, after a
+    line saying why and what is served instead (`otherwise`)."""
+    from training.adapters import inspect_adapter
+
+    try:
+        inspect_adapter(
+            settings.adapters_dir / name,
+            base_model_path=settings.base_model_path,
+            max_lora_rank=settings.engine.max_lora_rank,
+        )
+    except RagtuneError as exc:
+        console.print(f"[yellow]no {name} adapter[/] ({exc.message}): {otherwise}")
+        return None
+    return name
+
+
+def with_grounded(settings: Settings) -> Settings:
+    """Settings that also serve the `grounded` profile: answers from the sources of the collection
+    a request names (`rag.collection`) with strict grounding (serving.grounding), by the reader
+    adapter (`make reader-adapter`, which cites and says "The sources do not answer this
+    question.") once it is trained, else by the base model. A profile of the same name in the
+    settings wins."""
+    if GROUNDED_PROFILE in settings.serving.profiles:
+        return settings
+    adapter = settings.serving.adapters.get(READER_ADAPTER) and READER_ADAPTER
+    adapter = adapter or trained_adapter(
+        settings,
+        READER_ADAPTER,
+        "the `grounded` profile uses the base model. `make reader-adapter` trains it",
+    )
+    adapters = (
+        {READER_ADAPTER: READER_ADAPTER, **settings.serving.adapters}
+        if adapter
+        else settings.serving.adapters
+    )
+    profile = ProfileSettings(adapter=adapter, top_k=4, grounding="strict")
+    profiles = {**settings.serving.profiles, GROUNDED_PROFILE: profile}
+    serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})
+    return settings.model_copy(update={"serving": serving})
+
+
+DEMO_OWNER = {"owner": "ragtune-demo"}
+
+
+def sync_demo_documents(collection: Any, path: Path) -> dict[str, int]:
+    """Make the demo's own documents in `collection` those of a JSONL file (id, text, title,
+    source). Its documents carry `DEMO_OWNER` in their metadata; documents a user added to the
+    collection are never touched (unless they reuse a demo document's id)."""
+    import json
+
+    from retrieval import Document
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    docs = [Document(**{**r, "metadata": {**r.get("metadata", {}), **DEMO_OWNER}}) for r in rows]
+    result = collection.upsert(docs)
+    keep = {d.id for d in docs}
+    gone = [i for i in collection.metadata_where(DEMO_OWNER) if i not in keep]
+    removed = collection.delete(gone) if gone else 0
+    return {
+        "added": len(result.added),
+        "updated": len(result.updated),
+        "unchanged": len(result.unchanged),
+        "deleted": removed,
+    }
