@@ -13,7 +13,8 @@ like the tests' one):
 (e) with --scale N: N more synthetic one-chunk documents (texts drawn from the data set's words,
     random vectors: embedding them would take hours here and does not change what a query
     costs), then the same hybrid queries (query embeddings cached) and the time another
-    process or replica takes to open the collection.
+    process or a new replica takes to open the collection, and a restarted one (PostgreSQL: from
+    the snapshot the replica keeps in its own folder).
 Writes bench/results/store.json and bench/results/store.md. Ratios are PostgreSQL / SQLite.
 """
 
@@ -122,15 +123,24 @@ def scaled(
     for key, lat in latencies(colls, queries).items():
         out[key] |= {"hybrid_cached_query_p50_ms": pct(lat, 50), "hybrid_cached_query_p99_ms": pct(lat, 99)}
     for key, url in stores.items():
-        other = Library(
-            work / f"scale-{key}", RetrievalSettings(store_url=url), embedders={EMBEDDER: synthetic}
-        )
+        # SQLite: another process reads the snapshot files beside the database. PostgreSQL: a new
+        # replica (its own, empty folder) builds both indexes from the database.
+        folder = work / (f"scale-{key}" if url is None else f"scale-{key}-new-replica")
+        other = Library(folder, RetrievalSettings(store_url=url), embedders={EMBEDDER: synthetic})
         t = time.perf_counter()
         other.open("scaled")
         out[key]["open_by_another_process_s"] = round(time.perf_counter() - t, 2)
         other.close()
     for lib in libs.values():
-        lib.close()
+        lib.close()  # saves its snapshot (PostgreSQL: in the replica's own folder)
+    for key, url in stores.items():  # the same process (or replica) started again
+        again = Library(
+            work / f"scale-{key}", RetrievalSettings(store_url=url), embedders={EMBEDDER: synthetic}
+        )
+        t = time.perf_counter()
+        again.open("scaled")
+        out[key]["reopen_after_restart_s"] = round(time.perf_counter() - t, 2)
+        again.close()
     return out
 
 
@@ -269,8 +279,9 @@ def main() -> None:
         (RESULTS / "store.json").write_text(json.dumps(out, indent=2) + "\n")
         md += [
             f"A collection of {ss['chunks']:,} synthetic one-chunk documents (query embeddings cached; "
-            "a second process opens SQLite from its snapshot files, PostgreSQL builds both indexes from "
-            "the database):",
+            "another process opens SQLite from its snapshot files, a new PostgreSQL replica builds both "
+            "indexes from the database; restarted, a PostgreSQL replica reads its own snapshot and "
+            "the changes since):",
             "",
             "| measure | SQLite | PostgreSQL | ratio |",
             "|---|---|---|---|",

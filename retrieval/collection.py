@@ -14,13 +14,11 @@ following the store's change log where it keeps one, else diffing chunk ids.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
@@ -99,7 +97,8 @@ class Collection:
                     self._idx.catch_up(txn)
                 yield txn
                 self._idx.rebuild_if_needed()
-                self._idx.save_snapshot()
+                if self.store.snapshot_while_writing:
+                    self._idx.save_snapshot()
         finally:
             self._write_mutex.release()
 
@@ -383,7 +382,7 @@ class Collection:
             sparse_chunks = self._idx.sparse.live
             sparse_memory = self._idx.sparse.memory_bytes()
             version = self._idx.version
-        disk = _folder_bytes(self.path) if self.path is not None else self.store.disk_bytes()
+        disk = self.store.disk_bytes()
         return {
             "name": self.name,
             "documents": counts["documents"],
@@ -420,7 +419,7 @@ class Collection:
         ):
             return False
         try:
-            with self.store.writing(timeout=0):
+            with self.store.snapshot_lock():
                 return self._idx.save_snapshot(force=True)
         except WriterBusy:
             return False  # another process is writing; the next open re-syncs from the store
@@ -435,13 +434,3 @@ class Collection:
         finally:
             self._closed = True
             self.store.close()
-
-
-def _folder_bytes(path: Path) -> int:
-    """Bytes of the files in `path`; a snapshot's temporary file may vanish while we look."""
-    total = 0
-    for p in path.iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            if p.is_file():
-                total += p.stat().st_size
-    return total

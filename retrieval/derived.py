@@ -161,6 +161,7 @@ class DerivedIndexes:
             return False
         if not force and time.monotonic() - self._saved_at < self.settings.snapshot_interval:
             return False
+        self.path.mkdir(parents=True, exist_ok=True)
         with self.rw.read():
             tmp = self.path / f"{INDEX_FILE}.tmp"
             self.vectors.save(tmp)

@@ -21,6 +21,9 @@ from retrieval.storage import Backend, hide_password
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
+SNAPSHOTS = ".pg-snapshots"  # under the indexes folder: a PostgreSQL replica's local snapshots
+
+
 def open_backend(root: Path, store_url: str | None) -> Backend:
     """SQLite under `root` when `store_url` is unset, else the database it names."""
     if not store_url:
@@ -30,7 +33,7 @@ def open_backend(root: Path, store_url: str | None) -> Backend:
     if store_url.startswith(("postgresql://", "postgres://")):
         from retrieval.store_pg import PostgresBackend
 
-        return PostgresBackend(store_url)
+        return PostgresBackend(store_url, snapshots=root / SNAPSHOTS)
     raise RagtuneError(
         f"RAGTUNE_RETRIEVAL__STORE_URL must be unset (SQLite under the indexes folder) or a "
         f"postgresql:// URL, got {hide_password(store_url)!r}",
@@ -106,7 +109,11 @@ class Library:
         with self._lock:
             found = self._collections.get(name)
             if found is not None:
-                return found
+                if found.store.is_current():
+                    return found
+                # Dropped by another process or replica (perhaps made again): open it afresh. The
+                # old handle is left to requests still holding it; they fail with "was dropped".
+                del self._collections[name]
             if not self.backend.exists(name):
                 known = ", ".join(self.names()) or "none yet"
                 raise CollectionNotFound(

@@ -111,6 +111,9 @@ class DocumentStore(Protocol):
     name: str
     config: dict[str, Any]
     snapshot_dir: Path | None  # where snapshots of the derived indexes may be kept; None: nowhere
+    # Whether a writer also saves the snapshot (under the collection's write lock). False where
+    # that lock is shared by every replica: a replica saves its own at open and close only.
+    snapshot_while_writing: bool
 
     def reading(self) -> AbstractContextManager[Txn]: ...
     def writing(self, timeout: float) -> AbstractContextManager[Txn]:
@@ -127,12 +130,24 @@ class DocumentStore(Protocol):
         in one snapshot."""
         ...
 
+    def snapshot_lock(self) -> AbstractContextManager[object]:
+        """Held while the snapshot files are written; WriterBusy at once if another holds it."""
+        ...
+
     def schema_version(self) -> int: ...
+    def is_current(self) -> bool:
+        """False once the collection this handle opened was dropped (and perhaps made again under
+        its name, by another process or replica): the handle must not be used any more."""
+        ...
+
     def check(self) -> bool:
         """The store's own integrity check (SQLite: the FTS5 index against its table)."""
         ...
 
-    def disk_bytes(self) -> int: ...
+    def disk_bytes(self) -> int:
+        """What the collection takes on disk where it is stored (its snapshots included)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -149,6 +164,10 @@ class Backend(Protocol):
 
     def open(self, name: str) -> DocumentStore: ...
     def drop(self, name: str, timeout: float) -> None: ...
+    def ping(self, timeout: float) -> None:
+        """Raise StoreUnavailable, within about `timeout` seconds, unless the store answers."""
+        ...
+
     def close(self) -> None: ...
 
 

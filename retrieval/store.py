@@ -10,14 +10,16 @@ implement retrieval/storage.py's Protocols; `SqliteBackend` keeps one folder per
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import filelock
 import numpy as np
 
 from retrieval.chunking import Chunk
-from retrieval.errors import CollectionExists, CollectionNotFound, WriterBusy
+from retrieval.errors import CollectionExists, CollectionNotFound, StoreUnavailable, WriterBusy
 from retrieval.filters import SqliteFields, check_fields, compile_filter
 from retrieval.sparse import SparseIndex, Tokenizer, fts_text
 from retrieval.storage import Changes, ChunkRow
@@ -135,6 +137,22 @@ STORE_FILE = "store.sqlite"
 LOCK_FILE = "write.lock"
 
 
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files in `path`; a snapshot's temporary file may vanish while we look."""
+    total = 0
+    for p in path.iterdir() if path.exists() else ():
+        with contextlib.suppress(OSError):
+            if p.is_file():
+                total += p.stat().st_size
+    return total
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """The file's device and inode: a collection dropped and made again is another file."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 class Store:
     """One collection's SQLite file. A single writer connection plus one reader per thread."""
 
@@ -142,6 +160,7 @@ class Store:
         self.path = path
         self.name = path.parent.name
         self.snapshot_dir: Path | None = path.parent
+        self.snapshot_while_writing = True
         self.writer = connect(path)
         migrate(self.writer)
         self.config = self.meta(self.writer)
@@ -149,6 +168,13 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._filelock = filelock.FileLock(path.parent / LOCK_FILE, thread_local=False)
+        self._identity = _identity(path)
+
+    def is_current(self) -> bool:
+        try:
+            return _identity(self.path) == self._identity
+        except OSError:
+            return False
 
     # -- connections ---------------------------------------------------------------------
     def reader(self) -> sqlite3.Connection:
@@ -231,7 +257,10 @@ class Store:
         return True
 
     def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+        return folder_bytes(self.path.parent)
+
+    def snapshot_lock(self) -> AbstractContextManager[object]:
+        return self.writing(timeout=0)  # the snapshot files live beside the database, under its lock
 
     # Kept for callers that hold a raw connection (the sparse index tests, the benchmarks).
     @staticmethod
@@ -419,6 +448,12 @@ class SqliteBackend:
 
     def exists(self, name: str) -> bool:
         return (self.root / name / STORE_FILE).exists()
+
+    def ping(self, timeout: float) -> None:
+        """The folder is there and writable (created on the first write when it does not exist)."""
+        folder = self.root if self.root.exists() else self.root.parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise StoreUnavailable(f"the indexes folder {self.root} cannot be written")
 
     def create(self, name: str, config: dict[str, Any]) -> None:
         final = self.root / name

@@ -14,6 +14,7 @@ The SQL of reads and writes inside a transaction is in retrieval/store_pg_txn.py
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 import psycopg
 from psycopg import errors as pg_errors
@@ -103,9 +105,12 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
 class PostgresBackend:
     """Every collection in one database, reached through one connection pool."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, snapshots: Path | None = None):
+        """`snapshots`: a local folder where this replica keeps snapshots of its derived indexes,
+        so that opening a large collection again reads files instead of every embedding."""
         self.url = url
         self.where = hide_password(url)
+        self.snapshots = snapshots
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
                 migrate(conn)
@@ -118,6 +123,7 @@ class PostgresBackend:
         self.pool = ConnectionPool(
             url, min_size=1, max_size=POOL_SIZE, kwargs={"autocommit": True}, name="ragtune-store"
         )
+        self.prune_snapshots()
 
     def _scrub(self, exc: BaseException) -> str:
         message = " ".join(str(exc).split())
@@ -140,6 +146,17 @@ class PostgresBackend:
                 self.pool.check()
             raise StoreUnavailable(
                 f"the PostgreSQL store at {self.where} failed: {self._scrub(exc)}"
+            ) from None
+
+    def ping(self, timeout: float) -> None:
+        try:
+            with self.pool.connection(timeout=timeout) as conn:
+                conn.execute("SELECT 1")
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            with suppress(Exception):
+                self.pool.check()
+            raise StoreUnavailable(
+                f"the PostgreSQL store at {self.where} does not answer: {self._scrub(exc)}"
             ) from None
 
     def names(self) -> list[str]:
@@ -174,7 +191,24 @@ class PostgresBackend:
             row = _lock_row(conn, "name = %s", name, timeout, name)
             if row is None:
                 raise CollectionNotFound(f"no collection {name!r} in {self.where}", param="collection")
-            conn.execute("DELETE FROM collections WHERE name = %s", (name,))
+            store_id = conn.execute(
+                "DELETE FROM collections WHERE name = %s RETURNING meta->>'store_id'", (name,)
+            ).fetchone()
+        if self.snapshots is not None and store_id is not None:
+            shutil.rmtree(self.snapshots / str(store_id[0]), ignore_errors=True)
+
+    def prune_snapshots(self) -> None:
+        """Delete this machine's snapshots of collections that no longer exist (dropped through
+        another replica meanwhile)."""
+        if self.snapshots is None or not self.snapshots.is_dir():
+            return
+        with self.connection() as conn:
+            live = {r[0] for r in conn.execute("SELECT meta->>'store_id' FROM collections")}
+        recent = time.time() - 60  # a collection made since the query may be saving its first one
+        for folder in self.snapshots.iterdir():
+            with suppress(OSError):
+                if folder.is_dir() and folder.name not in live and folder.stat().st_mtime < recent:
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def close(self) -> None:
         self.pool.close()
@@ -199,13 +233,32 @@ def _lock_row(conn: psycopg.Connection[Any], where: str, key: Any, timeout: floa
 class PgStore:
     """One collection in the shared database (retrieval/storage.py's `DocumentStore`)."""
 
-    snapshot_dir: Path | None = None  # each replica builds its indexes from the store; nothing on local disk
+    # Each replica keeps its own snapshots, on its own disk, saved at open and close: a save under
+    # the collection's row lock would hold up the writers of every replica.
+    snapshot_while_writing = False
 
     def __init__(self, backend: PostgresBackend, collection_id: int, name: str, config: dict[str, Any]):
         self.backend = backend
         self.id = collection_id
         self.name = name
         self.config = config
+        # Named by the collection's store_id: one made again under the same name starts afresh.
+        self.snapshot_dir = backend.snapshots / str(config["store_id"]) if backend.snapshots else None
+
+    @contextmanager
+    def snapshot_lock(self) -> Iterator[object]:
+        """A file lock in the snapshot folder: other processes of this machine share it."""
+        assert self.snapshot_dir is not None
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(self.snapshot_dir / ".lock", thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise WriterBusy(f"another process is saving the snapshot of {self.name!r}") from None
+        try:
+            yield lock
+        finally:
+            lock.release()
 
     @contextmanager
     def _transaction(self, begin: str, lock: str = "") -> Iterator[PgTxn]:
@@ -270,20 +323,29 @@ class PgStore:
             raise CollectionNotFound(f"collection {self.name!r} was dropped", param="collection")
         return int(row[0]), np.asarray(row[1], dtype=np.int64)
 
+    def is_current(self) -> bool:
+        with self.backend.connection() as conn:
+            return conn.execute("SELECT 1 FROM collections WHERE id = %s", (self.id,)).fetchone() is not None
+
     def schema_version(self) -> int:
         with self.backend.connection() as conn:
             row = conn.execute("SELECT version FROM ragtune_schema").fetchone()
         return int(row[0]) if row else 0
 
     def check(self) -> bool:
-        """The change log is whole: one entry per committed write."""
+        """The change log is whole: one entry per committed write, from its oldest kept entry (older
+        ones are pruned, store_pg_txn.CHANGES_KEPT) up to the collection's version."""
         with self.reading() as txn:
             row = txn.one(
-                "SELECT c.version, (SELECT count(*) FROM changes WHERE collection = c.id) "
-                "FROM collections c WHERE c.id = %s",
+                "SELECT c.version, count(g.version), coalesce(min(g.version), c.version + 1), "
+                "coalesce(max(g.version), 0) FROM collections c LEFT JOIN changes g ON g.collection = c.id "
+                "WHERE c.id = %s GROUP BY c.version",
                 self.id,
             )
-        return row is not None and row[0] == row[1]
+        if row is None:
+            return False
+        version, count, oldest, newest = (int(x) for x in row)
+        return count == version - oldest + 1 and newest == version
 
     def disk_bytes(self) -> int:
         with self.reading() as txn:

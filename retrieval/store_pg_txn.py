@@ -24,6 +24,10 @@ from retrieval.types import Document
 SPARSE_BATCH = 5000  # chunks tokenised per BM25 segment on a cold build
 
 
+CHANGES_KEPT = 1000  # writes the change log reaches back, per collection
+PRUNE_EVERY = 100  # every this many writes, older entries are deleted
+
+
 class PgTxn:
     """retrieval/storage.py's `Txn` on one pooled connection inside a transaction."""
 
@@ -252,6 +256,12 @@ class PgTxn:
             "VALUES (%s, %s, %s::bigint[], %s::bigint[])",
             (self.id, self._version, [int(i) for i in added], [int(i) for i in removed]),
         )
+        if self._version % PRUNE_EVERY == 0:
+            # A replica further behind than the log reaches diffs its indexes by chunk id instead.
+            self.conn.execute(
+                "DELETE FROM changes WHERE collection = %s AND version <= %s",
+                (self.id, self._version - CHANGES_KEPT),
+            )
         return self._version
 
     def commit(self) -> None:

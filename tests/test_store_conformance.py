@@ -277,6 +277,21 @@ def test_a_write_through_one_replica_is_found_on_another(make_library: MakeLibra
     assert {h.document_id for h in a.search("anything at all", k=100)} == {d.id for d in b.list_documents()}
 
 
+def test_a_collection_dropped_and_made_again_elsewhere_is_reopened(make_library: MakeLibrary) -> None:
+    """Replica A has "kb" open; replica B drops it and makes a new "kb": A serves the new one."""
+    lib_a, lib_b = make_library(), make_library()
+    lib_a.create("kb").upsert(corpus())
+    assert lib_a.open("kb").search("wild yeast starter", k=1)[0].document_id == "d4"
+    lib_b.drop("kb")
+    lib_b.create("kb").upsert([Document("new", "Tram timetables change on Sunday.")])
+    fresh = lib_a.open("kb")
+    assert [h.document_id for h in fresh.search("tram timetables", k=5)] == ["new"]
+    assert fresh.stats()["documents"] == 1 and fresh.check()
+    lib_b.drop("kb")
+    with pytest.raises(CollectionNotFound):
+        lib_a.open("kb")
+
+
 def test_two_replicas_writing_at_once_land_whole_batches(make_library: MakeLibrary) -> None:
     """Each replica writes pairs of documents; every pair lands whole, none is lost."""
     replicas = [make_library().create("kb"), make_library().open("kb")]

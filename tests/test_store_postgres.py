@@ -63,6 +63,81 @@ def test_a_replica_follows_the_change_log(
     b.close()
 
 
+def test_the_change_log_is_pruned_and_a_replica_behind_it_still_catches_up(
+    tmp_path: Path,
+    embedder: CountingEmbedder,
+    postgres,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from retrieval import store_pg_txn
+
+    monkeypatch.setattr(store_pg_txn, "CHANGES_KEPT", 4)
+    monkeypatch.setattr(store_pg_txn, "PRUNE_EVERY", 2)
+    url = postgres.create_database("prune")
+    a, b = (
+        Library(tmp_path / n, settings(store_url=url), embedders={EMBEDDER: embedder}) for n in ("a", "b")
+    )
+    ca = a.create("kb")
+    ca.upsert([Document("d0", "document zero about trains")])
+    cb = b.open("kb")
+    assert [h.document_id for h in cb.search("trains", k=1, mode="sparse")] == ["d0"]
+    for i in range(1, 12):  # B is now 11 writes behind; the log keeps 4 to 5
+        ca.upsert([Document(f"d{i}", f"document {i} about harbor ferry number {i}")])
+    ca.delete(["d0"])
+    with a.backend.connection() as conn:  # type: ignore[attr-defined]
+        kept = conn.execute("SELECT count(*) FROM changes").fetchone()[0]
+    assert kept <= 5, kept
+    assert [h.document_id for h in cb.search("trains", k=1, mode="sparse")] == []
+    assert {h.document_id for h in cb.search("harbor ferry", k=20, mode="sparse")} == {
+        f"d{i}" for i in range(1, 12)
+    }
+    assert cb.check() and ca.check() and cb.stats()["consistent"]
+    a.close()
+    b.close()
+
+
+def test_a_replica_reopens_from_its_local_snapshot_and_fetches_only_what_changed(
+    tmp_path: Path,
+    embedder: CountingEmbedder,
+    postgres,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from retrieval.library import SNAPSHOTS
+    from retrieval.store_pg import PgTxn
+
+    url = postgres.create_database("snap")
+    fetched: list[int] = []
+    original = PgTxn.embeddings
+
+    def counting(self, ids, dim):  # noqa: ANN001, ANN202
+        fetched.append(-1 if ids is None else len(ids))
+        return original(self, ids, dim)
+
+    monkeypatch.setattr(PgTxn, "embeddings", counting)
+    open_a = lambda: Library(tmp_path / "a", settings(store_url=url), embedders={EMBEDDER: embedder})  # noqa: E731
+    a = open_a()
+    a.create("kb").upsert([Document(f"d{i}", f"document {i} about trains and ferries") for i in range(30)])
+    a.close()  # saves the snapshot
+    # Another replica writes while A is down: A reopens from its snapshot plus that one chunk.
+    b = Library(tmp_path / "b", settings(store_url=url), embedders={EMBEDDER: embedder})
+    store_id = b.open("kb").config["store_id"]
+    assert (tmp_path / "a" / SNAPSHOTS / store_id / "manifest.json").is_file()
+    b.open("kb").upsert([Document("late", "a late note about night buses")])
+    b.open("kb").delete(["d0"])
+    fetched.clear()
+    a = open_a()
+    found = a.open("kb")
+    assert fetched == [1], fetched  # not every embedding (-1): only the chunk written meanwhile
+    assert [h.document_id for h in found.search("night buses", k=1)] == ["late"]
+    assert "d0" not in {h.document_id for h in found.search("document 0 trains", k=30)}
+    assert found.stats()["consistent"] and found.stats()["documents"] == 30
+    # Dropping it removes this replica's snapshot; the other replica prunes its own at start.
+    b.drop("kb")
+    assert not (tmp_path / "b" / SNAPSHOTS / store_id).exists()
+    a.close()
+    b.close()
+
+
 def test_a_lost_database_is_a_503_and_the_replica_recovers(
     tmp_path: Path, embedder: CountingEmbedder
 ) -> None:
