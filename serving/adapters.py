@@ -11,12 +11,12 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrieval.errors import NotFoundError, RagtuneError
+from retrieval.errors import ConflictError, NotFoundError, RagtuneError
 from serving.canary import Canary
 from serving.engine import AdapterRef, Engine
 from serving.errors import AdapterRejected, EngineUnhealthy
@@ -31,6 +31,16 @@ class AdapterNotFound(NotFoundError):
 
 class AdapterPathError(RagtuneError):
     code = "invalid_adapter_path"
+
+
+class AdapterChanged(ConflictError):
+    """The folder no longer holds the adapter recorded under its name."""
+
+    code = "adapter_fingerprint_mismatch"
+
+
+# Called with the new version once the engine has it, before it is served: a raise unloads it.
+Record = Callable[[AdapterRef], Awaitable[object]]
 
 
 @dataclass
@@ -77,8 +87,16 @@ class AdapterRegistry:
             )
         return resolved
 
-    async def load(self, name: str, path: str) -> tuple[LoadedAdapter, bool]:
-        """Load (or replace) `name`; returns the new entry and whether it replaced one."""
+    def relative_path(self, folder: Path) -> str:
+        """A loaded adapter's folder as a path under the adapters folder (what `load` takes)."""
+        return folder.relative_to(self._dir).as_posix()
+
+    async def load(
+        self, name: str, path: str, *, fingerprint: str | None = None, record: Record | None = None
+    ) -> tuple[LoadedAdapter, bool]:
+        """Load (or replace) `name`; returns the new entry and whether it replaced one.
+
+        `fingerprint`: refuse a folder whose content has another. `record`: see `Record`."""
         folder = self.resolve_path(path)
         # Every check that can be made on disk runs before the engine is touched.
         try:
@@ -92,8 +110,16 @@ class AdapterRegistry:
         except RagtuneError as exc:
             exc.param = exc.param or "path"  # every problem found here is the folder's
             raise
+        if fingerprint is not None and info.fingerprint != fingerprint:
+            raise AdapterChanged(
+                f"its folder {folder} holds fingerprint {info.fingerprint}, not the recorded "
+                f"{fingerprint}; copy the same files to every replica, or load it again",
+                param="path",
+            )
         async with self._lock:
-            ref = AdapterRef(name=name, version=next(self._versions), path=folder)
+            ref = AdapterRef(
+                name=name, version=next(self._versions), path=folder, fingerprint=info.fingerprint
+            )
             if self.canary is not None:
                 await self.canary.check()  # never load onto an engine that is already wrong
             try:
@@ -106,6 +132,12 @@ class AdapterRegistry:
                 ) from exc
             if self.canary is not None:
                 await self._probe(self.canary, ref)
+            if record is not None:
+                try:
+                    await record(ref)
+                except BaseException:
+                    await self._engine.remove_adapter(ref)  # never served: nothing half-applied
+                    raise
             old = self._current.get(name)
             self._current[name] = LoadedAdapter(ref=ref, info=info)
             if old is not None:
@@ -141,11 +173,14 @@ class AdapterRegistry:
             param="path",
         )
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, *, record: Callable[[], Awaitable[object]] | None = None) -> None:
+        """Unload `name`; `record` runs first, and a raise there leaves the adapter loaded."""
         async with self._lock:
-            entry = self._current.pop(name, None)
-            if entry is None:
+            if name not in self._current:
                 raise AdapterNotFound(f"adapter {name!r} is not loaded", param="name")
+            if record is not None:
+                await record()
+            entry = self._current.pop(name)
             await self._retire(entry)
             log.info("adapter %s unloaded", name)
 

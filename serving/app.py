@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -21,13 +21,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retrieval import Library
 from retrieval.errors import RagtuneError
+from retrieval.storage import hide_password
 from serving.adapters import AdapterRegistry
 from serving.auth import AdminKey, KeyChecker, check_exposure
 from serving.canary import Canary, EngineMismatch, reference_answer
 from serving.chat import GenerationService
+from serving.converge import Converger
 from serving.engine import Engine, resolved_dtype, resolved_executor
 from serving.metrics import Metrics
 from serving.protocol import error_body
+from serving.records import open_records
 from serving.resolve import ModelResolver
 from serving.routes import admin, documents, files, openai, playground
 from serving.settings import Settings
@@ -50,12 +53,11 @@ def create_app(
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from serving.engine import VllmEngine
-
         model_path = settings.base_model_path
         # The store first: an unreachable database fails the start before the engine's minutes.
         lib = library or Library(settings.indexes_dir, settings.retrieval)
-        eng = engine or (engine_factory() if engine_factory else VllmEngine(model_path, settings.engine))
+        records = open_records(lib.backend)  # adapters and profiles changed over HTTP, in the same store
+        eng = engine or (engine_factory() if engine_factory else await _start_engine(settings))
         metrics = Metrics()
         registry = AdapterRegistry(
             eng,
@@ -64,21 +66,29 @@ def create_app(
             max_lora_rank=settings.engine.max_lora_rank,
         )
         tokenizer = _load_tokenizer(model_path)
+        resolver = ModelResolver(settings.base_model_name, registry, settings.serving.profiles)
+        converger = Converger(records, registry, resolver)
         try:
             registry.canary = await _start_canary(eng, tokenizer, settings, self_check=engine is None)
             for name, path in settings.serving.adapters.items():
                 await registry.load(name, path)  # logs "adapter NAME loaded from ..."
+            # What was changed over HTTP, on top of the config.
+            restored = await converger.catch_up()
         except BaseException:
+            records.close()
             if engine is None:
                 eng.shutdown()
             raise
-        resolver = ModelResolver(settings.base_model_name, registry, settings.serving.profiles)
+        if restored:
+            log.info("%d adapter and profile changes restored from %s", restored, records.where)
+        following = asyncio.create_task(converger.run(settings.serving.registry_poll_s))
         app.state.settings = settings
         app.state.engine = eng
         app.state.library = lib
         app.state.metrics = metrics
         app.state.adapters = registry
         app.state.resolver = resolver
+        app.state.converger = converger
         app.state.canary = registry.canary
         app.state.generation = GenerationService(
             engine=eng,
@@ -92,6 +102,10 @@ def create_app(
         try:
             yield
         finally:
+            following.cancel()
+            with suppress(asyncio.CancelledError):
+                await following
+            records.close()
             if library is None:
                 lib.close()
             if engine is None:
@@ -110,6 +124,17 @@ def create_app(
     return app
 
 
+async def _start_engine(settings: Settings) -> Engine:
+    """vLLM in this process, or the vLLM server at `engine.url`."""
+    if settings.engine.url:
+        from serving.remote_engine import RemoteEngine
+
+        return await RemoteEngine.connect(settings.engine, adapters_dir=settings.adapters_dir)
+    from serving.engine import VllmEngine
+
+    return VllmEngine(settings.base_model_path, settings.engine)
+
+
 async def _start_canary(engine: Engine, tokenizer: Any, settings: Settings, *, self_check: bool) -> Canary:
     """The engine's reference answer, checked against transformers when ragtune built the engine."""
     canary = Canary(engine, tokenizer)
@@ -120,18 +145,28 @@ async def _start_canary(engine: Engine, tokenizer: Any, settings: Settings, *, s
         await canary.calibrate(expected)
     except EngineMismatch as exc:
         raise EngineMismatch(f"{exc}. {_engine_advice(settings)}") from None
-    log.info(
-        "engine self-check passed (dtype=%s, LoRA %s, executor %s): %r",
-        resolved_dtype(settings.engine.dtype),
-        "on" if settings.engine.enable_lora else "off",
-        resolved_executor(settings.engine) or "vLLM's",
-        canary.reference,
-    )
+    if settings.engine.url:
+        log.info("engine self-check passed (remote engine at %s): %r", hide_password(settings.engine.url),
+                 canary.reference)  # fmt: skip
+    else:
+        log.info(
+            "engine self-check passed (dtype=%s, LoRA %s, executor %s): %r",
+            resolved_dtype(settings.engine.dtype),
+            "on" if settings.engine.enable_lora else "off",
+            resolved_executor(settings.engine) or "vLLM's",
+            canary.reference,
+        )
     return canary
 
 
 def _engine_advice(settings: Settings) -> str:
     eng = settings.engine
+    if eng.url:
+        return (
+            f"The engine at {hide_password(eng.url)} serves another model than {settings.base_model_path}, "
+            "or runs it in a precision that changes its answers; serve the same model folder there "
+            "(float32 reproduces transformers), or RAGTUNE_ENGINE__SELF_CHECK=false skips this check"
+        )
     dtype = resolved_dtype(eng.dtype)
     where = f"dtype={dtype}, enable_lora={str(eng.enable_lora).lower()}"
     if dtype == "bfloat16" and not eng.enable_lora:

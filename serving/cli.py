@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from retrieval.errors import RagtuneError
+from retrieval.storage import hide_password
 from serving.builtin import (
     DEMO_ADAPTER,
     EXAMPLES,
@@ -334,10 +335,12 @@ def _serve(settings: Settings, sock: socket.socket) -> None:
         raise fail(problem)
     host, port = settings.serving.host, settings.serving.port
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    console.print(
-        f"starting [bold]{settings.base_model_name}[/] for {url} "
-        "(the engine takes about a minute to start on a CPU)"
+    engine = (
+        f"on the engine at {hide_password(settings.engine.url)}"
+        if settings.engine.url
+        else "(the engine takes about a minute to start on a CPU)"
     )
+    console.print(f"starting [bold]{settings.base_model_name}[/] for {url} {engine}")
     _log_to_console()
     try:
         asgi = create_app(settings)

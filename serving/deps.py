@@ -11,6 +11,7 @@ from retrieval import Library
 from serving.adapters import AdapterRegistry
 from serving.canary import Canary
 from serving.chat import GenerationService
+from serving.converge import Converger
 from serving.engine import Engine
 from serving.metrics import Metrics
 from serving.resolve import ModelResolver
@@ -32,3 +33,4 @@ MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
 EngineDep = Annotated[Engine, Depends(_state("engine"))]
 SettingsDep = Annotated[Settings, Depends(_state("settings"))]
 CanaryDep = Annotated[Canary, Depends(_state("canary"))]
+ConvergerDep = Annotated[Converger, Depends(_state("converger"))]

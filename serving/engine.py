@@ -1,4 +1,5 @@
-"""The generation engine seam: vLLM's AsyncLLM in-process, behind a small interface.
+"""The generation engine seam: vLLM's AsyncLLM in-process (here), or a vLLM OpenAI server
+by URL (serving/remote_engine.py), behind one small interface.
 
 The interface speaks token ids in and text deltas out, so the services never touch vLLM
 types and tests can put a double behind the same seam.
@@ -42,11 +43,13 @@ class Delta:
 
 @dataclass(frozen=True)
 class AdapterRef:
-    """One loaded version of an adapter; a replaced adapter gets a new `version`."""
+    """One loaded version of an adapter; a replaced adapter gets a new `version`. `fingerprint`
+    names its content (training.adapters.adapter_fingerprint)."""
 
     name: str
     version: int
     path: Path
+    fingerprint: str = ""
 
 
 class Engine(Protocol):
@@ -95,7 +98,7 @@ def resolved_executor(settings: EngineSettings) -> str | None:
         return settings.executor
     import torch
 
-    if torch.cuda.is_available() or settings.tensor_parallel_size > 1:
+    if torch.cuda.is_available() or settings.tensor_parallel_size > 1 or settings.data_parallel_size > 1:
         return None
     return "uni"
 
@@ -133,6 +136,7 @@ class VllmEngine:
             "max_num_seqs": settings.max_num_seqs,
             "seed": settings.seed,
             "tensor_parallel_size": settings.tensor_parallel_size,
+            "data_parallel_size": settings.data_parallel_size,
             "gpu_memory_utilization": settings.gpu_memory_utilization,
         }
         if settings.enable_lora:

@@ -70,18 +70,17 @@ class ModelResolver:
             raise ProfileNotFound(f"profile {name!r} does not exist", param="name")
         return self._profiles[name]
 
-    def put_profile(self, name: str, profile: ProfileSettings) -> bool:
-        """Create or replace a profile; returns True when it replaced one."""
+    def check_profile_name(self, name: str) -> None:
         if name == self.base_name or self._adapters.get(name) is not None:
             raise RagtuneError(
                 f"{name!r} already names the base model or an adapter; pick another profile name",
                 param="name",
                 code="name_taken",
             )
-        replaced = name in self._profiles
-        self._profiles[name] = profile
-        return replaced
 
-    def delete_profile(self, name: str) -> None:
-        self.get_profile(name)
-        del self._profiles[name]
+    def set_profile(self, name: str, profile: ProfileSettings) -> None:
+        """Create or replace a profile, unchecked (the checks are the caller's)."""
+        self._profiles[name] = profile
+
+    def remove_profile(self, name: str) -> None:
+        self._profiles.pop(name, None)

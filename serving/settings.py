@@ -64,7 +64,8 @@ class EngineSettings(BaseModel):
     max_loras: int = Field(4, ge=1, description="adapters in one batch")
     max_lora_rank: int = Field(16, ge=1)
     max_cpu_loras: int = Field(8, ge=1, description="adapters cached in host memory")
-    tensor_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one copy of the model spans")
+    data_parallel_size: int = Field(1, ge=1, description="copies of the model, each on its own GPUs")
     executor: Literal["auto", "uni", "mp"] = Field(
         "auto",
         description="where the model runs: 'uni' inside the engine-core process, 'mp' in worker "
@@ -79,6 +80,38 @@ class EngineSettings(BaseModel):
     extra: dict[str, Any] = Field(
         default_factory=dict, description="more AsyncEngineArgs fields, passed through unchanged"
     )
+    url: str | None = Field(
+        None,
+        description="a running vLLM OpenAI server (http://host:port/v1) to generate with, instead "
+        "of starting vLLM in this process; the engine settings above are then that server's",
+    )
+    api_key: SecretStr | None = Field(None, description="the remote engine's --api-key, if it has one")
+    served_model: str | None = Field(
+        None, description="the base model's name on the remote engine; default: the one it lists"
+    )
+    adapters_path: str | None = Field(
+        None,
+        description="the adapters folder as the remote engine's machine sees it (default: the "
+        "same path as here)",
+    )
+    connect_timeout_s: float = Field(
+        120.0, gt=0, description="how long a start waits for the remote engine to answer"
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="the longest wait for the remote engine's next token"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s) URL such as http://vllm:8000/v1, not {v!r}")
+        return v.rstrip("/")
 
     @field_validator("max_lora_rank")
     @classmethod
@@ -149,6 +182,11 @@ class ServingSettings(BaseModel):
     )
     context_reserve_tokens: int = Field(
         256, ge=0, description="tokens kept free for the answer when fitting retrieved context"
+    )
+    registry_poll_s: float = Field(
+        1.0,
+        gt=0,
+        description="seconds between reads of the store for adapter and profile changes (other replicas')",
     )
 
 

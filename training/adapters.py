@@ -9,6 +9,7 @@ one bad adapter silently empties every answer on every model (issue 10).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
@@ -47,6 +48,7 @@ class AdapterInfo:
     base_model_name: str | None
     base_fingerprint: str | None
     manifest: dict | None
+    fingerprint: str = ""  # of the adapter's own config and weights (adapter_fingerprint)
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
@@ -331,7 +333,20 @@ def _inspect(
         base_model_name=base_name,
         base_fingerprint=base_fp,
         manifest=manifest,
+        fingerprint=adapter_fingerprint(path),
     )
+
+
+def adapter_fingerprint(path: Path) -> str:
+    """A short id of an adapter folder's content (its config and weights, byte for byte): two
+    folders with the same fingerprint serve the same adapter, whatever their names or paths."""
+    h = hashlib.sha256()
+    for f in (path / PEFT_CONFIG, path / WEIGHTS):
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
 
 
 def list_adapters(

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from retrieval.errors import RagtuneError
 from serving.adapters import AdapterNotFound, LoadedAdapter
 from serving.auth import AdminKey, ScopeDep, UserKey
-from serving.deps import AdaptersDep, LibraryDep, ResolverDep
+from serving.deps import AdaptersDep, ConvergerDep, LibraryDep, ResolverDep
 from serving.protocol import NAME_PATTERN, AdapterLoadRequest
 from serving.settings import ProfileSettings
 
@@ -41,7 +41,7 @@ async def list_adapters(adapters: AdaptersDep, scope: ScopeDep) -> dict[str, Any
 
 @router.post("/v1/adapters", response_model=None, dependencies=[AdminKey])
 async def load_adapter(
-    body: AdapterLoadRequest, adapters: AdaptersDep, resolver: ResolverDep
+    body: AdapterLoadRequest, converger: ConvergerDep, resolver: ResolverDep
 ) -> JSONResponse:
     if body.name == resolver.base_name or body.name in resolver.profiles():
         raise RagtuneError(
@@ -49,13 +49,13 @@ async def load_adapter(
             param="name",
             code="name_taken",
         )
-    entry, replaced = await adapters.load(body.name, body.path)
+    entry, replaced = await converger.load_adapter(body.name, body.path)  # recorded, or not loaded
     return JSONResponse({**_adapter_json(entry), "replaced": replaced}, status_code=200 if replaced else 201)
 
 
 @router.delete("/v1/adapters/{name}", dependencies=[AdminKey])
-async def unload_adapter(name: str, adapters: AdaptersDep) -> dict[str, Any]:
-    await adapters.unload(name)
+async def unload_adapter(name: str, converger: ConvergerDep) -> dict[str, Any]:
+    await converger.unload_adapter(name)
     return {"name": name, "deleted": True}
 
 
@@ -75,9 +75,9 @@ async def get_profile(name: str, resolver: ResolverDep, scope: ScopeDep) -> dict
 async def put_profile(
     name: Annotated[str, Path(pattern=NAME_PATTERN)],
     body: ProfileSettings,
-    resolver: ResolverDep,
     adapters: AdaptersDep,
     library: LibraryDep,
+    converger: ConvergerDep,
 ) -> JSONResponse:
     if body.adapter and adapters.get(body.adapter) is None:
         raise AdapterNotFound(
@@ -85,13 +85,13 @@ async def put_profile(
         )
     if body.collection and body.collection not in library.names():
         library.open(body.collection)  # raises CollectionNotFound with the standard message
-    replaced = resolver.put_profile(name, body)
+    replaced = await converger.put_profile(name, body)
     return JSONResponse(
         {"name": name, **body.model_dump(), "replaced": replaced}, status_code=200 if replaced else 201
     )
 
 
 @router.delete("/v1/profiles/{name}", dependencies=[AdminKey])
-async def delete_profile(name: str, resolver: ResolverDep) -> dict[str, Any]:
-    resolver.delete_profile(name)
+async def delete_profile(name: str, converger: ConvergerDep) -> dict[str, Any]:
+    await converger.delete_profile(name)
     return {"name": name, "deleted": True}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from retrieval.errors import RagtuneError
 from serving.auth import AdminOrLoopback, ScopeDep, UserKey
 from serving.canary import HEALTH_TTL_S
 from serving.chat import Prepared, Result
-from serving.deps import CanaryDep, EngineDep, GenerationDep, MetricsDep, ResolverDep
+from serving.deps import CanaryDep, EngineDep, GenerationDep, LibraryDep, MetricsDep, ResolverDep
 from serving.engine import Delta
 from serving.protocol import (
     ChatCompletionRequest,
@@ -26,6 +27,7 @@ from serving.protocol import (
     now,
 )
 
+STORE_PING_S = 2.0  # /health waits this long for the document store, then says it is lost
 router = APIRouter()
 log = logging.getLogger("ragtune.serving")
 
@@ -170,12 +172,14 @@ async def get_model(model: str, resolver: ResolverDep, scope: ScopeDep) -> Model
 
 
 @router.get("/health", response_model=None)
-async def health(engine: EngineDep, canary: CanaryDep) -> Response:
+async def health(engine: EngineDep, canary: CanaryDep, library: LibraryDep) -> Response:
     try:
         await engine.check_health()
         # A live engine can still be wrong (a poisoned adapter slot): its canary answer must hold.
         await canary.check(max_age=HEALTH_TTL_S)
-    except Exception as exc:  # a dead or wrong engine: report it, the load balancer decides
+        # And the document store must answer (a replica that lost its database cannot retrieve).
+        await asyncio.to_thread(library.backend.ping, STORE_PING_S)
+    except Exception as exc:  # a dead or wrong engine, a lost store: report it, the load balancer decides
         return JSONResponse({"status": "error", "detail": str(exc)}, status_code=503)
     return JSONResponse({"status": "ok", "running_requests": engine.num_unfinished()})
 
