@@ -377,7 +377,7 @@ class Collection:
         with self._reading() as txn:
             counts = txn.counts()
             vectors = self._idx.vectors.live
-            tombstones = len(self._idx.vectors.dead)
+            tombstones = self._idx.vectors.tombstones
             memory = self._idx.vectors.memory_bytes()
             sparse_chunks = self._idx.sparse.live
             sparse_memory = self._idx.sparse.memory_bytes()

@@ -1,4 +1,8 @@
-"""Vector indexes over FAISS, chosen by `index_type`: exact flat, HNSW, IVF.
+"""Vector indexes: the `VectorIndex` seam the derived indexes speak, and its FAISS
+implementations, chosen by `index_type`: exact flat, HNSW, IVF.
+
+Another engine (Qdrant, Milvus) would be one more class with the same methods, registered in
+INDEX_TYPES; `Collection` and `DerivedIndexes` never touch FAISS objects.
 
 An index maps chunk ids (the store's rowids) to unit vectors and is always derivable from the
 store. Deletes differ by type: flat and IVF remove vectors; HNSW cannot, so removed ids become
@@ -15,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import faiss
 import numpy as np
@@ -38,7 +42,53 @@ def _all_cores() -> Iterator[None]:
         faiss.omp_set_num_threads(1)
 
 
-class VectorIndex(ABC):
+class VectorIndex(Protocol):
+    """Chunk ids (the store's, never reused) to unit vectors, searched by inner product. Always
+    derivable from the store: `build` from stored embeddings, `load` from a snapshot file that
+    `save` wrote, with `state()` kept beside it in the snapshot's manifest."""
+
+    kind: ClassVar[str]
+
+    @classmethod
+    def build(
+        cls, dim: int, settings: RetrievalSettings, ids: np.ndarray, vecs: np.ndarray
+    ) -> VectorIndex: ...
+    @classmethod
+    def load(
+        cls, path: Path, dim: int, settings: RetrievalSettings, state: dict[str, Any]
+    ) -> VectorIndex: ...
+    def save(self, path: Path) -> None: ...
+    def state(self) -> dict[str, Any]: ...
+    @property
+    def ntotal(self) -> int:
+        """Vectors held, tombstones included."""
+        ...
+
+    @property
+    def live(self) -> int: ...
+    @property
+    def tombstones(self) -> int:
+        """Removed ids still held (searches skip them) until a rebuild."""
+        ...
+
+    def ids(self) -> np.ndarray: ...
+    def live_ids(self) -> np.ndarray: ...
+    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None: ...
+    def remove(self, ids: np.ndarray) -> None: ...
+    @property
+    def needs_rebuild(self) -> bool:
+        """True when a fresh `build` from the store would serve better (compaction, retraining)."""
+        ...
+
+    def memory_bytes(self) -> int: ...
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class FaissIndex(ABC):
+    """The FAISS implementations' common part: an IndexIDMap2 (or IVF) over inner product."""
+
     kind: ClassVar[str]
 
     def __init__(self, dim: int, settings: RetrievalSettings):
@@ -50,7 +100,7 @@ class VectorIndex(ABC):
 
     # -- construction --------------------------------------------------------------------
     @classmethod
-    def build(cls, dim: int, settings: RetrievalSettings, ids: np.ndarray, vecs: np.ndarray) -> VectorIndex:
+    def build(cls, dim: int, settings: RetrievalSettings, ids: np.ndarray, vecs: np.ndarray) -> FaissIndex:
         """A fresh index over exactly these vectors."""
         self = cls(dim, settings)
         with _all_cores():
@@ -64,7 +114,7 @@ class VectorIndex(ABC):
         """Make an empty `self.index` suited to about n vectors (`sample` trains it if needed)."""
 
     @classmethod
-    def load(cls, path: Path, dim: int, settings: RetrievalSettings, state: dict[str, Any]) -> VectorIndex:
+    def load(cls, path: Path, dim: int, settings: RetrievalSettings, state: dict[str, Any]) -> FaissIndex:
         self = cls(dim, settings)
         self.index = faiss.read_index(str(path))
         if self.index.d != dim:
@@ -90,6 +140,10 @@ class VectorIndex(ABC):
     @property
     def live(self) -> int:
         return self.ntotal - len(self.dead)
+
+    @property
+    def tombstones(self) -> int:
+        return len(self.dead)
 
     def ids(self) -> np.ndarray:
         """Every id stored in the FAISS structure (tombstoned ones included)."""
@@ -142,7 +196,7 @@ class VectorIndex(ABC):
         return scores[0][keep], ids[0][keep]
 
 
-class FlatIndex(VectorIndex):
+class FlatIndex(FaissIndex):
     """Exact inner-product search; O(n) per query, exact deletes. The default."""
 
     kind = "flat"
@@ -151,7 +205,7 @@ class FlatIndex(VectorIndex):
         self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
 
 
-class HNSWIndex(VectorIndex):
+class HNSWIndex(FaissIndex):
     """Graph search: sub-linear queries, slower inserts, no real deletes (tombstones)."""
 
     kind = "hnsw"
@@ -184,7 +238,7 @@ class HNSWIndex(VectorIndex):
         return _faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.settings.hnsw_ef_search, k))
 
 
-class IVFIndex(VectorIndex):
+class IVFIndex(FaissIndex):
     """Inverted file: vectors bucketed by k-means cell, `ivf_nprobe` cells searched per query.
 
     Below MIN_TRAIN vectors there is nothing to train on, so it stays an exact flat index.
