@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
+from retrieval.console import err_console, fail
 from retrieval.errors import RagtuneError
 from retrieval.settings import RetrievalSettings
 
@@ -29,17 +30,11 @@ if TYPE_CHECKING:
     from retrieval.library import Library
 
 console = Console()
-err_console = Console(stderr=True)
 collections_app = typer.Typer(help="Document collections under indexes/.", no_args_is_help=True)
 Opt = typer.Option
 Arg = typer.Argument
 CollectionOpt = Annotated[str, Opt("--collection", "-C", help="collection name (a folder under indexes/)")]
 JsonOpt = Annotated[bool, Opt("--json", help="print one JSON object on stdout instead of a table")]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _settings(ctx: typer.Context) -> tuple[RetrievalSettings, Path]:
@@ -62,11 +57,11 @@ def _library(ctx: typer.Context) -> Iterator[Library]:
     try:
         library = Library(root, settings)  # a store that cannot be reached fails here
     except RagtuneError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     try:
         yield library
     except RagtuneError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     finally:
         library.close()
 
@@ -91,7 +86,7 @@ def _parse_filter(text: str | None) -> dict[str, Any] | None:
         value = parse_filter(text)
         compile_filter(value)
     except RagtuneError as exc:
-        raise _fail(f"--filter: {exc.message}") from None
+        raise fail(f"--filter: {exc.message}") from None
     return value
 
 
@@ -232,12 +227,12 @@ def delete_command(
     """Delete documents by id and/or by metadata filter."""
     where = _parse_filter(filter)
     if not ids and where is None:
-        raise _fail("name document ids, or give --filter")
+        raise fail("name document ids, or give --filter")
     with _library(ctx) as library:
         c = library.open(name)
         missing = [i for i in dict.fromkeys(ids or []) if not _has_document(c, i)]
         if missing:
-            raise _fail(
+            raise fail(
                 f"no document {', '.join(map(repr, missing))} in collection {name!r}; nothing deleted "
                 f"(`ragtune collections docs {name}` lists the ids)"
             )
@@ -280,7 +275,7 @@ def ingest_command(
     with _library(ctx) as library:
         docs = collect(paths)
         if not docs:
-            raise _fail(f"no supported files in {', '.join(map(str, paths))} (.txt .md .html .pdf .jsonl)")
+            raise fail(f"no supported files in {', '.join(map(str, paths))} (.txt .md .html .pdf .jsonl)")
         c = _open_or_create(library, collection)
         with _progress() as bar:
             task = bar.add_task(f"ingest into {collection}", total=len(docs))
@@ -402,10 +397,10 @@ def eval_retrieval_command(
     fusions = list(FUSIONS) if compare else list(dict.fromkeys(fusion or [settings.fusion]))
     for m in modes:
         if m not in MODES:
-            raise _fail(f"--mode must be dense, sparse or hybrid, got {m!r}")
+            raise fail(f"--mode must be dense, sparse or hybrid, got {m!r}")
     for f in fusions:
         if f not in FUSIONS:
-            raise _fail(f"--fusion must be one of {', '.join(FUSIONS)}, got {f!r}")
+            raise fail(f"--fusion must be one of {', '.join(FUSIONS)}, got {f!r}")
     runs: list[tuple[str, str | None]] = [(m, None) for m in modes if m != "hybrid"]
     runs += [("hybrid", f) for f in fusions if "hybrid" in modes]
     with _library(ctx) as library:

@@ -10,6 +10,7 @@ import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import get_args
 
 from retrieval.collection import Collection
 from retrieval.documents import check_chunking
@@ -17,8 +18,9 @@ from retrieval.embedder import Embedder, load_embedder
 from retrieval.errors import CollectionNotFound, RagtuneError
 from retrieval.settings import IndexType, RetrievalSettings
 from retrieval.storage import Backend, hide_password
+from retrieval.types import NAME_PATTERN
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_NAME = re.compile(NAME_PATTERN)
 
 
 SNAPSHOTS = ".pg-snapshots"  # under the indexes folder: a PostgreSQL replica's local snapshots
@@ -83,9 +85,10 @@ class Library:
     ) -> Collection:
         check_name(name)
         index_type = index_type or self.settings.index_type
-        if index_type not in ("flat", "hnsw", "ivf"):
+        if index_type not in get_args(IndexType):
             raise RagtuneError(
-                f"index_type must be flat, hnsw or ivf, got {index_type!r}", param="index_type"
+                f"index_type must be one of {', '.join(get_args(IndexType))}, got {index_type!r}",
+                param="index_type",
             )
         tokens = chunk_tokens if chunk_tokens is not None else self.settings.chunk_tokens
         overlap = chunk_overlap if chunk_overlap is not None else self.settings.chunk_overlap

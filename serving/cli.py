@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from retrieval.console import fail
 from retrieval.errors import RagtuneError
 from retrieval.storage import hide_password
 from serving.builtin import (
@@ -40,7 +41,6 @@ eval_app = typer.Typer(help="Measure retrieval, answers and behaviour.", no_args
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
 console = Console()
-err_console = Console(stderr=True)
 log = logging.getLogger("ragtune.serving")
 
 
@@ -59,12 +59,6 @@ def _hide_flag_types() -> None:
 
 
 _hide_flag_types()
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-paragraph error naming what to fix, and return the exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def settings_of(ctx: typer.Context) -> Settings:

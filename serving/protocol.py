@@ -24,12 +24,12 @@ from pydantic import (
 from retrieval import Hit
 from retrieval.errors import InvalidFilter
 from retrieval.filters import compile_filter
-from retrieval.settings import Fusion, SearchMode
+from retrieval.settings import Fusion, IndexType, SearchMode
+from retrieval.types import NAME_PATTERN
 from serving.grounding import Grounding
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_FILTER_TERMS = 64  # fields, operators and list values of one filter together
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # adapters and profiles
 
 
 def _unencodable(value: Any, where: str = "") -> str | None:
@@ -306,7 +306,7 @@ class CollectionCreate(Body):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=64)
-    index_type: Literal["flat", "hnsw", "ivf"] | None = None
+    index_type: IndexType | None = None
     chunk_tokens: int | None = Field(None, ge=16)
     chunk_overlap: int | None = Field(None, ge=0)
 

@@ -116,12 +116,10 @@ def eval_qa_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    err = Console(stderr=True)
-    settings = ctx.find_root().obj  # the root command loaded the settings (serving.cli)
+    from retrieval.console import err_console as err
+    from retrieval.console import fail
 
-    def fail(message: str, code: int = 2) -> typer.Exit:
-        err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-        return typer.Exit(code)
+    settings = ctx.find_root().obj  # the root command loaded the settings (serving.cli)
 
     # vLLM logs to stdout by default; stdout is for the table or the --json object alone.
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")

@@ -30,6 +30,7 @@ from pydantic_settings import (
 
 from retrieval.settings import Fusion, RetrievalSettings, SearchMode
 from serving.grounding import Grounding
+from training.adapters import VLLM_LORA_RANKS
 from training.settings import TrainingSettings
 
 ENV_PREFIX = "RAGTUNE_"
@@ -116,9 +117,8 @@ class EngineSettings(BaseModel):
     @field_validator("max_lora_rank")
     @classmethod
     def _vllm_rank(cls, v: int) -> int:
-        allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-        if v not in allowed:
-            raise ValueError(f"must be one of {allowed} (vLLM's supported LoRA ranks)")
+        if v not in VLLM_LORA_RANKS:
+            raise ValueError(f"must be one of {VLLM_LORA_RANKS} (vLLM's supported LoRA ranks)")
         return v
 
 

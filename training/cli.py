@@ -17,17 +17,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from retrieval.console import err_console, fail
 from retrieval.errors import RagtuneError
 
 console = Console()
-err_console = Console(stderr=True)
 adapters_app = typer.Typer(help="LoRA adapters under adapters/.", no_args_is_help=True)
 data_app = typer.Typer(help="Build training data sets.", no_args_is_help=True)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _settings(ctx: typer.Context) -> Any:
@@ -128,7 +123,7 @@ def train_command(
             f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']} (got {e.get('input')!r})"
             for e in exc.errors()
         )
-        raise _fail(problems) from None
+        raise fail(problems) from None
     try:
         train(
             data,
@@ -144,9 +139,9 @@ def train_command(
             console=err_console,
         )
     except RagtuneError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     except KeyboardInterrupt:
-        raise _fail(
+        raise fail(
             f"interrupted; adapters/{name} is unchanged. Continue from the last checkpoint with "
             f"`ragtune train --data {data} --name {name} --resume` (same flags)",
             code=130,
@@ -203,7 +198,7 @@ def adapters_validate(
             path, base_model_path=settings.base_model_path, max_lora_rank=settings.engine.max_lora_rank
         )
     except RagtuneError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     console.print(
         f"[green]static check passed:[/] {name} (LoRA rank {info.rank}, base {info.base_model_name})"
     )
@@ -231,7 +226,7 @@ def adapters_validate(
             break
     if proc.returncode != 0 or report is None:
         tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-15:])
-        raise _fail(f"vLLM could not load adapter '{name}':\n{tail}")
+        raise fail(f"vLLM could not load adapter '{name}':\n{tail}")
     console.print(f"base   : {report['base']!r}")
     console.print(f"adapter: {report['adapter']!r}")
     verdict = "changes the output" if report["differs"] else "[yellow]gives the same output as the base[/]"
@@ -273,7 +268,7 @@ def eval_behaviour_command(
             console=err_console,
         )
     except RagtuneError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     table = Table(
         "model", *results["base"].keys(), title=f"behaviour on {results['examples']} held-out prompts"
     )
@@ -325,7 +320,7 @@ def data_reader(
                 on_example=lambda: bar.advance(task),
             )
     except RagtuneError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     console.print(f"wrote {out}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in vars(stats).items()))
 
 

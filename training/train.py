@@ -27,6 +27,7 @@ from rich.console import Console
 from retrieval.context import CONTEXT_FORMAT_VERSION
 from retrieval.embedder import cpu_has_bf16
 from retrieval.errors import ConflictError, RagtuneError
+from retrieval.types import NAME_PATTERN
 from training.adapters import (
     CONFIG_FILE,
     MANIFEST,
@@ -40,7 +41,7 @@ from training.loss import collate as collate_labelled
 from training.models import ModelError, check_model_dir, model_fingerprint
 from training.settings import TrainingSettings
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(NAME_PATTERN)
 METRICS_FILE = "metrics.jsonl"
 RUN_STATE = "run.json"
 

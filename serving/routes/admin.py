@@ -8,10 +8,11 @@ from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 
 from retrieval.errors import RagtuneError
+from retrieval.types import NAME_PATTERN
 from serving.adapters import AdapterNotFound, LoadedAdapter
 from serving.auth import AdminKey, ScopeDep, UserKey
 from serving.deps import AdaptersDep, ConvergerDep, LibraryDep, ResolverDep
-from serving.protocol import NAME_PATTERN, AdapterLoadRequest
+from serving.protocol import AdapterLoadRequest
 from serving.settings import ProfileSettings
 
 router = APIRouter()
