@@ -143,6 +143,32 @@ def split_eval(items: list[Any], fraction: float, seed: int) -> tuple[list[Any],
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
+@dataclass
+class Prepared:
+    """What a run trains on, once every check that needs no model has passed."""
+
+    dest: Path
+    hw: Hardware
+    train_ex: list[Any]
+    eval_ex: list[Any]
+    data_fp: str
+    raft_stats: Any
+
+
+@dataclass
+class Fitted:
+    """A finished fit: the trained model and its numbers."""
+
+    model: Any
+    steps: int
+    epochs_done: float
+    losses: list[float]
+    training_loss: float
+    runtime: float
+    eval_start: float | None
+    eval_end: float | None
+
+
 def train(
     data: Path,
     name: str,
@@ -162,8 +188,145 @@ def train(
     s = settings or TrainingSettings()
     console = console or Console(stderr=True)
     started = time.time()
+    prep = _prepare(data, name, s, base_model, adapters_dir, collection, indexes_dir, retrieval_settings,
+                    overwrite=overwrite)  # fmt: skip
 
-    # 1. Check everything that can be checked before loading a model.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_set = tokenize_examples(tokenizer, prep.train_ex, max_seq_len=s.max_seq_len, too_long=s.too_long)
+    eval_set = tokenize_examples(tokenizer, prep.eval_ex, max_seq_len=s.max_seq_len, too_long=s.too_long)
+    if not train_set.rows:
+        raise TrainError(
+            f"no training example fits --max-seq-len {s.max_seq_len} ({train_set.skipped} skipped); raise it",
+            param="max_seq_len",
+        )
+    epochs = (
+        float(auto_epochs(len(train_set.rows), s.batch_size * s.grad_accum))
+        if s.epochs == "auto"
+        else float(s.epochs)
+    )
+    cut = train_set.truncated + eval_set.truncated
+    dropped = train_set.skipped + eval_set.skipped
+    console.print(
+        f"{len(train_set.rows)} training / {len(eval_set.rows)} eval examples, "
+        f"{train_set.tokens} tokens ({train_set.label_tokens} carry loss); "
+        f"longer than {s.max_seq_len} tokens: {cut} truncated, {dropped} skipped; "
+        f"{prep.hw.device} {prep.hw.precision}; {epochs:g} epochs"
+        + (" (--epochs auto)" if s.epochs == "auto" else "")
+        + f", lr {s.lr:g}"
+    )
+    state = {
+        "data_fingerprint": prep.data_fp,
+        "base_fingerprint": model_fingerprint(base_model),
+        "settings": s.model_dump(),
+        "collection": collection,
+    }
+    run_dir, checkpoint = _run_folder(adapters_dir / RUNS_DIR / name, name, state, resume, console)
+    model = _lora_model(base_model, s, prep.hw)
+    fit = _fit(model, tokenizer, train_set, eval_set, run_dir, checkpoint, s, prep.hw, epochs, console,
+               progress=progress, name=name)  # fmt: skip
+
+    resumed_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+    session_epochs = fit.epochs_done * (fit.steps - resumed_step) / max(fit.steps, 1)
+    train_metrics = {
+        "train_loss": fit.training_loss,
+        "first_logged_loss": fit.losses[0] if fit.losses else None,
+        "last_logged_loss": fit.losses[-1] if fit.losses else None,
+        "steps": fit.steps,
+        "epochs": round(fit.epochs_done, 3),
+        "examples": len(train_set.rows),
+        "tokens": train_set.tokens,
+        "label_tokens": train_set.label_tokens,
+        "truncated": train_set.truncated,
+        "skipped": train_set.skipped,
+        "train_runtime_s": round(fit.runtime, 2),
+        # Tokens of the examples seen in this session (padding excluded); exact over whole epochs.
+        "tokens_per_second": round(train_set.tokens * session_epochs / max(fit.runtime, 1e-9), 1),
+        "peak_memory_mb": round(peak_memory_mb(prep.hw.device), 1),
+        "device": prep.hw.device,
+        "precision": prep.hw.precision,
+        "resumed_from": checkpoint.name if checkpoint else None,
+        "wall_s": None,
+    }
+    if prep.raft_stats is not None:
+        train_metrics["context"] = vars(prep.raft_stats)
+    eval_metrics = {
+        "eval_loss_start": fit.eval_start,
+        "eval_loss": fit.eval_end,
+        "examples": len(eval_set.rows),
+        "truncated": eval_set.truncated,
+        "skipped": eval_set.skipped,
+        "learned": learned(fit.eval_start, fit.eval_end),
+    }
+    if s.samples:
+        held_out = bool(prep.eval_ex)
+        show_samples(
+            fit.model, tokenizer, prep.eval_ex or prep.train_ex, s.samples, console, held_out=held_out
+        )
+    if eval_metrics["learned"] is False:
+        message = (
+            f"the adapter did not learn: eval loss {fit.eval_end:.3f} is not clearly below the base model's "
+            f"{fit.eval_start:.3f} (needs {MIN_IMPROVEMENT:.0%} lower). Try more --epochs, a higher --lr, or "
+            "more data"
+        )
+        if s.strict:
+            raise TrainError(f"{message}; adapters/{name} was not written (--strict)", param="epochs")
+        console.print(f"[bold yellow]WARNING:[/] {message}", highlight=False)
+
+    train_metrics["wall_s"] = round(time.time() - started, 1)
+    config = {
+        "data": str(data),
+        "name": name,
+        "base_model": str(base_model),
+        "collection": collection,
+        "training": s.model_dump(),
+        "hardware": vars(prep.hw),
+        "retrieval": retrieval_settings.model_dump() if collection and retrieval_settings else None,
+    }
+    manifest = {
+        "name": name,
+        "base_model": str(base_model),
+        "base_model_name": base_model.name,
+        "base_fingerprint": model_fingerprint(base_model),
+        "rank": s.rank,
+        "alpha": s.alpha,
+        "target_modules": sorted(s.target_modules),
+        "data": str(data),
+        "data_fingerprint": prep.data_fp,
+        "collection": collection,
+        "context_format_version": CONTEXT_FORMAT_VERSION,
+        "train_metrics": train_metrics,
+        "eval_metrics": eval_metrics,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "ragtune_version": ragtune_version(),
+    }
+    _write_adapter(fit.model, prep.dest, base_model, run_dir, config, manifest)
+    shutil.rmtree(run_dir, ignore_errors=True)  # the adapter holds the metrics; checkpoints are spent
+    console.print(
+        f"[green]adapter written:[/] {prep.dest}  train loss {fit.training_loss:.3f}"
+        + (f", eval loss {fit.eval_start:.3f} -> {fit.eval_end:.3f}" if fit.eval_start is not None else "")
+        + (f", eval loss {fit.eval_end:.3f}" if fit.eval_start is None and fit.eval_end is not None else "")
+    )
+    return prep.dest
+
+
+def _prepare(
+    data: Path,
+    name: str,
+    s: TrainingSettings,
+    base_model: Path,
+    adapters_dir: Path,
+    collection: str | None,
+    indexes_dir: Path | None,
+    retrieval_settings: Any,
+    *,
+    overwrite: bool,
+) -> Prepared:
+    """Every check that needs no model, then the examples: loaded, validated, given retrieved
+    context (`collection`), and split into training and eval sets."""
     if not NAME_RE.match(name):
         raise TrainError(
             f"--name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -187,9 +350,7 @@ def train(
         )
     hw = pick_hardware(s.precision)
 
-    # 2. Examples: load and validate all of them, add retrieved context, split off an eval set.
     examples, given_eval = load_examples(data)
-    data_fp = fingerprint(examples + (given_eval or []))
     raft_stats = None
     if collection is not None:
         from retrieval import Library
@@ -209,46 +370,16 @@ def train(
                 )
         finally:
             library.close()
-        data_fp = fingerprint(examples + (given_eval or []))
+    data_fp = fingerprint(examples + (given_eval or []))
     train_ex, eval_ex = (examples, given_eval) if given_eval else split_eval(examples, s.eval_split, s.seed)
+    return Prepared(dest, hw, train_ex, eval_ex, data_fp, raft_stats)
 
-    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    train_set = tokenize_examples(tokenizer, train_ex, max_seq_len=s.max_seq_len, too_long=s.too_long)
-    eval_set = tokenize_examples(tokenizer, eval_ex, max_seq_len=s.max_seq_len, too_long=s.too_long)
-    if not train_set.rows:
-        raise TrainError(
-            f"no training example fits --max-seq-len {s.max_seq_len} ({train_set.skipped} skipped); raise it",
-            param="max_seq_len",
-        )
-    epochs = (
-        float(auto_epochs(len(train_set.rows), s.batch_size * s.grad_accum))
-        if s.epochs == "auto"
-        else float(s.epochs)
-    )
-    cut = train_set.truncated + eval_set.truncated
-    dropped = train_set.skipped + eval_set.skipped
-    console.print(
-        f"{len(train_set.rows)} training / {len(eval_set.rows)} eval examples, "
-        f"{train_set.tokens} tokens ({train_set.label_tokens} carry loss); "
-        f"longer than {s.max_seq_len} tokens: {cut} truncated, {dropped} skipped; "
-        f"{hw.device} {hw.precision}; {epochs:g} epochs"
-        + (" (--epochs auto)" if s.epochs == "auto" else "")
-        + f", lr {s.lr:g}"
-    )
-
-    # 3. The run folder: checkpoints and metrics; resume only the same data and settings.
-    run_dir = adapters_dir / RUNS_DIR / name
-    state = {
-        "data_fingerprint": data_fp,
-        "base_fingerprint": model_fingerprint(base_model),
-        "settings": s.model_dump(),
-        "collection": collection,
-    }
-    checkpoint = None
+def _run_folder(
+    run_dir: Path, name: str, state: dict[str, Any], resume: bool, console: Console
+) -> tuple[Path, Path | None]:
+    """The run's checkpoints and metrics folder, and the checkpoint to resume from: only a run
+    of the same data and settings resumes; otherwise an earlier run's folder is discarded."""
     if resume:
         checkpoint = last_checkpoint(run_dir) if run_dir.is_dir() else None
         if checkpoint is None:
@@ -260,20 +391,20 @@ def train(
                 "use the same flags, or run without --resume to start over"
             )
         console.print(f"resuming from {checkpoint}")
-    else:
-        if run_dir.exists():
-            console.print(f"discarding checkpoints of an earlier run in {run_dir} (--resume continues one)")
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        (run_dir / RUN_STATE).write_text(json.dumps(state, indent=2))
+        return run_dir, checkpoint
+    if run_dir.exists():
+        console.print(f"discarding checkpoints of an earlier run in {run_dir} (--resume continues one)")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / RUN_STATE).write_text(json.dumps(state, indent=2))
+    return run_dir, None
 
-    # 4. The model: the base in the training precision, LoRA on the target modules.
+
+def _lora_model(base_model: Path, s: TrainingSettings, hw: Hardware) -> Any:
+    """The base in the training precision, LoRA on the target modules."""
     import torch
-    from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainingArguments
-
-    from training.callbacks import Divergence, LogProgress, MetricsLog, RichProgress
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(s.seed)
     # The frozen base is held in bf16 when training in bf16: half the memory and no per-step
@@ -290,11 +421,34 @@ def train(
         task_type="CAUSAL_LM",
     )
     try:
-        model = get_peft_model(model, lora)
+        return get_peft_model(model, lora)
     except ValueError as exc:  # PEFT: "Target modules {...} not found in the base model"
         raise TrainError(f"--target-modules: {exc}", param="target_modules") from None
 
-    # 5. Train, evaluating before and after, checkpointing every save_steps.
+
+def _fit(
+    model: Any,
+    tokenizer: Any,
+    train_set: Any,
+    eval_set: Any,
+    run_dir: Path,
+    checkpoint: Path | None,
+    s: TrainingSettings,
+    hw: Hardware,
+    epochs: float,
+    console: Console,
+    *,
+    progress: bool,
+    name: str,
+) -> Fitted:
+    """Train with transformers' Trainer, evaluating before and after and checkpointing every
+    save_steps; a diverged loss is an error."""
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    from training.callbacks import Divergence, LogProgress, MetricsLog, RichProgress
+
     def collate(rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         return collate_labelled(rows, tokenizer.pad_token_id)
 
@@ -365,56 +519,24 @@ def train(
             f"adapters/{name} was not written. Lower --lr (now {s.lr:g}) or check the data",
             param="lr",
         )
-    steps = trainer.state.global_step
-    epochs_done = trainer.state.epoch or 0.0
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    runtime = result.metrics["train_runtime"]
-    resumed_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-    session_epochs = epochs_done * (steps - resumed_step) / max(steps, 1)
-    train_metrics = {
-        "train_loss": result.training_loss,
-        "first_logged_loss": losses[0] if losses else None,
-        "last_logged_loss": losses[-1] if losses else None,
-        "steps": steps,
-        "epochs": round(epochs_done, 3),
-        "examples": len(train_set.rows),
-        "tokens": train_set.tokens,
-        "label_tokens": train_set.label_tokens,
-        "truncated": train_set.truncated,
-        "skipped": train_set.skipped,
-        "train_runtime_s": round(runtime, 2),
-        # Tokens of the examples seen in this session (padding excluded); exact over whole epochs.
-        "tokens_per_second": round(train_set.tokens * session_epochs / max(runtime, 1e-9), 1),
-        "peak_memory_mb": round(peak_memory_mb(hw.device), 1),
-        "device": hw.device,
-        "precision": hw.precision,
-        "resumed_from": checkpoint.name if checkpoint else None,
-        "wall_s": None,
-    }
-    eval_metrics = {
-        "eval_loss_start": eval_start,
-        "eval_loss": eval_end,
-        "examples": len(eval_set.rows),
-        "truncated": eval_set.truncated,
-        "skipped": eval_set.skipped,
-    }
-    if raft_stats is not None:
-        train_metrics["context"] = vars(raft_stats)
-    verdict = learned(eval_start, eval_end)
-    eval_metrics["learned"] = verdict
-    if s.samples:
-        show_samples(model, tokenizer, eval_ex or train_ex, s.samples, console, held_out=bool(eval_ex))
-    if verdict is False:
-        message = (
-            f"the adapter did not learn: eval loss {eval_end:.3f} is not clearly below the base model's "
-            f"{eval_start:.3f} (needs {MIN_IMPROVEMENT:.0%} lower). Try more --epochs, a higher --lr, or "
-            "more data"
-        )
-        if s.strict:
-            raise TrainError(f"{message}; adapters/{name} was not written (--strict)", param="epochs")
-        console.print(f"[bold yellow]WARNING:[/] {message}", highlight=False)
+    return Fitted(
+        model=model,
+        steps=trainer.state.global_step,
+        epochs_done=trainer.state.epoch or 0.0,
+        losses=[h["loss"] for h in trainer.state.log_history if "loss" in h],
+        training_loss=result.training_loss,
+        runtime=result.metrics["train_runtime"],
+        eval_start=eval_start,
+        eval_end=eval_end,
+    )
 
-    # 6. Write the adapter in a temporary folder, then swap it into place.
+
+def _write_adapter(
+    model: Any, dest: Path, base_model: Path, run_dir: Path, config: dict[str, Any], manifest: dict[str, Any]
+) -> None:
+    """PEFT files, metrics, config and manifest in a temporary folder, checked as the server
+    would check them, then swapped into place: a crash never leaves half an adapter."""
+    adapters_dir, name = dest.parent, dest.name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=adapters_dir))
     try:
         model.save_pretrained(tmp)
@@ -425,34 +547,7 @@ def train(
         (tmp / "README.md").unlink(missing_ok=True)
         if (run_dir / METRICS_FILE).exists():
             shutil.copy(run_dir / METRICS_FILE, tmp / METRICS_FILE)
-        train_metrics["wall_s"] = round(time.time() - started, 1)
-        config = {
-            "data": str(data),
-            "name": name,
-            "base_model": str(base_model),
-            "collection": collection,
-            "training": s.model_dump(),
-            "hardware": vars(hw),
-            "retrieval": retrieval_settings.model_dump() if collection and retrieval_settings else None,
-        }
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-        manifest = {
-            "name": name,
-            "base_model": str(base_model),
-            "base_model_name": base_model.name,
-            "base_fingerprint": model_fingerprint(base_model),
-            "rank": s.rank,
-            "alpha": s.alpha,
-            "target_modules": sorted(s.target_modules),
-            "data": str(data),
-            "data_fingerprint": data_fp,
-            "collection": collection,
-            "context_format_version": CONTEXT_FORMAT_VERSION,
-            "train_metrics": train_metrics,
-            "eval_metrics": eval_metrics,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "ragtune_version": ragtune_version(),
-        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         tmp.chmod(0o755)
         inspect_adapter(tmp, base_model_path=base_model, max_lora_rank=max(VLLM_LORA_RANKS))
@@ -466,13 +561,6 @@ def train(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(run_dir, ignore_errors=True)  # the adapter holds the metrics; checkpoints are spent
-    console.print(
-        f"[green]adapter written:[/] {dest}  train loss {result.training_loss:.3f}"
-        + (f", eval loss {eval_start:.3f} -> {eval_end:.3f}" if eval_start is not None else "")
-        + (f", eval loss {eval_end:.3f}" if eval_start is None and eval_end is not None else "")
-    )
-    return dest
 
 
 def show_samples(
