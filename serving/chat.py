@@ -112,8 +112,9 @@ class GenerationService:
         if not query.strip():
             what = "the last user message" if param == "messages" else f"the {param}"
             raise RagtuneError(f"{what} is empty: there is no question to retrieve for", param=param)
-        top_k = override.top_k or (profile.top_k if profile else 5)
-        mode = override.mode or (profile.mode if profile else "hybrid")
+        # Request, then profile, then the server's retrieval settings (RAGTUNE_RETRIEVAL__TOP_K ...).
+        top_k = override.top_k or (profile.top_k if profile else None) or self.library.settings.top_k
+        mode = override.mode or (profile.mode if profile else None) or self.library.settings.mode
         filt = override.filter if override.filter is not None else (profile.filter if profile else None)
         fusion = override.fusion or (profile.fusion if profile else None)
         coll = await asyncio.to_thread(self.library.open, collection)

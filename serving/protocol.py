@@ -331,8 +331,8 @@ class SearchBody(Body):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1)
-    top_k: int = Field(5, ge=1, le=100)
-    mode: SearchMode = "hybrid"
+    top_k: int | None = Field(None, ge=1, le=100)  # None: the retrieval.top_k setting
+    mode: SearchMode | None = None  # None: the retrieval.mode setting
     fusion: Fusion | None = None  # None: the retrieval.fusion setting
     filter: Filter = None
 

@@ -129,8 +129,8 @@ class ProfileSettings(BaseModel):
 
     adapter: str | None = None
     collection: str | None = None
-    top_k: int = Field(5, ge=1, le=100)
-    mode: SearchMode = "hybrid"
+    top_k: int | None = Field(None, ge=1, le=100, description="None: retrieval.top_k")
+    mode: SearchMode | None = Field(None, description="None: retrieval.mode")
     fusion: Fusion | None = Field(None, description="hybrid fusion; None: retrieval.fusion")
     filter: dict[str, Any] | None = None
     system_prompt: str | None = None

@@ -179,3 +179,39 @@ def test_completions_and_max_tokens_default(served) -> None:  # noqa: ANN001
     assert resp.status_code == 200
     body = resp.json()
     assert body["object"] == "text_completion" and "Once upon a time" in body["choices"][0]["text"]
+
+
+def test_the_retrieval_settings_defaults_reach_chat_search_and_profiles(
+    tmp_path: Path,
+    base_model: Path,
+    tokenizer,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+) -> None:
+    """RAGTUNE_RETRIEVAL__TOP_K / __MODE decide what a request, a profile or a search leaves unset."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAGTUNE_RETRIEVAL__TOP_K", "2")
+    monkeypatch.setenv("RAGTUNE_RETRIEVAL__MODE", "sparse")
+    settings = load_settings(
+        models_dir=base_model.parent,
+        adapters_dir=tmp_path / "adapters",
+        indexes_dir=tmp_path / "indexes",
+        serving={"profiles": {"kb": {"collection": "kb"}, "kb3": {"collection": "kb", "top_k": 3}}},
+    )
+    library = Library(settings.indexes_dir, settings.retrieval)
+    library.create("kb").upsert(
+        [Document(f"d{i}", f"Ferry number {i} leaves the harbour.") for i in range(6)]
+    )
+    with TestClient(create_app(settings, engine=EchoEngine(tokenizer), library=library)) as client:
+        ask = [{"role": "user", "content": "Which ferry leaves the harbour?"}]
+        assert len(chat(client, model="kb", messages=ask)["sources"]) == 2
+        assert len(chat(client, model="kb3", messages=ask)["sources"]) == 3  # the profile's own
+        assert len(chat(client, messages=ask, rag={"collection": "kb"})["sources"]) == 2
+        found = client.post("/v1/collections/kb/search", json={"query": "ferry harbour"}).json()["data"]
+        assert len(found) == 2
+        # A sparse search finds nothing for words no document has; a dense one always returns k.
+        none = client.post("/v1/collections/kb/search", json={"query": "zebra"}).json()["data"]
+        assert none == []
+        profiles = {p["name"]: p for p in client.get("/v1/profiles").json()["data"]}
+        assert (profiles["kb"]["top_k"], profiles["kb"]["mode"]) == (2, "sparse")
+        assert profiles["kb3"]["top_k"] == 3
+    library.close()

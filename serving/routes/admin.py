@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 
+from retrieval import Library
 from retrieval.errors import RagtuneError
 from retrieval.types import NAME_PATTERN
 from serving.adapters import AdapterNotFound, LoadedAdapter
@@ -60,16 +61,26 @@ async def unload_adapter(name: str, converger: ConvergerDep) -> dict[str, Any]:
     return {"name": name, "deleted": True}
 
 
+def _profile_json(name: str, profile: ProfileSettings, library: Library) -> dict[str, Any]:
+    """A profile as served: what it leaves unset shows the server's retrieval setting it uses."""
+    data = profile.model_dump()
+    data["top_k"] = data["top_k"] or library.settings.top_k
+    data["mode"] = data["mode"] or library.settings.mode
+    return {"name": name, **data}
+
+
 @router.get("/v1/profiles", dependencies=[UserKey])
-async def list_profiles(resolver: ResolverDep, scope: ScopeDep) -> dict[str, Any]:
+async def list_profiles(resolver: ResolverDep, scope: ScopeDep, library: LibraryDep) -> dict[str, Any]:
     profiles = sorted((n, p) for n, p in resolver.profiles().items() if scope.allows_model(n))
-    return {"object": "list", "data": [{"name": n, **p.model_dump()} for n, p in profiles]}
+    return {"object": "list", "data": [_profile_json(n, p, library) for n, p in profiles]}
 
 
 @router.get("/v1/profiles/{name}", dependencies=[UserKey])
-async def get_profile(name: str, resolver: ResolverDep, scope: ScopeDep) -> dict[str, Any]:
+async def get_profile(
+    name: str, resolver: ResolverDep, scope: ScopeDep, library: LibraryDep
+) -> dict[str, Any]:
     scope.check_model(name)
-    return {"name": name, **resolver.get_profile(name).model_dump()}
+    return _profile_json(name, resolver.get_profile(name), library)
 
 
 @router.put("/v1/profiles/{name}", response_model=None, dependencies=[AdminKey])
