@@ -134,10 +134,11 @@ class PostgresBackend:
         return message
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection; a lost server is a 503 that names the store, not a traceback."""
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection (waiting up to `timeout`, else the pool's own 30 s); a lost server
+        is a 503 that names the store, not a traceback."""
         try:
-            with self.pool.connection() as conn:
+            with self.pool.connection(timeout=timeout) as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
             # Idle connections died with this one: drop them now, so that the first request
@@ -149,15 +150,8 @@ class PostgresBackend:
             ) from None
 
     def ping(self, timeout: float) -> None:
-        try:
-            with self.pool.connection(timeout=timeout) as conn:
-                conn.execute("SELECT 1")
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            with suppress(Exception):
-                self.pool.check()
-            raise StoreUnavailable(
-                f"the PostgreSQL store at {self.where} does not answer: {self._scrub(exc)}"
-            ) from None
+        with self.connection(timeout) as conn:
+            conn.execute("SELECT 1")
 
     def names(self) -> list[str]:
         with self.connection() as conn:

@@ -271,7 +271,7 @@ def test_an_unreachable_store_is_a_503_and_changes_nothing(
             assert chat(a, "style").status_code == 200
             if store_url is not None:  # a lost database: /health says so (SQLite here is only locked)
                 health = a.get("/health")
-                assert health.status_code == 503 and "does not answer" in health.json()["detail"]
+                assert health.status_code == 503 and "PostgreSQL store at" in health.json()["detail"]
         # The store is back (PostgreSQL: once the pool has reconnected): the same writes go through.
         wait_until(lambda: a.put("/v1/profiles/q", json={"top_k": 3}).status_code == 201, "a write", 60)
         assert a.delete("/v1/adapters/style").status_code == 200
