@@ -128,7 +128,13 @@ class RemoteEngine:
                     if resp.status_code == 404 and adapter is not None and attempt == 1:
                         # Another replica sharing this engine unloaded it: load it again, once.
                         await resp.aread()
-                        await self._load(adapter)
+                        try:
+                            await self._load(adapter)
+                        except RuntimeError as exc:
+                            raise EngineUnhealthy(
+                                f"the engine at {self.where} lost adapter {adapter.name!r} and did not "
+                                f"load it again: {exc}"
+                            ) from exc
                         continue
                     if resp.status_code >= 400:
                         await resp.aread()
@@ -153,7 +159,12 @@ class RemoteEngine:
             data = line[5:].strip()
             if data == "[DONE]":
                 return
-            chunk = json.loads(data)
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise EngineUnhealthy(
+                    f"the engine at {self.where} sent an event that is not JSON: {data[:200]!r}"
+                ) from None
             if "error" in chunk:  # vLLM reports an error found mid-stream as one last event
                 error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": chunk["error"]}
                 raise self._error(int(error.get("code") or 500), error)

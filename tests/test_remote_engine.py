@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
 import time
 import uuid
@@ -233,6 +234,24 @@ def test_an_adapter_loaded_through_one_replica_is_served_by_the_other(
     httpx.post(f"{vllm_server.url}/v1/unload_lora_adapter", json={"lora_name": names[0]}, timeout=30)
     assert names[0] not in engine_models(vllm_server)
     assert chat(b, "rs", FRANCE)["choices"][0]["message"]["content"] == on_a
+
+
+def test_an_adapter_the_engine_lost_and_cannot_load_again_is_a_503(
+    pair: tuple[Server, Server], vllm_server: Server, adapters_dir: Path, base_model: Path
+) -> None:
+    a, _ = pair
+    folder = make_lora_adapter(base_model, adapters_dir / "short-lived", seed=8)
+    resp = httpx.post(f"{a.url}/v1/adapters", json={"name": "sl", "path": "short-lived"}, timeout=120)
+    assert resp.status_code == 201, resp.text
+    [name] = [n for n in engine_models(vllm_server) if n.startswith("sl@")]
+    shutil.rmtree(folder)  # its files gone, then the engine loses it
+    httpx.post(f"{vllm_server.url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=30)
+    resp = httpx.post(
+        f"{a.url}/v1/chat/completions", json={"model": "sl", "messages": FRANCE, "max_tokens": 4}, timeout=60
+    )
+    assert resp.status_code == 503, resp.text
+    assert "lost adapter 'sl' and did not load it again" in resp.json()["error"]["message"]
+    assert httpx.delete(f"{a.url}/v1/adapters/sl", timeout=30).status_code == 200
 
 
 def test_a_profile_put_through_one_replica_survives_a_restart_of_the_other(
