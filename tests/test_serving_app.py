@@ -211,6 +211,8 @@ def test_the_retrieval_settings_defaults_reach_chat_search_and_profiles(
         # A sparse search finds nothing for words no document has; a dense one always returns k.
         none = client.post("/v1/collections/kb/search", json={"query": "zebra"}).json()["data"]
         assert none == []
+        put = client.put("/v1/profiles/kb-put", json={"collection": "kb"}).json()
+        assert (put["top_k"], put["mode"]) == (2, "sparse")  # answered as GET will show it
         profiles = {p["name"]: p for p in client.get("/v1/profiles").json()["data"]}
         assert (profiles["kb"]["top_k"], profiles["kb"]["mode"]) == (2, "sparse")
         assert profiles["kb3"]["top_k"] == 3

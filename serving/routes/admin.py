@@ -99,7 +99,7 @@ async def put_profile(
         library.open(body.collection)  # raises CollectionNotFound with the standard message
     replaced = await converger.put_profile(name, body)
     return JSONResponse(
-        {"name": name, **body.model_dump(), "replaced": replaced}, status_code=200 if replaced else 201
+        {**_profile_json(name, body, library), "replaced": replaced}, status_code=200 if replaced else 201
     )
 
 
