@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import shutil
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from retrieval import Library
 from serving.app import create_app
 from serving.records import open_records
 from serving.settings import load_settings
-from tests.conftest import make_lora_adapter
+from tests.conftest import make_lora_adapter, wait_until
 from tests.doubles import EchoEngine
 from training.adapters import adapter_fingerprint
 
@@ -100,14 +99,6 @@ def chat(client: TestClient, model: str) -> Any:
         "/v1/chat/completions",
         json={"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]},
     )
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.02)
 
 
 def not_served(caplog: pytest.LogCaptureFixture, name: str) -> list[str]:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import shutil
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from store_fixtures import postgres  # noqa: F401
 
 from bench.serving_servers import Server, base_env, free_port, raw_vllm
 from serving.settings import EngineSettings
-from tests.conftest import LiveServer, make_lora_adapter
+from tests.conftest import LiveServer, make_lora_adapter, wait_until
 
 pytestmark = pytest.mark.engine
 
@@ -110,14 +109,6 @@ def chat(server: Server, model: str, messages: list[dict], **extra: object) -> d
 
 def engine_models(vllm_server: Server) -> list[str]:
     return [m["id"] for m in httpx.get(f"{vllm_server.url}/v1/models", timeout=10).json()["data"]]
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.05)
 
 
 def test_a_replica_generates_with_the_remote_engine(pair: tuple[Server, Server]) -> None:
@@ -225,7 +216,7 @@ def test_an_adapter_loaded_through_one_replica_is_served_by_the_other(
     def served_by_b() -> bool:
         return httpx.get(f"{b.url}/v1/models/rs", timeout=10).status_code == 200
 
-    eventually(served_by_b, "replica B serves the adapter loaded through A")
+    wait_until(served_by_b, "replica B serves the adapter loaded through A")
     assert chat(b, "rs", FRANCE)["choices"][0]["message"]["content"] == on_a
     # One copy on the engine, named by content, whichever replica loaded it.
     names = [n for n in engine_models(vllm_server) if n.startswith("rs@")]
@@ -260,7 +251,7 @@ def test_a_profile_put_through_one_replica_survives_a_restart_of_the_other(
     a, b = pair
     profile = {"collection": "atlas", "top_k": 1, "system_prompt": "Answer briefly."}
     assert httpx.put(f"{a.url}/v1/profiles/atlas-qa", json=profile, timeout=30).status_code in (200, 201)
-    eventually(lambda: httpx.get(f"{b.url}/v1/profiles/atlas-qa", timeout=10).status_code == 200,
+    wait_until(lambda: httpx.get(f"{b.url}/v1/profiles/atlas-qa", timeout=10).status_code == 200,
                "replica B has the profile put through A")  # fmt: skip
     b.stop()
     b.start(timeout=300)

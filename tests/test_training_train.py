@@ -184,7 +184,7 @@ def test_auto_epochs_give_small_sets_enough_steps_and_big_sets_fewer_passes():
 def test_a_diverged_run_stops_with_a_clear_message_and_writes_nothing(
     base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    import training.train as train_module
+    import training.fit as train_module  # where the Trainer gets its loss
 
     real = train_module.assistant_loss
 
