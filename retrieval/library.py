@@ -26,8 +26,9 @@ _NAME = re.compile(NAME_PATTERN)
 SNAPSHOTS = ".pg-snapshots"  # under the indexes folder: a PostgreSQL replica's local snapshots
 
 
-def open_backend(root: Path, store_url: str | None) -> Backend:
-    """SQLite under `root` when `store_url` is unset, else the database it names."""
+def open_backend(root: Path, store_url: str | None, *, timeout: float = 5.0) -> Backend:
+    """SQLite under `root` when `store_url` is unset, else the database it names (`timeout`:
+    how long PostgreSQL connections are waited for)."""
     if not store_url:
         from retrieval.store import SqliteBackend
 
@@ -35,7 +36,7 @@ def open_backend(root: Path, store_url: str | None) -> Backend:
     if store_url.startswith(("postgresql://", "postgres://")):
         from retrieval.store_pg import PostgresBackend
 
-        return PostgresBackend(store_url, snapshots=root / SNAPSHOTS)
+        return PostgresBackend(store_url, snapshots=root / SNAPSHOTS, timeout=timeout)
     raise RagtuneError(
         f"RAGTUNE_RETRIEVAL__STORE_URL must be unset (SQLite under the indexes folder) or a "
         f"postgresql:// URL, got {hide_password(store_url)!r}",
@@ -60,7 +61,7 @@ class Library:
         Collections live under `root`, or in the database `settings.store_url` names."""
         self.root = Path(root)
         self.settings = settings
-        self.backend = open_backend(self.root, settings.store_url)
+        self.backend = open_backend(self.root, settings.store_url, timeout=settings.store_timeout)
         self._embedders: dict[str, Embedder] = dict(embedders or {})
         self._collections: dict[str, Collection] = {}
         self._lock = threading.RLock()

@@ -41,6 +41,12 @@ class RetrievalSettings(BaseModel):
     )
     rrf_k: int = Field(60, ge=1, description="reciprocal rank fusion constant")
     lock_timeout: float = Field(30.0, ge=0, description="seconds a second writer waits")
+    store_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="PostgreSQL: seconds a request waits for a connection (also the connect timeout) "
+        "before it is answered 503 store_unavailable",
+    )
     candidates: int = Field(
         100, ge=1, description="hits taken from each of dense and sparse before hybrid fusion"
     )

@@ -105,9 +105,10 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
 class PostgresBackend:
     """Every collection in one database, reached through one connection pool."""
 
-    def __init__(self, url: str, snapshots: Path | None = None):
+    def __init__(self, url: str, snapshots: Path | None = None, *, timeout: float = 5.0):
         """`snapshots`: a local folder where this replica keeps snapshots of its derived indexes,
-        so that opening a large collection again reads files instead of every embedding."""
+        so that opening a large collection again reads files instead of every embedding.
+        `timeout`: seconds a request waits for a connection before its 503 (and the connect timeout)."""
         self.url = url
         self.where = hide_password(url)
         self.snapshots = snapshots
@@ -121,7 +122,12 @@ class PostgresBackend:
                 param="store_url",
             ) from None
         self.pool = ConnectionPool(
-            url, min_size=1, max_size=POOL_SIZE, kwargs={"autocommit": True}, name="ragtune-store"
+            url,
+            min_size=1,
+            max_size=POOL_SIZE,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout))},
+            timeout=timeout,
+            name="ragtune-store",
         )
         self.prune_snapshots()
 
@@ -135,7 +141,7 @@ class PostgresBackend:
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection (waiting up to `timeout`, else the pool's own 30 s); a lost server
+        """A pooled connection (waiting up to `timeout`, else the store's timeout); a lost server
         is a 503 that names the store, not a traceback."""
         try:
             with self.pool.connection(timeout=timeout) as conn:

@@ -68,6 +68,11 @@ class AdapterRegistry:
         self._pending_removal: list[LoadedAdapter] = []
         self.canary: Canary | None = None  # set once the engine's reference answer is known
 
+    @property
+    def root(self) -> Path:
+        """The adapters folder (resolved)."""
+        return self._dir
+
     def resolve_path(self, path: str) -> Path:
         """An adapter path is a folder inside the adapters folder (a bare name means adapters/NAME)."""
         # No `~` expansion: a client names folders under adapters/, not the server user's home.

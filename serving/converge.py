@@ -3,16 +3,20 @@
 An HTTP change is written to the record (serving/records.py) before it is served; a change
 that cannot be recorded is not made. At start the record is applied on top of the config, and
 `run` polls it every `serving.registry_poll_s` seconds for the rows other replicas (and this
-one) wrote. An adapter is served under a recorded name only with the recorded fingerprint:
-a missing folder or other content is logged and not served, and another version loaded under
-that name is unloaded.
+one) wrote. An adapter is served under a recorded name only with the recorded fingerprint.
+Its files travel in the store: a replica whose folder is missing or holds other content
+unpacks the recorded version into adapters/.store/FINGERPRINT/ and serves that. When the store
+has no copy either, the adapter is logged and not served, and another version loaded under that
+name is unloaded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,6 +27,7 @@ from serving.engine import AdapterRef
 from serving.records import Kind, Records, Row
 from serving.resolve import ModelResolver
 from serving.settings import ProfileSettings
+from training.adapters import STORE_COPIES, adapter_fingerprint, pack_adapter, unpack_adapter
 
 log = logging.getLogger("ragtune.serving")
 
@@ -36,13 +41,16 @@ class Converger:
         self._lock = asyncio.Lock()  # one pass over the rows at a time; profile writes wait for it
 
     # -- changes over HTTP ---------------------------------------------------------------
-    async def _put(self, kind: Kind, name: str, value: dict[str, Any] | None) -> int:
-        return await asyncio.to_thread(self.records.put, kind, name, value)
+    async def _put(
+        self, kind: Kind, name: str, value: dict[str, Any] | None, files: tuple[str, bytes] | None = None
+    ) -> int:
+        return await asyncio.to_thread(self.records.put, kind, name, value, files=files)
 
     async def load_adapter(self, name: str, path: str) -> tuple[LoadedAdapter, bool]:
         async def record(ref: AdapterRef) -> None:
             value = {"path": self.adapters.relative_path(ref.path), "fingerprint": ref.fingerprint}
-            await self._put("adapter", name, value)
+            packed = await asyncio.to_thread(pack_adapter, ref.path, root=self.adapters.root)
+            await self._put("adapter", name, value, (ref.fingerprint, packed))
 
         return await self.adapters.load(name, path, record=record)
 
@@ -123,18 +131,54 @@ class Converger:
             return
         path, fingerprint = str(value["path"]), str(value["fingerprint"])
         try:
-            folder = self.adapters.resolve_path(path)
-            if current is not None and (current.ref.fingerprint, current.ref.path) == (fingerprint, folder):
+            if current is not None and current.ref.fingerprint == fingerprint:
                 return  # already served (this replica's own writes come back too)
-            if not folder.is_dir():
-                raise AdapterNotFound(
-                    f"its folder {folder} is missing (recorded fingerprint {fingerprint}); copy the "
-                    "adapter there, the same files on every replica"
-                )
+            folder = self.adapters.resolve_path(path)
+            local = await asyncio.to_thread(_fingerprint_of, folder)
+            if local != fingerprint:
+                path = await self._store_copy(name, folder, local, fingerprint)
             await self.adapters.load(name, path, fingerprint=fingerprint)
+        except StoreUnavailable:
+            raise  # the row is applied again on the next pass
         except RagtuneError as exc:
             log.error("adapter %s recorded in the store is not served: %s", name, exc.message)
             current = self.adapters.get(name)
             if current is not None and current.ref.fingerprint != fingerprint:
                 with suppress(AdapterNotFound):
                     await self.adapters.unload(name)  # never another version under this name
+
+    async def _store_copy(self, name: str, folder: Path, local: str | None, fingerprint: str) -> str:
+        """The recorded version's files, unpacked from the store (once per fingerprint): the
+        path to load instead of `folder`, which is missing or holds other content."""
+        copy = f"{STORE_COPIES}/{fingerprint}"
+        target = self.adapters.resolve_path(copy)
+        found = (
+            f"is missing (recorded fingerprint {fingerprint})"
+            if local is None
+            else f"holds fingerprint {local}, not the recorded {fingerprint}"
+        )
+        if await asyncio.to_thread(_fingerprint_of, target) != fingerprint:
+            packed = await asyncio.to_thread(self.records.files, fingerprint)
+            if packed is None:
+                raise AdapterNotFound(
+                    f"its folder {folder} {found}, and the store holds no copy of that version; "
+                    "copy the adapter there, or load it again"
+                )
+            await asyncio.to_thread(shutil.rmtree, target, True)  # a damaged copy of ours, if any
+            await asyncio.to_thread(unpack_adapter, packed, target)
+        log.info(
+            "adapter %s: its folder %s %s; serving the store's copy of that version from %s",
+            name,
+            folder,
+            found,
+            target,
+        )
+        return copy
+
+
+def _fingerprint_of(folder: Path) -> str | None:
+    """The adapter fingerprint of `folder`, None when it holds no readable adapter."""
+    try:
+        return adapter_fingerprint(folder)
+    except OSError:
+        return None

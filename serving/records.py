@@ -2,9 +2,12 @@
 
 One row per (kind, name): kind 'adapter' (value {"path": folder under the adapters folder,
 "fingerprint": ...}) or 'profile' (value: ProfileSettings.model_dump()); a NULL value is a
-deletion. `seq` grows across the whole record: each write takes max(seq) + 1 while it is the
-only writer (SQLite's write lock, a PostgreSQL advisory lock), so rows commit in `seq` order and
-a reader that has seen `seq` N has seen every row up to N.
+deletion. An adapter's files (training.adapters.pack_adapter) are kept once per fingerprint
+beside the rows, written in the same transaction as the row that names them and deleted with
+the last row that does, so a replica without the folder can still serve the recorded version.
+`seq` grows across the whole record: each write takes max(seq) + 1 while it is the only writer
+(SQLite's write lock, a PostgreSQL advisory lock), so rows commit in `seq` order and a
+reader that has seen `seq` N has seen every row up to N.
 
 SQLite: a file in the indexes folder whose name starts with '.', which no collection name can.
 PostgreSQL: the table `ragtune_records` in the database of RAGTUNE_RETRIEVAL__STORE_URL.
@@ -52,6 +55,19 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (kind, name)
 )
 """
+PG_FILES = """
+CREATE TABLE IF NOT EXISTS ragtune_adapter_files (fingerprint text PRIMARY KEY, data bytea NOT NULL)
+"""
+SQLITE_FILES = "CREATE TABLE IF NOT EXISTS adapter_files (fingerprint TEXT PRIMARY KEY, data BLOB NOT NULL)"
+# Files no adapter row names any more (replaced or deleted adapters).
+PG_PRUNE = (
+    "DELETE FROM ragtune_adapter_files WHERE fingerprint NOT IN (SELECT value->>'fingerprint' "
+    "FROM ragtune_records WHERE kind = 'adapter' AND value IS NOT NULL)"
+)
+SQLITE_PRUNE = (
+    "DELETE FROM adapter_files WHERE fingerprint NOT IN (SELECT json_extract(value, '$.fingerprint') "
+    "FROM records WHERE kind = 'adapter' AND value IS NOT NULL)"
+)
 RECORDS_LOCK = 0x5241_4752  # pg_advisory_xact_lock key of record writers (store_pg's + 0xFE)
 
 
@@ -66,8 +82,15 @@ class Row(NamedTuple):
 class Records(Protocol):
     where: str
 
-    def put(self, kind: Kind, name: str, value: dict[str, Any] | None) -> int:
-        """Record the current value of `name` (None: deleted); returns its seq."""
+    def put(
+        self, kind: Kind, name: str, value: dict[str, Any] | None, *, files: tuple[str, bytes] | None = None
+    ) -> int:
+        """Record the current value of `name` (None: deleted); returns its seq. `files`: an
+        adapter's (fingerprint, packed files), kept unless that fingerprint is already there."""
+        ...
+
+    def files(self, fingerprint: str) -> bytes | None:
+        """The packed files of a recorded adapter version, None when the store has none."""
         ...
 
     def since(self, seq: int) -> list[Row]:
@@ -99,19 +122,33 @@ class SqliteRecords:
         self._conn = connect(path)
         self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
         self._conn.execute(SQLITE_TABLE)
+        self._conn.execute(SQLITE_FILES)
         self._lock = threading.Lock()  # one connection, used from worker threads
 
-    def put(self, kind: Kind, name: str, value: dict[str, Any] | None) -> int:
+    def put(
+        self, kind: Kind, name: str, value: dict[str, Any] | None, *, files: tuple[str, bytes] | None = None
+    ) -> int:
         from retrieval.store import transaction
 
         with self._lock, _sqlite_errors(self.where), transaction(self._conn, "IMMEDIATE") as conn:
+            if files is not None:
+                conn.execute("INSERT INTO adapter_files VALUES (?, ?) ON CONFLICT DO NOTHING", files)
             seq = int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM records").fetchone()[0])
             conn.execute(
                 "INSERT INTO records VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, name) DO UPDATE "
                 "SET value = excluded.value, seq = excluded.seq, updated_at = excluded.updated_at",
                 (kind, name, _dumps(value), seq, time.time()),
             )
+            if kind == "adapter":
+                conn.execute(SQLITE_PRUNE)
             return seq
+
+    def files(self, fingerprint: str) -> bytes | None:
+        with self._lock, _sqlite_errors(self.where):
+            row = self._conn.execute(
+                "SELECT data FROM adapter_files WHERE fingerprint = ?", (fingerprint,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
 
     def since(self, seq: int) -> list[Row]:
         with self._lock, _sqlite_errors(self.where):
@@ -142,10 +179,17 @@ class PgRecords:
         with backend.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (RECORDS_LOCK,))  # replicas starting together
             conn.execute(PG_TABLE)
+            conn.execute(PG_FILES)
 
-    def put(self, kind: Kind, name: str, value: dict[str, Any] | None) -> int:
+    def put(
+        self, kind: Kind, name: str, value: dict[str, Any] | None, *, files: tuple[str, bytes] | None = None
+    ) -> int:
         with self._backend.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (RECORDS_LOCK,))  # seq order = commit order
+            if files is not None:
+                conn.execute(
+                    "INSERT INTO ragtune_adapter_files VALUES (%s, %s) ON CONFLICT DO NOTHING", files
+                )
             row = conn.execute(
                 "INSERT INTO ragtune_records VALUES (%s, %s, %s::jsonb, "
                 "(SELECT coalesce(max(seq), 0) + 1 FROM ragtune_records), %s) ON CONFLICT (kind, name) "
@@ -153,8 +197,17 @@ class PgRecords:
                 "RETURNING seq",
                 (kind, name, _dumps(value), time.time()),
             ).fetchone()
+            if kind == "adapter":
+                conn.execute(PG_PRUNE)
         assert row is not None  # RETURNING gives the row written
         return int(row[0])
+
+    def files(self, fingerprint: str) -> bytes | None:
+        with self._backend.connection() as conn:
+            row = conn.execute(
+                "SELECT data FROM ragtune_adapter_files WHERE fingerprint = %s", (fingerprint,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
 
     def since(self, seq: int) -> list[Row]:
         with self._backend.connection() as conn:

@@ -29,7 +29,7 @@ from serving.records import open_records
 from serving.settings import load_settings
 from tests.conftest import make_lora_adapter, wait_until
 from tests.doubles import EchoEngine
-from training.adapters import adapter_fingerprint
+from training.adapters import STORE_COPIES, adapter_fingerprint
 
 POLL_S = 0.05
 
@@ -64,7 +64,7 @@ def start(
             models_dir=base_model.parent,
             adapters_dir=adapters_dir,
             indexes_dir=tmp_path / "indexes",
-            retrieval={"store_url": store_url},
+            retrieval={"store_url": store_url, "store_timeout": 1.0},  # a lost PostgreSQL: 503 after 1 s
             serving={"registry_poll_s": POLL_S, **serving},
         )
         library = Library(settings.indexes_dir, settings.retrieval)
@@ -156,29 +156,54 @@ def test_a_change_through_one_replica_is_served_by_another(
         assert chat(b, "style").status_code == 404
 
 
-def test_a_changed_or_missing_folder_is_not_served_after_a_restart(
-    start: Any, tmp_path: Path, loras: dict[str, Path], caplog: pytest.LogCaptureFixture
+def forget_copies(store_url: str | None, tmp_path: Path) -> None:
+    """Delete the store's copies of adapter files, as a record written before they were kept."""
+    if store_url is None:
+        with sqlite3.connect(tmp_path / "indexes" / serving.records.SQLITE_FILE) as conn:
+            conn.execute("DELETE FROM adapter_files")
+        return
+    import psycopg
+
+    with psycopg.connect(store_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM ragtune_adapter_files")
+
+
+def test_a_changed_or_missing_folder_serves_the_store_copy(
+    start: Any,
+    tmp_path: Path,
+    loras: dict[str, Path],
+    store_url: str | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     adapters = folder_with(tmp_path, loras, style="one")
     fp_one, fp_two = adapter_fingerprint(loras["one"]), adapter_fingerprint(loras["two"])
+    copy = adapters.resolve() / STORE_COPIES / fp_one
     with start(adapters) as a:
         assert a.post("/v1/adapters", json={"name": "style", "path": "style"}).status_code == 201
     shutil.rmtree(adapters / "style")
     shutil.copytree(loras["two"], adapters / "style")  # other weights under the recorded name
-    with caplog.at_level(logging.ERROR, logger="ragtune.serving"), start(adapters) as b:
-        assert "style" not in models(b) and chat(b, "style").status_code == 404
-    [line] = not_served(caplog, "style")
-    assert f"holds fingerprint {fp_two}, not the recorded {fp_one}" in line
+    with caplog.at_level(logging.INFO, logger="ragtune.serving"), start(adapters) as b:
+        assert fingerprint(b, "style") == fp_one and chat(b, "style").status_code == 200
+        assert b.app.state.adapters.get("style").ref.path == copy  # type: ignore[attr-defined]
+    assert adapter_fingerprint(adapters / "style") == fp_two  # the operator's folder is left alone
+    assert any(f"holds fingerprint {fp_two}, not the recorded {fp_one}" in m for m in caplog.messages)
+
+    shutil.rmtree(adapters / "style")
+    shutil.rmtree(copy)
+    with start(adapters) as c:  # nothing on disk: unpacked from the store again
+        assert fingerprint(c, "style") == fp_one and chat(c, "style").status_code == 200
 
     caplog.clear()
-    shutil.rmtree(adapters / "style")
-    with caplog.at_level(logging.ERROR, logger="ragtune.serving"), start(adapters) as c:
-        assert "style" not in models(c)
+    shutil.rmtree(copy)
+    forget_copies(store_url, tmp_path)
+    with caplog.at_level(logging.ERROR, logger="ragtune.serving"), start(adapters) as d:
+        assert "style" not in models(d) and chat(d, "style").status_code == 404
     [line] = not_served(caplog, "style")
-    assert f"{adapters / 'style'} is missing" in line and fp_one in line
+    assert f"{adapters.resolve() / 'style'} is missing (recorded fingerprint {fp_one})" in line
+    assert "the store holds no copy" in line
 
 
-def test_a_replica_with_other_files_unloads_its_version(
+def test_a_replica_with_other_files_serves_the_recorded_version(
     start: Any, tmp_path: Path, loras: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     """B serves 'style' from its own disk (weights two); A records 'style' with weights one."""
@@ -186,20 +211,42 @@ def test_a_replica_with_other_files_unloads_its_version(
     shutil.copytree(loras["one"], a_dir / "style")
     shutil.copytree(loras["two"], b_dir / "style")
     fp_one, fp_two = adapter_fingerprint(loras["one"]), adapter_fingerprint(loras["two"])
-    with caplog.at_level(logging.ERROR, logger="ragtune.serving"):
-        with start(a_dir) as a, start(b_dir, adapters={"style": "style"}) as b:
-            assert fingerprint(b, "style") == fp_two
-            assert a.post("/v1/adapters", json={"name": "style", "path": "style"}).status_code == 201
-            wait_until(lambda: "style" not in models(b), "B stops serving its other version")
-            assert fingerprint(a, "style") == fp_one
-            # A profile on that adapter is kept as data; B answers a clear 404 for it.
-            assert a.put("/v1/profiles/support", json={"adapter": "style"}).status_code == 201
-            wait_until(lambda: b.get("/v1/profiles/support").status_code == 200, "B keeps the profile")
-            resp = chat(b, "support")
-            assert resp.status_code == 404 and resp.json()["error"]["code"] == "adapter_not_found"
-            assert chat(a, "support").status_code == 200
-        [line] = not_served(caplog, "style")
-        assert fp_one in line and fp_two in line
+    logs = caplog.at_level(logging.INFO, logger="ragtune.serving")
+    with logs, start(a_dir) as a, start(b_dir, adapters={"style": "style"}) as b:
+        assert fingerprint(b, "style") == fp_two
+        assert a.post("/v1/adapters", json={"name": "style", "path": "style"}).status_code == 201
+        wait_until(lambda: fingerprint(b, "style") == fp_one, "B serves the recorded version")
+        assert a.put("/v1/profiles/support", json={"adapter": "style"}).status_code == 201
+        wait_until(lambda: b.get("/v1/profiles/support").status_code == 200, "B has the profile")
+        assert chat(b, "support").status_code == 200 and chat(a, "support").status_code == 200
+    assert any(f"holds fingerprint {fp_two}, not the recorded {fp_one}" in m for m in caplog.messages)
+
+
+def test_replicas_on_separate_disks_share_adapters_through_the_store(
+    start: Any, tmp_path: Path, loras: dict[str, Path], make_library: MakeLibrary
+) -> None:
+    """A's adapters folder holds the adapter; B's is empty (another machine): B serves A's
+    versions from the store's copies, and a replaced or deleted version leaves the store."""
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(loras["one"], a_dir / "style")
+    shutil.copytree(loras["two"], a_dir / "style-v2")
+    fp_one, fp_two = adapter_fingerprint(loras["one"]), adapter_fingerprint(loras["two"])
+    records = open_records(make_library().backend)
+    with start(a_dir) as a, start(b_dir) as b:
+        assert a.post("/v1/adapters", json={"name": "style", "path": "style"}).status_code == 201
+        wait_until(lambda: fingerprint(b, "style") == fp_one, "B serves A's adapter")
+        assert chat(b, "style").status_code == 200
+        assert adapter_fingerprint(b_dir / STORE_COPIES / fp_one) == fp_one
+        assert not (b_dir / "style").exists()
+
+        assert a.post("/v1/adapters", json={"name": "style", "path": "style-v2"}).status_code == 200
+        wait_until(lambda: fingerprint(b, "style") == fp_two, "B follows the replacement")
+        assert records.files(fp_one) is None  # no row names the old version any more
+        assert records.files(fp_two) is not None
+        assert a.delete("/v1/adapters/style").status_code == 200
+        wait_until(lambda: "style" not in models(b), "B unloads it")
+        assert records.files(fp_two) is None
+    records.close()
 
 
 @contextmanager
@@ -217,9 +264,7 @@ def store_down(
             other.close()
         return
     server = request.getfixturevalue("postgres")
-    # Each request waits this long for the pool to reconnect before its 503 (the store's default: 30 s).
-    pool = client.app.state.library.backend.pool  # type: ignore[attr-defined]
-    pool.timeout = 1.0
+    assert client.app.state.library.backend.pool.timeout == 1.0  # type: ignore[attr-defined]
     server.halt()
     try:
         yield

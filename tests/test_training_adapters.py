@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from training.adapters import AdapterError, inspect_adapter, list_adapters
+from training.adapters import (
+    AdapterError,
+    adapter_fingerprint,
+    inspect_adapter,
+    list_adapters,
+    pack_adapter,
+    unpack_adapter,
+)
 from training.settings import TrainingSettings
 from training.train import train
 
@@ -154,3 +163,31 @@ def test_list_adapters_reports_each_folder(adapter: Path, trained: Path, base_mo
     assert set(found) == {"broken", "good"}
     assert isinstance(found["broken"], str) and "adapter_config.json is missing" in found["broken"]
     assert found["good"].rank == 8
+
+
+def test_packed_files_unpack_to_the_same_adapter(adapter: Path, tmp_path: Path):
+    """What the store keeps for replicas (pack_adapter) unpacks to the same fingerprint."""
+    (tmp_path / "secret.txt").write_text("not the adapter's")
+    (adapter / "leak.txt").symlink_to(tmp_path / "secret.txt")  # outside the folder: left out
+    dest = tmp_path / "elsewhere" / ".store" / "copy"
+    unpack_adapter(pack_adapter(adapter), dest)
+    assert adapter_fingerprint(dest) == adapter_fingerprint(adapter)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(
+        p.name for p in adapter.iterdir() if p.name != "leak.txt"
+    )
+    unpack_adapter(pack_adapter(adapter), dest)  # already there (another process won): kept
+    assert adapter_fingerprint(dest) == adapter_fingerprint(adapter)
+
+
+def test_a_hostile_pack_is_refused_and_leaves_nothing(tmp_path: Path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    dest = tmp_path / "store" / "copy"
+    with pytest.raises(AdapterError, match=f"cannot unpack the adapter's files into {dest}"):
+        unpack_adapter(buf.getvalue(), dest)
+    assert not (tmp_path / "escaped.txt").exists() and list((tmp_path / "store").iterdir()) == []
+    with pytest.raises(AdapterError, match="cannot unpack"):
+        unpack_adapter(b"not a tar at all", dest)
