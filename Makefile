@@ -100,8 +100,8 @@ bench: model
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: install
-	$(BIN)/ruff check serving retrieval training tests bench
-	$(BIN)/ruff format --check serving retrieval training tests bench
+	$(BIN)/ruff check core serving retrieval training tests bench
+	$(BIN)/ruff format --check core serving retrieval training tests bench
 	$(BIN)/mypy
 
 clean:

@@ -1,6 +1,6 @@
 """Retrieval: collections of documents (SQLite + FTS5 as the truth, FAISS as a derived index).
 
-Names are imported lazily so that `retrieval.errors` / `retrieval.settings` (imported by the
+Names are imported lazily so that `core.errors` / `retrieval.settings` (imported by the
 CLI at start-up) do not pull in FAISS and NumPy.
 """
 

@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from retrieval.console import err_console, fail
-from retrieval.errors import RagtuneError
+from core.console import err_console, fail
+from core.errors import RagtuneError
 from retrieval.settings import RetrievalSettings
 
 if TYPE_CHECKING:
@@ -243,7 +243,7 @@ def delete_command(
 
 
 def _has_document(collection: Any, doc_id: str) -> bool:
-    from retrieval.errors import DocumentNotFound
+    from core.errors import DocumentNotFound
 
     try:
         collection.get(doc_id)
@@ -254,7 +254,7 @@ def _has_document(collection: Any, doc_id: str) -> bool:
 
 # -- ingest, sync, search ----------------------------------------------------------------
 def _open_or_create(library: Library, name: str) -> Any:
-    from retrieval.errors import CollectionNotFound
+    from core.errors import CollectionNotFound
 
     try:
         return library.open(name)
@@ -387,7 +387,7 @@ def eval_retrieval_command(
     """Ingest a BEIR data set (only what changed) and report nDCG@10, R@10, R@100, MRR@10, latency."""
     import time
 
-    from retrieval.errors import CollectionNotFound
+    from core.errors import CollectionNotFound
     from retrieval.evaluate import evaluate, load_dataset
     from retrieval.fusion import FUSIONS
     from retrieval.ingest import load_beir, upsert_batches

@@ -23,11 +23,7 @@ from typing import Any, get_args
 
 import numpy as np
 
-from retrieval.chunking import Chunk, split_document
-from retrieval.derived import TOKENIZER, DerivedIndexes
-from retrieval.documents import content_hash, validate_document
-from retrieval.embedder import Embedder
-from retrieval.errors import (
+from core.errors import (
     DimensionMismatch,
     DocumentNotFound,
     InvalidDocument,
@@ -35,6 +31,10 @@ from retrieval.errors import (
     RagtuneError,
     WriterBusy,
 )
+from retrieval.chunking import Chunk, split_document
+from retrieval.derived import TOKENIZER, DerivedIndexes
+from retrieval.documents import content_hash, validate_document
+from retrieval.embedder import Embedder
 from retrieval.filters import compile_filter
 from retrieval.fusion import FUSIONS, fuse
 from retrieval.settings import RetrievalSettings, SearchMode

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from retrieval.errors import InvalidDocument, RagtuneError
+from core.errors import InvalidDocument, RagtuneError
 from retrieval.types import Document
 
 MAX_ID_CHARS = 1024

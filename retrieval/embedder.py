@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from retrieval.errors import RagtuneError
+from core.errors import RagtuneError
 
 logger = logging.getLogger(__name__)
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"

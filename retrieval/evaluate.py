@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import RagtuneError
 from retrieval.collection import Collection
-from retrieval.errors import RagtuneError
 
 
 class DatasetError(RagtuneError):

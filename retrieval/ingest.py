@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import InvalidDocument
 from retrieval.collection import Collection
-from retrieval.errors import InvalidDocument
 from retrieval.types import Document
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")

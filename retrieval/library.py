@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import get_args
 
+from core.errors import CollectionNotFound, RagtuneError
+from core.names import NAME_PATTERN
 from retrieval.collection import Collection
 from retrieval.documents import check_chunking
 from retrieval.embedder import Embedder, load_embedder
-from retrieval.errors import CollectionNotFound, RagtuneError
 from retrieval.settings import IndexType, RetrievalSettings
 from retrieval.storage import Backend, hide_password
-from retrieval.types import NAME_PATTERN
 
 _NAME = re.compile(NAME_PATTERN)
 

@@ -26,8 +26,8 @@ from typing import Any
 import filelock
 import numpy as np
 
+from core.errors import CollectionExists, CollectionNotFound, StoreUnavailable, WriterBusy
 from retrieval.chunking import Chunk
-from retrieval.errors import CollectionExists, CollectionNotFound, StoreUnavailable, WriterBusy
 from retrieval.filters import SqliteFields, check_fields, compile_filter
 from retrieval.sparse import SparseIndex, Tokenizer, fts_text
 from retrieval.storage import Changes, ChunkRow

@@ -29,7 +29,7 @@ from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from retrieval.errors import CollectionExists, CollectionNotFound, RagtuneError, StoreUnavailable, WriterBusy
+from core.errors import CollectionExists, CollectionNotFound, RagtuneError, StoreUnavailable, WriterBusy
 from retrieval.filters import compile_filter
 from retrieval.storage import ChunkRow, hide_password
 from retrieval.store_pg_txn import PgTxn

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from core.errors import InvalidDocument
 from retrieval.chunking import Chunk
-from retrieval.errors import InvalidDocument
 from retrieval.filters import check_fields, compile_filter
 from retrieval.sparse import SparseIndex, Tokenizer, count, fts_text
 from retrieval.storage import Changes, ChunkRow

@@ -5,9 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Names of collections, adapters and profiles: what URLs, folders and the `model` field can carry.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-
 
 @dataclass(frozen=True)
 class Document:

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrieval.errors import ConflictError, NotFoundError, RagtuneError
+from core.adapters import AdapterInfo, inspect_adapter
+from core.errors import ConflictError, NotFoundError, RagtuneError
 from serving.canary import Canary
 from serving.engine import AdapterRef, Engine
 from serving.errors import AdapterRejected, EngineUnhealthy
-from training.adapters import AdapterInfo, inspect_adapter
 
 log = logging.getLogger("ragtune.serving")
 

@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.errors import RagtuneError
 from retrieval import Library
-from retrieval.errors import RagtuneError
 from retrieval.storage import hide_password
 from serving.adapters import AdapterRegistry
 from serving.auth import AdminKey, KeyChecker, check_exposure

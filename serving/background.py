@@ -11,7 +11,7 @@ from serving.settings import Settings
 
 
 def check_base_model(settings: Settings) -> str | None:
-    from training.models import check_model_dir
+    from core.models import check_model_dir
 
     problem = check_model_dir(settings.base_model_path)
     return f"base model not usable: {problem}. Run: ragtune models import-default" if problem else None

@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from retrieval.errors import RagtuneError
+from core.errors import RagtuneError
 from serving.settings import ProfileSettings, Settings
 
 console = Console()
@@ -25,7 +25,7 @@ GROUNDED_PROFILE = "grounded"
 def trained_adapter(settings: Settings, name: str, otherwise: str) -> str | None:
     """`name` when adapters/NAME is a usable adapter for the base model; else None, after a
     line saying why and what is served instead (`otherwise`)."""
-    from training.adapters import inspect_adapter
+    from core.adapters import inspect_adapter
 
     try:
         inspect_adapter(

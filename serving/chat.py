@@ -13,9 +13,9 @@ from typing import Any, cast
 
 import anyio
 
+from core.errors import RagtuneError
+from core.prompt import ContextChunk, apply_context, fit_chunks, with_context
 from retrieval import Hit, Library
-from retrieval.context import ContextChunk, apply_context, fit_chunks, with_context
-from retrieval.errors import RagtuneError
 from serving.adapters import AdapterNotFound, AdapterRegistry
 from serving.auth import UNLIMITED, Scope
 from serving.engine import Delta, Engine, SamplingOptions

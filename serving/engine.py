@@ -44,7 +44,7 @@ class Delta:
 @dataclass(frozen=True)
 class AdapterRef:
     """One loaded version of an adapter; a replaced adapter gets a new `version`. `fingerprint`
-    names its content (training.adapters.adapter_fingerprint)."""
+    names its content (core.adapters.adapter_fingerprint)."""
 
     name: str
     version: int

@@ -1,8 +1,8 @@
-"""Typed errors of the serving layer (the rest live in retrieval/errors.py, the bottom of the graph)."""
+"""Typed errors of the serving layer (the shared ones live in core/errors.py)."""
 
 from __future__ import annotations
 
-from retrieval.errors import RagtuneError
+from core.errors import RagtuneError
 
 
 class RequestTooLarge(RagtuneError):

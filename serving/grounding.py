@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
-from retrieval.context import ABSTAIN
+from core.prompt import ABSTAIN
 
 Grounding = Literal["free", "strict"]
 

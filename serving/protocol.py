@@ -21,11 +21,11 @@ from pydantic import (
     model_validator,
 )
 
+from core.errors import InvalidFilter
+from core.names import NAME_PATTERN
 from retrieval import Hit
-from retrieval.errors import InvalidFilter
 from retrieval.filters import compile_filter
 from retrieval.settings import Fusion, IndexType, SearchMode
-from retrieval.types import NAME_PATTERN
 from serving.grounding import Grounding
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

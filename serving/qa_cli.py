@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from retrieval.errors import RagtuneError
+from core.errors import RagtuneError
 from serving.builtin import with_grounded
 from serving.qa_eval import (
     PHASES,
@@ -116,8 +116,8 @@ def eval_qa_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from retrieval.console import err_console as err
-    from retrieval.console import fail
+    from core.console import err_console as err
+    from core.console import fail
 
     settings = ctx.find_root().obj  # the root command loaded the settings (serving.cli)
 

@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from retrieval.errors import RagtuneError
+from core.errors import RagtuneError
 from training.qa import (
     ABSTAIN,
     QASet,

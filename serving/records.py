@@ -2,7 +2,7 @@
 
 One row per (kind, name): kind 'adapter' (value {"path": folder under the adapters folder,
 "fingerprint": ...}) or 'profile' (value: ProfileSettings.model_dump()); a NULL value is a
-deletion. An adapter's files (training.adapters.pack_adapter) are kept once per fingerprint
+deletion. An adapter's files (core.packing.pack_adapter) are kept once per fingerprint
 beside the rows, written in the same transaction as the row that names them and deleted with
 the last row that does, so a replica without the folder can still serve the recorded version.
 `seq` grows across the whole record: each write takes max(seq) + 1 while it is the only writer
@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
-from retrieval.errors import StoreUnavailable
+from core.errors import StoreUnavailable
 from retrieval.storage import Backend
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from retrieval.errors import NotFoundError, RagtuneError
+from core.errors import NotFoundError, RagtuneError
 from serving.adapters import AdapterRegistry
 from serving.protocol import ModelCard
 from serving.settings import ProfileSettings

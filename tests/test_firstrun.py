@@ -30,8 +30,8 @@ from fastapi.testclient import TestClient
 from retrieval_fixtures import EMBEDDER, FIXTURES, CountingEmbedder, embedder, library, settings  # noqa: F401
 from typer.testing import CliRunner
 
+from core.errors import InvalidFilter
 from retrieval import Document, Library
-from retrieval.errors import InvalidFilter
 from serving.app import create_app
 from serving.builtin import sync_demo_documents
 from serving.settings import load_settings

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from core.models import COMPLETE_MARKER, ModelError, check_model_dir, import_default, packaged_gguf
 from serving.cli import app
 from serving.settings import SettingsError, load_settings
-from training.models import COMPLETE_MARKER, ModelError, check_model_dir, import_default, packaged_gguf
 
 runner = CliRunner()
 
@@ -132,7 +132,7 @@ def test_truncated_or_unmarked_folder_is_detected(tmp_path: Path, base_model: Pa
 def test_interrupted_import_leaves_no_complete_folder(tmp_path: Path) -> None:
     """Kill an import part-way: the destination never appears half-written."""
     code = (
-        "import sys, threading, os; from pathlib import Path; from training.models import import_default;"
+        "import sys, threading, os; from pathlib import Path; from core.models import import_default;"
         "threading.Timer(8, lambda: os._exit(9)).start(); import_default(Path(sys.argv[1]))"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], timeout=120)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.context import ABSTAIN, ContextChunk, apply_context
+from core.prompt import ABSTAIN, ContextChunk, apply_context
 from serving.grounding import allowed_token_ids
 
 

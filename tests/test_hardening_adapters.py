@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
+from core.adapters import WEIGHTS, AdapterError, inspect_adapter
 from serving.adapters import AdapterRegistry
 from serving.canary import Canary
 from serving.engine import AdapterRef, Delta, SamplingOptions
 from serving.errors import AdapterRejected, EngineUnhealthy
 from tests.conftest import make_lora_adapter
 from tests.doubles import EchoEngine
-from training.adapters import WEIGHTS, AdapterError, inspect_adapter
 
 
 @pytest.fixture(scope="module")

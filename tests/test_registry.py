@@ -23,13 +23,14 @@ from retrieval_fixtures import embedder  # noqa: F401
 from store_fixtures import MakeLibrary, make_library, postgres, store_url  # noqa: F401
 
 import serving.records
+from core.adapters import adapter_fingerprint
+from core.packing import STORE_COPIES
 from retrieval import Library
 from serving.app import create_app
 from serving.records import open_records
 from serving.settings import load_settings
 from tests.conftest import make_lora_adapter, wait_until
 from tests.doubles import EchoEngine
-from training.adapters import STORE_COPIES, adapter_fingerprint
 
 POLL_S = 0.05
 

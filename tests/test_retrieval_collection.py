@@ -12,8 +12,7 @@ import filelock
 import pytest
 from retrieval_fixtures import EMBEDDER, FIXTURES, CountingEmbedder, embedder, library, settings  # noqa: F401
 
-from retrieval import Document, Library
-from retrieval.errors import (
+from core.errors import (
     CollectionExists,
     CollectionNotFound,
     DimensionMismatch,
@@ -23,6 +22,7 @@ from retrieval.errors import (
     RagtuneError,
     WriterBusy,
 )
+from retrieval import Document, Library
 from retrieval.ingest import load_beir
 
 

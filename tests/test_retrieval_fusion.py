@@ -8,8 +8,8 @@ import math
 import pytest
 from retrieval_fixtures import EMBEDDER, FIXTURES, CountingEmbedder, embedder, library, settings  # noqa: F401
 
+from core.errors import RagtuneError
 from retrieval import Library
-from retrieval.errors import RagtuneError
 from retrieval.fusion import FUSIONS, convex, fuse, rrf, zscores
 from retrieval.ingest import load_beir
 from retrieval.settings import RetrievalSettings

@@ -27,8 +27,8 @@ from retrieval_fixtures import (  # noqa: F401
 )
 from typer.testing import CliRunner
 
+from core.errors import InvalidDocument
 from retrieval import Document, Library
-from retrieval.errors import InvalidDocument
 from retrieval.ingest import collect, load_beir, load_file, plan_sync, sync_documents, upsert_batches
 
 FILES = FIXTURES / "files"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from retrieval_fixtures import real_embedder, settings
 
+from core.errors import InvalidFilter
 from retrieval.chunking import split_document
-from retrieval.errors import InvalidFilter
 from retrieval.filters import compile_filter, parse_filter
 from retrieval.fusion import rrf
 from retrieval.sparse import Tokenizer

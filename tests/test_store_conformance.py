@@ -14,8 +14,7 @@ import pytest
 from retrieval_fixtures import EMBEDDER, FIXTURES, CountingEmbedder, embedder, settings  # noqa: F401
 from store_fixtures import MakeLibrary, make_library, postgres, store_url  # noqa: F401
 
-from retrieval import Document, Library
-from retrieval.errors import (
+from core.errors import (
     CollectionExists,
     CollectionNotFound,
     DocumentNotFound,
@@ -23,6 +22,7 @@ from retrieval.errors import (
     InvalidFilter,
     WriterBusy,
 )
+from retrieval import Document, Library
 from retrieval.ingest import load_beir
 
 

@@ -16,8 +16,8 @@ import pytest
 from retrieval_fixtures import EMBEDDER, CountingEmbedder, embedder, settings  # noqa: F401
 from store_fixtures import postgres  # noqa: F401
 
+from core.errors import InvalidDocument, RagtuneError, StoreUnavailable
 from retrieval import Document, Library
-from retrieval.errors import InvalidDocument, RagtuneError, StoreUnavailable
 from retrieval.storage import hide_password
 
 

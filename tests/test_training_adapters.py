@@ -10,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from training.adapters import (
-    AdapterError,
-    adapter_fingerprint,
-    inspect_adapter,
-    list_adapters,
-    pack_adapter,
-    unpack_adapter,
-)
+from core.adapters import AdapterError, adapter_fingerprint, inspect_adapter, list_adapters
+from core.packing import pack_adapter, unpack_adapter
 from training.settings import TrainingSettings
 from training.train import train
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.context import ContextChunk, apply_context
+from core.prompt import ContextChunk, apply_context
 from training.data import load_examples
 from training.raft import add_context
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from training.adapters import inspect_adapter
-from training.models import ModelError
+from core.adapters import inspect_adapter
+from core.models import ModelError
 from training.settings import TrainingSettings
 from training.train import AdapterExists, TrainError, auto_epochs, learned, train
 

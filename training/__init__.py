@@ -1,1 +1,1 @@
-"""Training: LoRA adapters for behaviour, and the base-model folders they are trained on."""
+"""Training: LoRA adapters for behaviour (`ragtune train`), and the data sets they are trained and judged on."""

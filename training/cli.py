@@ -11,28 +11,57 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from retrieval.console import err_console, fail
-from retrieval.errors import RagtuneError
+from core.console import err_console, fail
+from core.errors import RagtuneError
+
+if TYPE_CHECKING:
+    from retrieval.settings import RetrievalSettings
+    from training.settings import TrainingSettings
 
 console = Console()
 adapters_app = typer.Typer(help="LoRA adapters under adapters/.", no_args_is_help=True)
 data_app = typer.Typer(help="Build training data sets.", no_args_is_help=True)
 
 
-def _settings(ctx: typer.Context) -> Any:
+class _Engine(Protocol):
+    @property
+    def max_lora_rank(self) -> int: ...
+
+
+class Workspace(Protocol):
+    """What these commands read of the root settings (serving/settings.py's `Settings`, which
+    the root app builds; typed here by shape, so training never imports serving)."""
+
+    @property
+    def models_dir(self) -> Path: ...
+    @property
+    def adapters_dir(self) -> Path: ...
+    @property
+    def indexes_dir(self) -> Path: ...
+    @property
+    def base_model_path(self) -> Path: ...
+    @property
+    def training(self) -> TrainingSettings: ...
+    @property
+    def retrieval(self) -> RetrievalSettings: ...
+    @property
+    def engine(self) -> _Engine: ...
+
+
+def _settings(ctx: typer.Context) -> Workspace:
     obj = ctx.find_root().obj
     if obj is None:
         raise RuntimeError("settings were not loaded")
-    return obj
+    return obj  # type: ignore[no-any-return]
 
 
-def _resolve_base(settings: Any, base: str | None) -> Path:
+def _resolve_base(settings: Workspace, base: str | None) -> Path:
     if base is None:
         return settings.base_model_path
     candidate = Path(base).expanduser()
@@ -151,7 +180,7 @@ def train_command(
 @adapters_app.command("list")
 def adapters_list(ctx: typer.Context) -> None:
     """Show each adapter, its rank, base model, metrics and whether it is servable."""
-    from training.adapters import list_adapters
+    from core.adapters import list_adapters
 
     settings = _settings(ctx)
     found = list_adapters(
@@ -189,7 +218,7 @@ def adapters_validate(
     engine: Annotated[bool, Opt("--engine/--no-engine", help="also load it in vLLM (about a minute)")] = True,
 ) -> None:
     """Check an adapter statically, then load it in vLLM with its base and generate with and without it."""
-    from training.adapters import inspect_adapter
+    from core.adapters import inspect_adapter
 
     settings = _settings(ctx)
     path = settings.adapters_dir / name
@@ -249,7 +278,7 @@ def eval_behaviour_command(
     output: Annotated[Path | None, Opt("--json", help="also write the results here")] = None,
 ) -> None:
     """Score the base model and an adapter on held-out prompts with a behaviour scorer."""
-    from training.adapters import inspect_adapter
+    from core.adapters import inspect_adapter
     from training.evaluate import eval_behaviour
 
     settings = _settings(ctx)

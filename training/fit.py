@@ -9,8 +9,8 @@ from typing import Any
 
 from rich.console import Console
 
+from core.errors import RagtuneError
 from retrieval.embedder import cpu_has_bf16
-from retrieval.errors import RagtuneError
 from training.loss import assistant_loss
 from training.loss import collate as collate_labelled
 from training.settings import TrainingSettings

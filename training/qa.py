@@ -27,8 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrieval.context import ABSTAIN as ABSTAIN  # defined with the prompt layout it answers
-from retrieval.errors import RagtuneError
+from core.errors import RagtuneError
+from core.prompt import ABSTAIN as ABSTAIN  # defined with the prompt layout it answers
 
 HELD_OUT_FRACTION = 0.25  # passages held out for evaluation (by hash of the passage id)
 SPLIT_SALT = "ragtune-qa-split-v1"

@@ -1,7 +1,7 @@
 """Retrieval-aware examples (RAFT, Zhang et al. 2024): put retrieved context into each question.
 
 Each example's last user turn gets a context block in exactly the format the server uses
-(`retrieval.context.apply_context`): with probability p the chunk that answers it, plus k
+(`core.prompt.apply_context`): with probability p the chunk that answers it, plus k
 distractor chunks, in shuffled order. The adapter thus learns to use context that answers and to
 ignore context that does not. The answering chunk is the best hit from the example's
 `document_id` when the record names one, else the top hit. A `{cite}` placeholder in the final
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from retrieval.context import ContextChunk, apply_context
+from core.prompt import ContextChunk, apply_context
 from training.data import Example
 
 CITE = "{cite}"

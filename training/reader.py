@@ -13,7 +13,7 @@ and say ABSTAIN when no source answers. Each example is built RAFT-style (Zhang 
   the same type (training.qa.counterfactuals), so the target follows the document, not memory;
 - the target is the chunk's sentence that holds the answer followed by its marker
   ("... [2]."), or ABSTAIN when the answering chunk is absent;
-- prompts are laid out by `retrieval.context.apply_context`, exactly as served.
+- prompts are laid out by `core.prompt.apply_context`, exactly as served.
 
 Only passages of the `train` split are used: held-out passages (training.qa.is_held_out) are
 never seen, not even as distractors.
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retrieval.context import ContextChunk, apply_context
+from core.prompt import ContextChunk, apply_context
 from training.qa import (
     ABSTAIN,
     QASet,

@@ -24,16 +24,17 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from retrieval.context import CONTEXT_FORMAT_VERSION
-from retrieval.errors import ConflictError
-from retrieval.types import NAME_PATTERN
-from training.adapters import (
+from core.adapters import (
     CONFIG_FILE,
     MANIFEST,
     RUNS_DIR,
     VLLM_LORA_RANKS,
     inspect_adapter,
 )
+from core.errors import ConflictError
+from core.models import ModelError, check_model_dir, model_fingerprint
+from core.names import NAME_PATTERN
+from core.prompt import CONTEXT_FORMAT_VERSION
 from training.data import fingerprint, load_examples, tokenize_examples
 from training.fit import (
     METRICS_FILE,
@@ -44,7 +45,6 @@ from training.fit import (
     pick_hardware,
     show_samples,
 )
-from training.models import ModelError, check_model_dir, model_fingerprint
 from training.settings import TrainingSettings
 
 NAME_RE = re.compile(NAME_PATTERN)

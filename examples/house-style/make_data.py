@@ -1,7 +1,7 @@
 """Build the house-style demo data: answers in a house format with citations, refusals otherwise.
 
 The behaviour (which SmolLM2-135M-Instruct does not have): every question comes with a context
-block in the server's exact format (retrieval.context.apply_context, RAFT-style: the answering
+block in the server's exact format (core.prompt.apply_context, RAFT-style: the answering
 passage plus distractors, shuffled). When the question is about Northwind Rail the answer is one
 sentence citing its passage as [n], followed by the fixed closing line; any other question is
 refused with one fixed sentence. Facts are invented, so the held-out set (other lines, stations
@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from retrieval.context import ContextChunk, apply_context  # noqa: E402
+from core.prompt import ContextChunk, apply_context  # noqa: E402
 
 CLOSING = "— Northwind Rail Help Desk"
 REFUSAL = "I can only help with questions about Northwind Rail services."

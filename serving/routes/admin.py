@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 
+from core.errors import RagtuneError
+from core.names import NAME_PATTERN
 from retrieval import Library
-from retrieval.errors import RagtuneError
-from retrieval.types import NAME_PATTERN
 from serving.adapters import AdapterNotFound, LoadedAdapter
 from serving.auth import AdminKey, ScopeDep, UserKey
 from serving.deps import AdaptersDep, ConvergerDep, LibraryDep, ResolverDep

@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile
 
+from core.errors import InvalidDocument
 from retrieval import Document
-from retrieval.errors import InvalidDocument
 from retrieval.ingest import load_file
 from serving.deps import LibraryDep
 

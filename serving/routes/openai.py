@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from retrieval.errors import RagtuneError
+from core.errors import RagtuneError
 from serving.auth import AdminOrLoopback, ScopeDep, UserKey
 from serving.canary import HEALTH_TTL_S
 from serving.chat import Prepared, Result

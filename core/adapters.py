@@ -10,22 +10,17 @@ one bad adapter silently empties every answer on every model (issue 10).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import re
-import shutil
 import struct
-import tarfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from retrieval.errors import RagtuneError
-from training.models import check_model_dir, model_fingerprint
+from core.errors import RagtuneError
+from core.models import check_model_dir, model_fingerprint
 
 MANIFEST = "ragtune-adapter.json"
 CONFIG_FILE = "training-config.yaml"
@@ -33,7 +28,6 @@ PEFT_CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM 0.32's supported max_lora_rank values
 RUNS_DIR = ".runs"  # adapters/.runs/NAME/: checkpoints and metrics of a run in progress
-STORE_COPIES = ".store"  # adapters/.store/FINGERPRINT/: adapters unpacked from the document store
 
 
 class AdapterError(RagtuneError):
@@ -280,13 +274,11 @@ def _inspect(
             missing = _targets_present(targets, base_module_names(base_model_path))
         except (OSError, ValueError) as exc:
             raise AdapterError(f"adapter '{name}': cannot read the base model's weights ({exc})") from None
-    else:
-        missing = []
-    if missing:
-        raise AdapterError(
-            f"adapter '{name}': target modules {missing} do not exist in the base model "
-            f"{base_model_path.name}; it was trained for another architecture"
-        )
+        if missing:
+            raise AdapterError(
+                f"adapter '{name}': target modules {missing} do not exist in the base model "
+                f"{base_model_path.name}; it was trained for another architecture"
+            )
     try:
         check_tensors(
             name,
@@ -353,38 +345,6 @@ def adapter_fingerprint(path: Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:16]
-
-
-def pack_adapter(path: Path, *, root: Path | None = None) -> bytes:
-    """The adapter folder's files as one uncompressed tar: what the store keeps so that a replica
-    without the folder can serve it. A linked file is packed by content when it resolves inside
-    `root` (default: the adapter folder), else left out."""
-    top = (root or path).resolve()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", dereference=True) as tar:
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            if top in f.resolve().parents:
-                tar.add(f, arcname=f.relative_to(path).as_posix(), recursive=False)
-    return buf.getvalue()
-
-
-def unpack_adapter(data: bytes, dest: Path) -> None:
-    """Write a `pack_adapter` tar to the folder `dest`, whole or not at all: it is unpacked into a
-    hidden folder beside `dest` and renamed into place. A `dest` that already exists is kept."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".unpack-{dest.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            tar.extractall(tmp, filter="data")  # no absolute paths, '..', links or devices
-        try:
-            tmp.rename(dest)
-        except OSError:
-            if not dest.is_dir():  # else another process unpacked the same content first
-                raise
-    except (tarfile.TarError, OSError) as exc:
-        raise AdapterError(f"cannot unpack the adapter's files into {dest}: {exc}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def list_adapters(
