@@ -1,1 +1,1 @@
-"""Training: LoRA adapters for behaviour (`ragtune train`), and the data sets they are trained and judged on."""
+"""Training: LoRA adapters for behaviour (`ragtune train`), and the data they learn from."""
