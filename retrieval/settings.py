@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 SearchMode = Literal["dense", "sparse", "hybrid"]
 IndexType = Literal["flat", "hnsw", "ivf"]
 Fusion = Literal["convex", "rrf"]
+VectorPrecision = Literal["fp32", "fp16"]
 
 
 class RetrievalSettings(BaseModel):
@@ -29,6 +30,11 @@ class RetrievalSettings(BaseModel):
     chunk_tokens: int = Field(200, ge=16, description="chunk size in embedder tokens")
     chunk_overlap: int = Field(32, ge=0, description="overlap between chunks in tokens")
     index_type: IndexType = "flat"
+    vector_precision: VectorPrecision = Field(
+        "fp32",
+        description="flat index: how this replica holds the vectors in memory; 'fp16' halves the "
+        "memory and the bytes a search reads (the store keeps fp32: changing it rebuilds the index)",
+    )
     top_k: int = Field(5, ge=1, le=100)
     mode: SearchMode = "hybrid"
     fusion: Fusion = Field(

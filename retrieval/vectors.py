@@ -197,12 +197,32 @@ class FaissIndex(ABC):
 
 
 class FlatIndex(FaissIndex):
-    """Exact inner-product search; O(n) per query, exact deletes. The default."""
+    """Exhaustive inner-product search; O(n) per query, exact deletes. The default.
+
+    `vector_precision` 'fp16' holds the vectors as half floats (FAISS's scalar quantizer):
+    a search reads half the bytes, and a single query is bound by that read."""
 
     kind = "flat"
 
     def _create(self, n: int, sample: np.ndarray) -> None:
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        if self.settings.vector_precision == "fp16":
+            qt = faiss.ScalarQuantizer.QT_fp16
+            inner = faiss.IndexScalarQuantizer(self.dim, qt, faiss.METRIC_INNER_PRODUCT)
+        else:
+            inner = faiss.IndexFlatIP(self.dim)
+        self.index = faiss.IndexIDMap2(inner)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        saved = state.get("precision", "fp32")
+        if saved != self.settings.vector_precision:  # the caller rebuilds from the store
+            raise ValueError(f"snapshot holds {saved} vectors, settings ask {self.settings.vector_precision}")
+
+    def state(self) -> dict[str, Any]:
+        return {"precision": self.settings.vector_precision}
+
+    def memory_bytes(self) -> int:
+        width = 2 if self.settings.vector_precision == "fp16" else 4
+        return self.ntotal * (self.dim * width + 24)
 
 
 class HNSWIndex(FaissIndex):

@@ -1,0 +1,210 @@
+"""fp32 against fp16 vectors in the flat index: query latency at scale, and ranking quality.
+
+    .venv/bin/python -m bench.precision [--chunks 100000] [--sets DIR,DIR,...]
+
+Side by side in one run:
+(a) one synthetic collection of `--chunks` chunks (bench.retrieval's: texts drawn from the first
+    set's word frequencies, vectors = its real chunk vectors plus noise), opened A B B A (fp32,
+    fp16, fp16, fp32). Each open with the other precision rebuilds the flat index from the
+    stored vectors. Per open: hybrid and dense p50 / p99 with the query embedding included
+    (every query distinct, cache cleared), hybrid with the query embedding cached, the index's
+    memory. Queries: the first set's real ones, embedded for real.
+(b) on each set (the real embedder over its corpus): nDCG@10 and R@10 of dense and hybrid
+    search, fp32 and fp16, on one collection.
+Writes bench/results/precision.json and bench/results/precision.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench.machine import cpu_model  # noqa: E402
+from bench.retrieval import (  # noqa: E402
+    RESULTS,
+    SyntheticDocs,
+    build_synthetic,
+    measure_queries,
+    settings,
+    synthetic_texts,
+)
+from retrieval import Library  # noqa: E402
+from retrieval.embedder import DEFAULT_EMBEDDER, load_embedder  # noqa: E402
+from retrieval.evaluate import evaluate, load_dataset  # noqa: E402
+from retrieval.ingest import load_beir, upsert_batches  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ORDER = ("fp32", "fp16", "fp16", "fp32")  # A B B A
+
+
+def quality(root: Path, dataset: Path, embedder: Any) -> tuple[dict[str, Any], np.ndarray]:
+    """nDCG@10 / R@10 per precision and mode on one collection; also its stored vectors."""
+    data = load_dataset(dataset)
+    lib = Library(root, settings(), embedders={DEFAULT_EMBEDDER: embedder})
+    c = lib.create("corpus")
+    upsert_batches(c, [d for d in load_beir(dataset / "corpus.jsonl") if d.text.strip()], batch_size=256)
+    conn = c.store.reader()
+    dim = embedder.dimension
+    pool = np.frombuffer(b"".join(r[0] for r in conn.execute("SELECT embedding FROM chunks")), np.float32)
+    lib.close()
+    out: dict[str, Any] = {"queries": len(data.queries)}
+    for precision in ("fp32", "fp16"):
+        lib = Library(root, settings(vector_precision=precision), embedders={DEFAULT_EMBEDDER: embedder})
+        c = lib.open("corpus")
+        for mode in ("dense", "hybrid"):
+            m = evaluate(c, data, mode=mode)
+            out[f"{mode}_{precision}"] = {k: m[k] for k in ("ndcg@10", "recall@10")}
+        lib.close()
+    return out, pool.reshape(-1, dim)
+
+
+def latency(root: Path, texts: list[str], queries: list[str], synthetic: SyntheticDocs) -> dict[str, Any]:
+    build_s = build_synthetic(root, "syn", texts, synthetic)
+    runs: dict[str, list[dict[str, Any]]] = {"fp32": [], "fp16": []}
+    for precision in ORDER:
+        t0 = time.perf_counter()
+        lib = Library(root, settings(vector_precision=precision), embedders={DEFAULT_EMBEDDER: synthetic})
+        c = lib.open("syn")
+        opened = time.perf_counter() - t0
+        got = measure_queries(c, queries)
+        runs[precision].append(
+            {
+                "open_seconds": round(opened, 2),
+                "hybrid": got["hybrid"],
+                "dense": got["dense"],
+                "sparse": got["sparse"],
+                "query_embedding": got["query_embedding"],
+                "hybrid_cached_query": got["hybrid_cached_query"],
+                "index_memory_bytes": c.stats()["index_memory_bytes"],
+            }
+        )
+        lib.close()
+    return {"chunks": len(texts), "build_seconds": round(build_s, 1), "runs": runs}
+
+
+def mean_of(runs: list[dict[str, Any]], key: str, q: str = "p50_ms") -> float:
+    return round(float(np.mean([r[key][q] for r in runs])), 2)
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    lat = report["latency"]
+    runs = lat["runs"]
+    lines = [
+        "# Flat index vectors in fp32 and fp16",
+        "",
+        f"`{report['command']}` on {report['date']}: {report['machine']['cpu']}, "
+        f"{report['machine']['nproc']} cores, load average {report['machine']['loadavg_before']} before, "
+        f"{report['machine']['loadavg_after']} after.",
+        "",
+        f"## Query latency at {lat['chunks']:,} chunks",
+        "",
+        "Milliseconds; opened A B B A, each row the mean of its two opens.",
+        "",
+        "| vectors | hybrid p50 / p99 | dense p50 / p99 | sparse p50 | query embedding p50 "
+        "| hybrid, cached query p50 | index memory MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for precision in ("fp32", "fp16"):
+        r = runs[precision]
+        mem = r[0]["index_memory_bytes"] / 2**20
+        lines.append(
+            f"| {precision} | {mean_of(r, 'hybrid')} / {mean_of(r, 'hybrid', 'p99_ms')} "
+            f"| {mean_of(r, 'dense')} / {mean_of(r, 'dense', 'p99_ms')} | {mean_of(r, 'sparse')} "
+            f"| {mean_of(r, 'query_embedding')} | {mean_of(r, 'hybrid_cached_query')} | {mem:.0f} |"
+        )
+    ratio = {
+        k: round(mean_of(runs["fp16"], k) / mean_of(runs["fp32"], k), 2)
+        for k in ("hybrid", "dense", "hybrid_cached_query")
+    }
+    lines += [
+        "",
+        f"fp16 / fp32 p50: hybrid {ratio['hybrid']}, dense {ratio['dense']}, "
+        f"hybrid with a cached query {ratio['hybrid_cached_query']}.",
+        "",
+        "Every open, in order: "
+        + "; ".join(
+            f"{p} hybrid p50 {r['hybrid']['p50_ms']} ms, dense {r['dense']['p50_ms']} ms"
+            for p, r in zip(
+                ORDER, [runs["fp32"][0], runs["fp16"][0], runs["fp16"][1], runs["fp32"][1]], strict=True
+            )
+        )
+        + ".",
+        "",
+        "## Ranking quality",
+        "",
+        "| set | queries | dense nDCG@10 fp32 / fp16 | dense R@10 fp32 / fp16 "
+        "| hybrid nDCG@10 fp32 / fp16 | hybrid R@10 fp32 / fp16 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, q in report["quality"].items():
+        cells = [
+            f"{q[f'{mode}_fp32'][metric]:.4f} / {q[f'{mode}_fp16'][metric]:.4f}"
+            for mode in ("dense", "hybrid")
+            for metric in ("ndcg@10", "recall@10")
+        ]
+        lines.append(f"| {name} | {q['queries']} | " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--sets", default=f"{SHARED / 'cranfield'},{SHARED / 'disflqa'}", help="BEIR folders, comma-separated"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    sets = [Path(s) for s in args.sets.split(",") if s]
+    loadavg_before = os.getloadavg()
+    real = load_embedder(DEFAULT_EMBEDDER, dtype="auto")
+    report: dict[str, Any] = {"quality": {}}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ragtune-precision-") as tmp:
+        work = Path(tmp)
+        pool = None
+        for i, dataset in enumerate(sets):
+            q, vecs = quality(work / f"q{i}", dataset, real)
+            report["quality"][dataset.name] = q
+            print(dataset.name, json.dumps(q), flush=True)
+            pool = vecs if pool is None else pool
+        first = sets[0]
+        docs = [d for d in load_beir(first / "corpus.jsonl") if d.text.strip()]
+        queries = list(load_dataset(first).queries.values())[: args.queries]
+        synthetic = SyntheticDocs(real, pool)
+        report["latency"] = latency(work / "scale", synthetic_texts(docs, args.chunks), queries, synthetic)
+    report.update(
+        {
+            "command": f"python -m bench.precision --chunks {args.chunks} --sets {args.sets}",
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "wall_seconds": round(time.perf_counter() - t0, 1),
+            "machine": {
+                "nproc": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or 0),
+                "cpu": cpu_model(),
+                "python": platform.python_version(),
+                "loadavg_before": [round(x, 2) for x in loadavg_before],
+                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            },
+        }
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "precision.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report, args.out / "precision.md")
+    print((args.out / "precision.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
