@@ -205,6 +205,7 @@ class FlatIndex(FaissIndex):
     kind = "flat"
 
     def _create(self, n: int, sample: np.ndarray) -> None:
+        inner: Any
         if self.settings.vector_precision == "fp16":
             qt = faiss.ScalarQuantizer.QT_fp16
             inner = faiss.IndexScalarQuantizer(self.dim, qt, faiss.METRIC_INNER_PRODUCT)
