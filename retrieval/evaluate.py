@@ -103,7 +103,10 @@ def evaluate(
     latencies = []
     for qid, text in dataset.queries.items():
         t0 = time.perf_counter()
-        hits = collection.search(text, k=min(2 * depth, 1000), mode=mode, fusion=fusion)
+        # An empty query (DisflQA holds one) finds nothing and counts as a miss; search refuses it.
+        hits = []
+        if text.strip():
+            hits = collection.search(text, k=min(2 * depth, 1000), mode=mode, fusion=fusion)
         latencies.append((time.perf_counter() - t0) * 1000)
         ranked = list(dict.fromkeys(h.document_id for h in hits))[:depth]
         rels = dataset.qrels[qid]

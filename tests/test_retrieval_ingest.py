@@ -184,6 +184,21 @@ def test_cli_eval_retrieval_compare_json_table_and_plot(cli, tmp_path: Path) -> 
     assert "0 added" in out and "16 unchanged" in out
 
 
+def test_an_empty_query_in_a_set_counts_as_a_miss(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    """DisflQA holds a query with no text: the evaluation scores it 0 instead of stopping."""
+    beir = tmp_path / "beir"
+    shutil.copytree(FIXTURES / "beir", beir)
+    with (beir / "queries.jsonl").open("a") as fh:
+        fh.write(json.dumps({"_id": "q-empty", "text": "  "}) + "\n")
+    with (beir / "qrels" / "test.tsv").open("a") as fh:
+        fh.write("q-empty\td1\t1\n")
+    r = cli("eval", "retrieval", "--dataset", beir, "--mode", "dense", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    [result] = report["results"]
+    assert report["queries"] == 17 and result["recall@100"] == round(16 / 17, 4)
+
+
 WRITER = textwrap.dedent(
     """
     import sys
