@@ -29,6 +29,20 @@ def machine() -> dict[str, object]:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "mem_gib": mem_gib()}
 
 
+def machine_with_load(loadavg_before: tuple[float, float, float]) -> dict[str, object]:
+    """The machine block of the retrieval benchmarks: cores, CPU, Python and the load averages
+    before the run (taken by the caller) and now, so a noisy run shows on its own record."""
+    import os
+
+    return {
+        "nproc": len(os.sched_getaffinity(0)),  # what `nproc` prints: the cores this process may use
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "loadavg_before": [round(x, 2) for x in loadavg_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def write_result(results: Path, name: str, record: dict[str, object], markdown: str) -> None:
     """bench/results/NAME.json and NAME.md, and the Markdown on stdout."""
     import json

@@ -20,8 +20,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.machine import cpu_model  # noqa: E402
+from bench.machine import machine_with_load  # noqa: E402
 from bench.retrieval import (  # noqa: E402
     RESULTS,
     SyntheticDocs,
@@ -191,13 +189,7 @@ def main() -> None:
             "command": f"python -m bench.precision --chunks {args.chunks} --sets {args.sets}",
             "date": dt.datetime.now().isoformat(timespec="seconds"),
             "wall_seconds": round(time.perf_counter() - t0, 1),
-            "machine": {
-                "nproc": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or 0),
-                "cpu": cpu_model(),
-                "python": platform.python_version(),
-                "loadavg_before": [round(x, 2) for x in loadavg_before],
-                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-            },
+            "machine": machine_with_load(loadavg_before),
         }
     )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -24,12 +24,10 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
 import re
 import resource
 import shutil
 import sqlite3
-import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -42,7 +40,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.machine import cpu_model  # noqa: E402
+from bench.machine import machine_with_load  # noqa: E402
 from retrieval import Document, Library  # noqa: E402
 from retrieval.chunking import split_document  # noqa: E402
 from retrieval.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder, resolve_model_path  # noqa: E402
@@ -450,13 +448,7 @@ def main() -> None:
             "date": dt.datetime.now().isoformat(timespec="seconds"),
             "dataset": str(args.dataset),
             "wall_seconds": round(wall, 1),
-            "machine": {
-                "nproc": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or 0),
-                "cpu": cpu_model(),
-                "python": platform.python_version(),
-                "loadavg_before": [round(x, 2) for x in loadavg_before],
-                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-            },
+            "machine": machine_with_load(loadavg_before),
             "peer_reference": "DESIGN.md: LlamaIndex 0.14 over the same model+FAISS measured 26-27 docs/s "
             "ingest, "
             "top-5 query p50 16.1 ms (1.4k vectors); not re-run here",
