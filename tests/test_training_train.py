@@ -229,3 +229,24 @@ def test_an_adapter_that_did_not_learn_is_flagged_and_refused_with_strict(
     assert "step 2/2" in err and "expected:" in err and "got     :" in err
     manifest = json.loads((dest / "ragtune-adapter.json").read_text())
     assert manifest["eval_metrics"]["learned"] is False
+
+
+def test_layers_adapts_only_the_top_decoder_layers(base_model: Path, tmp_path: Path):
+    from core.adapters import read_safetensors_header
+
+    dest = train(
+        TINY,
+        "top",
+        base_model=base_model,
+        adapters_dir=tmp_path,
+        settings=tiny_settings(layers=2, max_steps=1, eval_split=0.0),
+        progress=False,
+    )
+    depth = json.loads((base_model / "config.json").read_text())["num_hidden_layers"]
+    header = read_safetensors_header(dest / "adapter_model.safetensors")
+    layers = {int(k.split(".layers.")[1].split(".")[0]) for k in header if ".layers." in k}
+    assert layers == {depth - 2, depth - 1}
+    assert json.loads((dest / "ragtune-adapter.json").read_text())["layers"] == 2
+    inspect_adapter(dest, base_model_path=base_model, max_lora_rank=16)  # still a servable adapter
+    with pytest.raises(TrainError, match=f"--layers 99: the base model has {depth} decoder layers"):
+        train(TINY, "x", base_model=base_model, adapters_dir=tmp_path, settings=tiny_settings(layers=99))

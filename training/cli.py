@@ -89,6 +89,9 @@ def train_command(
     target_modules: Annotated[
         str | None, Opt("--target-modules", help="comma-separated module names")
     ] = None,
+    layers: Annotated[
+        int | None, Opt("--layers", help="LoRA on the last N decoder layers only (faster; default: all)")
+    ] = None,
     max_seq_len: Annotated[
         int | None, Opt("--max-seq-len", help="longer examples are cut (or skipped)")
     ] = None,
@@ -131,6 +134,7 @@ def train_command(
         "target_modules": [t.strip() for t in target_modules.split(",") if t.strip()]
         if target_modules
         else None,
+        "layers": layers,
         "max_seq_len": max_seq_len,
         "too_long": too_long,
         "batch_size": batch_size,

@@ -70,7 +70,11 @@ def lora_model(base_model: Path, s: TrainingSettings, hw: Hardware) -> Any:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[hw.precision]
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
     model.config.use_cache = False
+    depth = int(model.config.num_hidden_layers)
+    if s.layers is not None and s.layers > depth:
+        raise TrainError(f"--layers {s.layers}: the base model has {depth} decoder layers", param="layers")
     lora = LoraConfig(
+        layers_to_transform=list(range(depth - s.layers, depth)) if s.layers else None,
         r=s.rank,
         lora_alpha=s.alpha,
         lora_dropout=s.dropout,

@@ -32,6 +32,12 @@ class TrainingSettings(BaseModel):
             "down_proj",
         ]
     )
+    layers: int | None = Field(
+        None,
+        ge=1,
+        description="LoRA on the last N decoder layers only (None: all). The backward pass stops at "
+        "the lowest adapted layer, so half the layers train about 1.4x faster on a CPU",
+    )
     max_seq_len: int = Field(1024, ge=32)
     too_long: Literal["truncate", "skip"] = Field(
         "truncate", description="what to do with examples longer than max_seq_len (both are counted)"

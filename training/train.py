@@ -259,6 +259,7 @@ def train(
         "rank": s.rank,
         "alpha": s.alpha,
         "target_modules": sorted(s.target_modules),
+        "layers": s.layers,
         "data": str(data),
         "data_fingerprint": prep.data_fp,
         "collection": collection,
