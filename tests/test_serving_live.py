@@ -7,6 +7,7 @@ import re
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -109,6 +110,59 @@ def test_adapter_changes_output(live_server: LiveServer) -> None:
     base = greedy(client, BASE, FRANCE).choices[0].message.content
     styled = greedy(client, "style", FRANCE).choices[0].message.content
     assert styled != base
+
+
+LONG = [
+    {
+        "role": "user",
+        "content": " ".join(f"Line {i} of the ledger records {i * 7} crates of tea." for i in range(40))
+        + " How many crates does line 12 record?",
+    }
+]
+
+
+def _transformers_greedy(base: Path, adapter: Path | None, messages: list[dict], tokens: int) -> str:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from serving.engine import resolved_dtype
+
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, resolved_dtype("auto")))
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.eval().generate(**ids, max_new_tokens=tokens, do_sample=False)
+    return tok.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def test_adapter_answers_match_transformers_in_a_mixed_batch(
+    live_server: LiveServer, base_model: Path
+) -> None:
+    """The engine's LoRA (ragtune's grouped CPU ops, serving/lora_cpu.py) gives PEFT's greedy
+    tokens, for a long prefill and with base-model requests in the same batch."""
+    client = live_server.client()
+    asks = [(BASE, LONG), ("style", LONG), (BASE, FRANCE), ("style", FRANCE)] * 2
+    with ThreadPoolExecutor(len(asks)) as pool:  # in flight together: one batch, mixed adapters
+        replies = list(
+            pool.map(
+                lambda a: (
+                    client.chat.completions.create(model=a[0], messages=a[1], temperature=0, max_tokens=12)
+                    .choices[0]
+                    .message.content
+                ),
+                asks,
+            )
+        )
+    for (model, messages), reply in zip(asks, replies, strict=True):
+        adapter = live_server.adapters_dir / "style" if model == "style" else None
+        assert reply == _transformers_greedy(base_model, adapter, messages, 12), (
+            model,
+            messages[0]["content"][-40:],
+        )
 
 
 def test_document_fact_is_answered_cited_then_forgotten(live_server: LiveServer) -> None:
