@@ -204,6 +204,21 @@ async def resolve_models(client: httpx.AsyncClient, models: list[str]) -> dict[s
     return out
 
 
+async def model_versions(client: httpx.AsyncClient, names: dict[str, str]) -> dict[str, str]:
+    """What each model answers with now: an adapter's content fingerprint, a profile's adapter's
+    (or `base`). Answers recorded under another version are asked again, so a retrained adapter
+    is never scored with its predecessor's answers."""
+    cards = {m["id"]: m for m in (await _call(client, "GET", "/v1/models"))["data"]}
+    adapters = (await _call(client, "GET", "/v1/adapters"))["data"]
+    prints = {a["name"]: a.get("fingerprint", "") for a in adapters}
+    out = {}
+    for name, served in names.items():
+        card = cards.get(served, {})
+        adapter = served if card.get("kind") == "adapter" else card.get("parent")
+        out[name] = prints.get(adapter or "", "") or "base"
+    return out
+
+
 async def ask(
     client: httpx.AsyncClient, *, model: str, question: str, rag: dict | bool, max_tokens: int
 ) -> dict[str, Any]:
@@ -324,6 +339,7 @@ async def run_qa_eval(
     if not questions:
         raise EvalError(f"no questions in the {opts.split!r} split of {dataset}", param="dataset")
     names = await resolve_models(client, opts.models)
+    versions = await model_versions(client, names)
     configs = [Config(m, r) for m in opts.models for r in opts.rag]
     collection = opts.collection or f"qa-{qa.name}".lower()[:60]
     state = CollectionState(client, collection, qa, owned=opts.collection is None)
@@ -340,7 +356,7 @@ async def run_qa_eval(
                 row = json.loads(line)
             except ValueError:
                 continue  # a line cut by an interruption
-            if row.get("run") == run:
+            if row.get("run") == run and row.get("version") == versions.get(row.get("model")):
                 done[(row["phase"], row["config"], row["qid"])] = row
     results_file.parent.mkdir(parents=True, exist_ok=True)
     sink = results_file.open("a")
@@ -357,7 +373,17 @@ async def run_qa_eval(
             got = await ask(
                 client, model=names[cfg.model], question=q.text, rag=rag, max_tokens=opts.max_tokens
             )
-        row = {"run": run, "phase": phase, "config": cfg.label, "rag": cfg.rag, "qid": q.id, **extra, **got}
+        row = {
+            "run": run,
+            "phase": phase,
+            "config": cfg.label,
+            "model": cfg.model,
+            "version": versions[cfg.model],
+            "rag": cfg.rag,
+            "qid": q.id,
+            **extra,
+            **got,
+        }
         done[key] = row
         sink.write(json.dumps(row, ensure_ascii=False) + "\n")
         sink.flush()
@@ -412,17 +438,17 @@ def summarize_file(results_file: Path, dataset: Path, opts: QAEvalOptions) -> di
     """What an interrupted run finished: the summary over the answers already on disk."""
     qa = load_qa_set(dataset)
     run = _run_key(dataset, opts)
-    rows = []
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
     if results_file.exists():
         for line in results_file.read_text().splitlines():
             try:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if row.get("run") == run:
-                rows.append(row)
+            if row.get("run") == run:  # a later answer (a retrained model's) replaces an earlier one
+                latest[(row["phase"], row["config"], row["qid"])] = row
     return {
         "dataset": str(dataset),
         "partial": True,
-        "configs": summarize(rows, qa, load_behaviour_scorer(dataset)),
+        "configs": summarize(list(latest.values()), qa, load_behaviour_scorer(dataset)),
     }

@@ -159,6 +159,12 @@ def test_eval_qa_scores_answers_grounding_and_abstention_and_resumes(app_client,
     # A rerun resumes from the answers file: nothing is asked again, the summary is the same.
     again = asyncio.run(_run(app, opts, answers))
     assert engine.calls == asked and again["configs"] == summary["configs"]
+    # Answers recorded by another version of the model (a retrained adapter has a new
+    # fingerprint) are not reused: everything is asked again.
+    assert {row["version"] for row in rows} == {"base"}
+    answers.write_text("".join(json.dumps({**row, "version": "0123456789abcdef"}) + "\n" for row in rows))
+    third = asyncio.run(_run(app, opts, answers))
+    assert engine.calls == 2 * asked and third["configs"] == summary["configs"]
 
 
 def test_eval_qa_refuses_an_unknown_model_before_asking(app_client, tmp_path: Path):

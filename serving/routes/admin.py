@@ -25,6 +25,7 @@ def _adapter_json(entry: LoadedAdapter) -> dict[str, Any]:
         "name": entry.name,
         "path": str(entry.ref.path),
         "version": entry.ref.version,
+        "fingerprint": entry.ref.fingerprint,
         "rank": info.rank,
         "alpha": info.alpha,
         "target_modules": info.target_modules,
