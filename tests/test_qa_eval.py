@@ -164,7 +164,12 @@ def test_eval_qa_scores_answers_grounding_and_abstention_and_resumes(app_client,
     assert {row["version"] for row in rows} == {"base"}
     answers.write_text("".join(json.dumps({**row, "version": "0123456789abcdef"}) + "\n" for row in rows))
     third = asyncio.run(_run(app, opts, answers))
-    assert engine.calls == 2 * asked and third["configs"] == summary["configs"]
+    assert engine.calls == 2 * asked
+
+    def scores(result: dict) -> dict:  # the new answers' latencies differ; every score is the same
+        return {c: {k: v for k, v in m.items() if "latency" not in k} for c, m in result["configs"].items()}
+
+    assert scores(third) == scores(summary)
 
 
 def test_eval_qa_refuses_an_unknown_model_before_asking(app_client, tmp_path: Path):
