@@ -151,9 +151,9 @@ class VllmEngine:
         if settings.kv_cache_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-        # Grouped LoRA matmuls on CPU (serving/lora_cpu.py, a vLLM plugin); the engine core
-        # process inherits the variable. RAGTUNE_CPU_LORA_OPS=0 keeps vLLM's own ops.
-        os.environ.setdefault(LORA_OPS_ENV, "1")
+        # Grouped LoRA matmuls on CPU (serving/lora_cpu.py, a vLLM plugin): vLLM's processes
+        # read the choice from this variable, which the engine core process inherits.
+        os.environ[LORA_OPS_ENV] = "1" if settings.cpu_lora_ops else "0"
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 

@@ -12,8 +12,9 @@ get no LoRA term, as in vLLM's GPU kernels (the gather picked the last slot for 
 
 vLLM loads general plugins in every process it starts, including its engine core, which is
 where the model runs. The patch is applied only where ragtune asked for it: `VllmEngine` sets
-RAGTUNE_CPU_LORA_OPS=1 before the engine starts (its child processes inherit it), so a plain
-vLLM server in the same environment stays as vLLM ships it unless that variable is set.
+RAGTUNE_CPU_LORA_OPS=1 before the engine starts (from the setting `engine.cpu_lora_ops`, on by
+default; its child processes inherit the variable), so a plain vLLM server in the same
+environment stays as vLLM ships it unless that variable is set for it.
 """
 
 from __future__ import annotations

@@ -37,6 +37,8 @@ ENV_PREFIX = "RAGTUNE_"
 CONFIG_ENV = "RAGTUNE_CONFIG"
 # Read by the clients (`ragtune chat`, `ragtune eval qa --server`), not settings of a server.
 CLIENT_ENV = (CONFIG_ENV, "RAGTUNE_API_KEY", "RAGTUNE_SERVER")
+# Set by the engine for vLLM's processes (from engine.cpu_lora_ops), not a setting of its own.
+INTERNAL_ENV = ("RAGTUNE_CPU_LORA_OPS",)
 DEFAULT_CONFIG = Path("ragtune.yaml")
 _config_path: ContextVar[Path | None] = ContextVar("ragtune_config_path", default=None)
 
@@ -64,6 +66,11 @@ class EngineSettings(BaseModel):
     enable_lora: bool = True
     max_loras: int = Field(4, ge=1, description="adapters in one batch")
     max_lora_rank: int = Field(16, ge=1)
+    cpu_lora_ops: bool = Field(
+        True,
+        description="on CPU, ragtune's grouped LoRA matmuls (serving/lora_cpu.py) instead of vLLM's "
+        "per-token ones: same numbers, several times faster for long prompts",
+    )
     max_cpu_loras: int = Field(8, ge=1, description="adapters cached in host memory")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one copy of the model spans")
     data_parallel_size: int = Field(1, ge=1, description="copies of the model, each on its own GPUs")
@@ -291,7 +298,7 @@ def _env_name(loc: tuple[Any, ...]) -> str:
 def _check_env_names(environ: dict[str, str]) -> None:
     """pydantic-settings ignores unknown RAGTUNE_* variables; a typo should not pass silently."""
     for name in environ:
-        if not name.startswith(ENV_PREFIX) or name in CLIENT_ENV:
+        if not name.startswith(ENV_PREFIX) or name in CLIENT_ENV or name in INTERNAL_ENV:
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         model: type[BaseModel] = Settings

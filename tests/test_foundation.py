@@ -57,6 +57,13 @@ def test_the_clients_variables_are_not_server_settings(monkeypatch: pytest.Monke
         load_settings()
 
 
+def test_the_engines_own_lora_ops_variable_is_not_a_typo(monkeypatch: pytest.MonkeyPatch) -> None:
+    # VllmEngine sets it for vLLM's processes; settings read later in the same process accept it.
+    monkeypatch.setenv("RAGTUNE_CPU_LORA_OPS", "1")
+    monkeypatch.setenv("RAGTUNE_ENGINE__CPU_LORA_OPS", "false")
+    assert load_settings().engine.cpu_lora_ops is False
+
+
 def test_bad_value_names_variable_and_accepted_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAGTUNE_RETRIEVAL__MODE", "fuzzy")
     with pytest.raises(SettingsError, match=r"RAGTUNE_RETRIEVAL__MODE.*'dense', 'sparse' or 'hybrid'"):
