@@ -19,6 +19,7 @@ environment stays as vLLM ships it unless that variable is set for it.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -109,7 +110,5 @@ def register() -> None:
         for name, fn in REPLACED.items():
             if hasattr(module, name):
                 setattr(module, name, fn)
-    import logging
-
     # Under vLLM's logger, so it shows in the engine's log once per process.
     logging.getLogger("vllm.ragtune").info("ragtune: grouped LoRA ops on CPU (%s=1)", ENV)
