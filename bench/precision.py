@@ -40,7 +40,8 @@ from bench.retrieval import (  # noqa: E402
     synthetic_texts,
 )
 from retrieval import Library  # noqa: E402
-from retrieval.embedder import DEFAULT_EMBEDDER, load_embedder  # noqa: E402
+from retrieval.embed_backends import load_embedder  # noqa: E402
+from retrieval.embedder import DEFAULT_EMBEDDER  # noqa: E402
 from retrieval.evaluate import evaluate, load_dataset  # noqa: E402
 from retrieval.ingest import load_beir, upsert_batches  # noqa: E402
 
@@ -168,7 +169,7 @@ def main() -> None:
     args = parser.parse_args()
     sets = [Path(s) for s in args.sets.split(",") if s]
     loadavg_before = os.getloadavg()
-    real = load_embedder(DEFAULT_EMBEDDER, dtype="auto")
+    real = load_embedder(DEFAULT_EMBEDDER, backend="torch", dtype="auto")
     report: dict[str, Any] = {"quality": {}}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ragtune-precision-") as tmp:

@@ -43,7 +43,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from bench.machine import machine_with_load  # noqa: E402
 from retrieval import Document, Library  # noqa: E402
 from retrieval.chunking import split_document  # noqa: E402
-from retrieval.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder, resolve_model_path  # noqa: E402
+from retrieval.embed_backends import load_embedder  # noqa: E402
+from retrieval.embedder import DEFAULT_EMBEDDER, Embedder, resolve_model_path  # noqa: E402
 from retrieval.evaluate import evaluate, load_dataset  # noqa: E402
 from retrieval.ingest import load_beir, upsert_batches  # noqa: E402
 from retrieval.settings import RetrievalSettings  # noqa: E402
@@ -148,7 +149,7 @@ def bench_ingest(docs: list[Document], work: Path, data: Any) -> dict[str, Any]:
         for mode in ("dense", "hybrid"):
             quality[f"bf16_{mode}_ndcg@10"] = evaluate(c, data, mode=mode)["ndcg@10"]
     lib.close()
-    fp32 = load_embedder(DEFAULT_EMBEDDER, dtype="fp32")
+    fp32 = load_embedder(DEFAULT_EMBEDDER, backend="torch", dtype="fp32")
     lib = Library(work / "fp32", settings(embed_dtype="fp32"), embedders={DEFAULT_EMBEDDER: fp32})
     c = lib.create("corpus")
     t0 = time.perf_counter()
@@ -165,7 +166,7 @@ def bench_ingest(docs: list[Document], work: Path, data: Any) -> dict[str, Any]:
     out["ingest"] = {
         "documents": len(docs),
         "chunks": chunks,
-        "embed_dtype": bf16.dtype,
+        "embed_dtype": bf16.label,
         "ragtune_seconds": round((first + second) / 2, 2),
         "ragtune_seconds_runs": [round(first, 2), round(second, 2)],
         "ragtune_chunks_per_s": round(2 * chunks / (first + second), 1),

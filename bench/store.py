@@ -38,7 +38,8 @@ import numpy as np
 
 from bench.machine import cpu_model, mem_gib
 from retrieval import Collection, Document, Library
-from retrieval.embedder import Embedder, load_embedder
+from retrieval.embed_backends import load_embedder
+from retrieval.embedder import Embedder
 from retrieval.ingest import load_beir
 from retrieval.settings import RetrievalSettings
 
@@ -181,7 +182,7 @@ def main() -> None:
     corpus = list(load_beir(args.dataset / "corpus.jsonl"))
     docs, extra = corpus[: args.docs], corpus[args.docs : args.docs + args.replica_writes]
     queries = [json.loads(line)["text"] for line in (args.dataset / "queries.jsonl").open()]
-    memo = Memo(load_embedder(EMBEDDER, dtype="auto"))
+    memo = Memo(load_embedder(EMBEDDER, backend="torch", dtype="auto"))
     server = pg_server.start(fsync=True)
     work = Path(tempfile.mkdtemp(prefix="ragtune-bench-store-"))
     load_before = os.getloadavg()

@@ -433,7 +433,7 @@ def eval_retrieval_command(
         "chunks": stats["chunks"],
         "queries": len(data.queries),
         "embedder": stats["embedder"],
-        "embed_dtype": c.embedder.dtype,
+        "embed_backend": c.embedder.label,
         "index_type": stats["index_type"],
         "default_fusion": settings.fusion,
         "ingest": {**totals, "skipped_empty": len(everything) - len(docs), "seconds": round(ingest_s, 2)},

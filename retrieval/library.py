@@ -16,7 +16,8 @@ from core.errors import CollectionNotFound, RagtuneError
 from core.names import NAME_PATTERN
 from retrieval.collection import Collection
 from retrieval.documents import check_chunking
-from retrieval.embedder import Embedder, load_embedder
+from retrieval.embed_backends import load_embedder
+from retrieval.embedder import Embedder
 from retrieval.settings import IndexType, RetrievalSettings
 from retrieval.storage import Backend, hide_password
 
@@ -71,7 +72,11 @@ class Library:
         with self._lock:
             if name not in self._embedders:
                 self._embedders[name] = load_embedder(
-                    name, dtype=self.settings.embed_dtype, query_cache_size=self.settings.query_cache_size
+                    name,
+                    backend=self.settings.embed_backend,
+                    dtype=self.settings.embed_dtype,
+                    cache_dir=self.settings.embed_cache,
+                    query_cache_size=self.settings.query_cache_size,
                 )
             return self._embedders[name]
 
@@ -101,6 +106,8 @@ class Library:
                 {
                     "embedder": model.id,
                     "dimension": model.dimension,
+                    # Any backend may search the collection later; the weights must be the same.
+                    **({"embedder_fingerprint": model.fingerprint} if model.fingerprint else {}),
                     "index_type": index_type,
                     "chunk_tokens": tokens,
                     "chunk_overlap": overlap,

