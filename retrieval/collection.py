@@ -336,12 +336,12 @@ class Collection:
                 if not len(allowed):
                     with self.store.reading() as txn:
                         txn.check_fields(filter, self.name)  # a typo is an error, not "no hits"
-            if isinstance(qvec, Future):
-                qvec = qvec.result()
             with self._idx.rw.read():
                 searched_at = self._idx.version
                 dense: list[tuple[int, float]] = []
                 sparse = self._idx.sparse.search(terms, depth, allowed) if terms else []
+                if isinstance(qvec, Future):  # BM25 ran while the query was embedded
+                    qvec = qvec.result()
                 if qvec is not None:
                     scores, ids = self._idx.vectors.search(qvec, depth, allowed)
                     dense = list(zip(ids.tolist(), scores.tolist(), strict=True))
