@@ -1,16 +1,18 @@
-"""fp32 against fp16 vectors in the flat index: query latency at scale, and ranking quality.
+"""fp32, fp16 and bf16 vectors in the flat index: query latency at scale, and ranking quality.
 
     .venv/bin/python -m bench.precision [--chunks 100000] [--sets DIR,DIR,...]
 
 Side by side in one run:
 (a) one synthetic collection of `--chunks` chunks (bench.retrieval's: texts drawn from the first
-    set's word frequencies, vectors = its real chunk vectors plus noise), opened A B B A (fp32,
-    fp16, fp16, fp32). Each open with the other precision rebuilds the flat index from the
+    set's word frequencies, vectors = its real chunk vectors plus noise), opened A B C C B A (fp32,
+    fp16, bf16, bf16, fp16, fp32). Each open with another precision rebuilds the flat index from the
     stored vectors. Per open: hybrid and dense p50 / p99 with the query embedding included
     (every query distinct, cache cleared), hybrid with the query embedding cached, the index's
     memory. Queries: the first set's real ones, embedded for real.
 (b) on each set (the real embedder over its corpus): nDCG@10 and R@10 of dense and hybrid
-    search, fp32 and fp16, on one collection.
+    search in each precision, on one collection.
+The embedder is the default one (`embed_backend` and `embed_query_backend` 'auto'), so the query
+embedding is what a server on this machine would run.
 Writes bench/results/precision.json and bench/results/precision.md.
 """
 
@@ -35,18 +37,19 @@ from bench.retrieval import (  # noqa: E402
     RESULTS,
     SyntheticDocs,
     build_synthetic,
+    default_embedder,
     measure_queries,
     settings,
     synthetic_texts,
 )
 from retrieval import Library  # noqa: E402
-from retrieval.embed_backends import load_embedder  # noqa: E402
 from retrieval.embedder import DEFAULT_EMBEDDER  # noqa: E402
 from retrieval.evaluate import evaluate, load_dataset  # noqa: E402
 from retrieval.ingest import load_beir, upsert_batches  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-ORDER = ("fp32", "fp16", "fp16", "fp32")  # A B B A
+PRECISIONS = ("fp32", "fp16", "bf16")
+ORDER = PRECISIONS + PRECISIONS[::-1]  # A B C C B A
 
 
 def quality(root: Path, dataset: Path, embedder: Any) -> tuple[dict[str, Any], np.ndarray]:
@@ -60,7 +63,7 @@ def quality(root: Path, dataset: Path, embedder: Any) -> tuple[dict[str, Any], n
     pool = np.frombuffer(b"".join(r[0] for r in conn.execute("SELECT embedding FROM chunks")), np.float32)
     lib.close()
     out: dict[str, Any] = {"queries": len(data.queries)}
-    for precision in ("fp32", "fp16"):
+    for precision in PRECISIONS:
         lib = Library(root, settings(vector_precision=precision), embedders={DEFAULT_EMBEDDER: embedder})
         c = lib.open("corpus")
         for mode in ("dense", "hybrid"):
@@ -72,7 +75,7 @@ def quality(root: Path, dataset: Path, embedder: Any) -> tuple[dict[str, Any], n
 
 def latency(root: Path, texts: list[str], queries: list[str], synthetic: SyntheticDocs) -> dict[str, Any]:
     build_s = build_synthetic(root, "syn", texts, synthetic)
-    runs: dict[str, list[dict[str, Any]]] = {"fp32": [], "fp16": []}
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in PRECISIONS}
     for precision in ORDER:
         t0 = time.perf_counter()
         lib = Library(root, settings(vector_precision=precision), embedders={DEFAULT_EMBEDDER: synthetic})
@@ -102,21 +105,21 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     lat = report["latency"]
     runs = lat["runs"]
     lines = [
-        "# Flat index vectors in fp32 and fp16",
+        "# Flat index vectors in fp32, fp16 and bf16",
         "",
         f"`{report['command']}` on {report['date']}: {report['machine']['cpu']}, "
         f"{report['machine']['nproc']} cores, load average {report['machine']['loadavg_before']} before, "
-        f"{report['machine']['loadavg_after']} after.",
+        f"{report['machine']['loadavg_after']} after. Embedder: {report['embedder']}.",
         "",
         f"## Query latency at {lat['chunks']:,} chunks",
         "",
-        "Milliseconds; opened A B B A, each row the mean of its two opens.",
+        "Milliseconds; opened A B C C B A, each row the mean of its two opens.",
         "",
         "| vectors | hybrid p50 / p99 | dense p50 / p99 | sparse p50 | query embedding p50 "
         "| hybrid, cached query p50 | index memory MiB |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for precision in ("fp32", "fp16"):
+    for precision in PRECISIONS:
         r = runs[precision]
         mem = r[0]["index_memory_bytes"] / 2**20
         lines.append(
@@ -124,33 +127,36 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             f"| {mean_of(r, 'dense')} / {mean_of(r, 'dense', 'p99_ms')} | {mean_of(r, 'sparse')} "
             f"| {mean_of(r, 'query_embedding')} | {mean_of(r, 'hybrid_cached_query')} | {mem:.0f} |"
         )
-    ratio = {
-        k: round(mean_of(runs["fp16"], k) / mean_of(runs["fp32"], k), 2)
-        for k in ("hybrid", "dense", "hybrid_cached_query")
-    }
+    for half in PRECISIONS[1:]:
+        ratio = {
+            k: round(mean_of(runs[half], k) / mean_of(runs["fp32"], k), 2)
+            for k in ("hybrid", "dense", "hybrid_cached_query")
+        }
+        lines += [
+            "",
+            f"{half} / fp32 p50: hybrid {ratio['hybrid']}, dense {ratio['dense']}, "
+            f"hybrid with a cached query {ratio['hybrid_cached_query']}.",
+        ]
+    seen = dict.fromkeys(PRECISIONS, 0)
+    opens = []
+    for p in ORDER:
+        r = runs[p][seen[p]]
+        seen[p] += 1
+        opens.append(f"{p} hybrid p50 {r['hybrid']['p50_ms']} ms, dense {r['dense']['p50_ms']} ms")
     lines += [
         "",
-        f"fp16 / fp32 p50: hybrid {ratio['hybrid']}, dense {ratio['dense']}, "
-        f"hybrid with a cached query {ratio['hybrid_cached_query']}.",
-        "",
-        "Every open, in order: "
-        + "; ".join(
-            f"{p} hybrid p50 {r['hybrid']['p50_ms']} ms, dense {r['dense']['p50_ms']} ms"
-            for p, r in zip(
-                ORDER, [runs["fp32"][0], runs["fp16"][0], runs["fp16"][1], runs["fp32"][1]], strict=True
-            )
-        )
-        + ".",
+        "Every open, in order: " + "; ".join(opens) + ".",
         "",
         "## Ranking quality",
         "",
-        "| set | queries | dense nDCG@10 fp32 / fp16 | dense R@10 fp32 / fp16 "
-        "| hybrid nDCG@10 fp32 / fp16 | hybrid R@10 fp32 / fp16 |",
+        "Each cell: " + " / ".join(PRECISIONS) + ".",
+        "",
+        "| set | queries | dense nDCG@10 | dense R@10 | hybrid nDCG@10 | hybrid R@10 |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, q in report["quality"].items():
         cells = [
-            f"{q[f'{mode}_fp32'][metric]:.4f} / {q[f'{mode}_fp16'][metric]:.4f}"
+            " / ".join(f"{q[f'{mode}_{p}'][metric]:.4f}" for p in PRECISIONS)
             for mode in ("dense", "hybrid")
             for metric in ("ndcg@10", "recall@10")
         ]
@@ -169,8 +175,8 @@ def main() -> None:
     args = parser.parse_args()
     sets = [Path(s) for s in args.sets.split(",") if s]
     loadavg_before = os.getloadavg()
-    real = load_embedder(DEFAULT_EMBEDDER, backend="torch", dtype="auto")
-    report: dict[str, Any] = {"quality": {}}
+    real = default_embedder()
+    report: dict[str, Any] = {"quality": {}, "embedder": real.label}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ragtune-precision-") as tmp:
         work = Path(tmp)

@@ -93,6 +93,14 @@ class SyntheticDocs(Embedder):
         return self.real.token_offsets(text)
 
 
+def default_embedder() -> Embedder:
+    """The embedder a server on this machine runs with the default settings."""
+    s = RetrievalSettings()
+    return load_embedder(
+        DEFAULT_EMBEDDER, backend=s.embed_backend, dtype=s.embed_dtype, query_backend=s.embed_query_backend
+    )
+
+
 def settings(**kw: Any) -> RetrievalSettings:
     return RetrievalSettings.model_validate({"snapshot_interval": 3600.0, **kw})
 
@@ -102,7 +110,7 @@ def bench_ingest(docs: list[Document], work: Path, data: Any) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer
 
     out: dict[str, Any] = {}
-    bf16 = load_embedder(DEFAULT_EMBEDDER, dtype="auto")
+    bf16 = default_embedder()
     cfg = settings()
     # The texts the collection embeds (title prefix included, each distinct text once): the
     # plain fp32 encode baseline gets exactly these.
@@ -260,7 +268,7 @@ def measure_queries(c: Any, queries: list[str], k: int = 5) -> dict[str, Any]:
 def bench_scale(
     docs: list[Document], queries: list[str], sizes: list[int], ann: bool, work: Path
 ) -> dict[str, Any]:
-    real = load_embedder(DEFAULT_EMBEDDER, dtype="auto")
+    real = default_embedder()
     pool_lib = Library(work / "bf16", settings(), embedders={DEFAULT_EMBEDDER: real})
     conn = pool_lib.open("corpus").store.reader()
     pool = np.frombuffer(b"".join(r[0] for r in conn.execute("SELECT embedding FROM chunks")), np.float32)

@@ -7,8 +7,10 @@ embedded by one is searched by another; what differs is speed and a little preci
 'auto' measures instead of guessing, because the fastest one depends on the CPU (bf16 is several
 times fp32 on a CPU with AMX, about 2x on one with AVX512-BF16 only; bench/results/embedders.md):
 each candidate embeds the same probe texts, timed A B B A, and the fastest whose vectors keep a
-cosine of at least `MIN_COSINE` to fp32 torch on every probe text wins. The choice is written
-beside the exported models, keyed by the model's hash and the machine, and reused.
+cosine of at least `MIN_COSINE` to fp32 torch on every probe text wins. A search's query may be
+embedded by another backend than the documents: the fastest single query within
+`MIN_QUERY_COSINE`. The choice is written beside the exported models, keyed by the model's hash
+and the machine, and reused.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +30,7 @@ import numpy as np
 from retrieval.embedder import (
     Dtype,
     Embedder,
+    EmbedderError,
     SentenceTransformerEmbedder,
     model_fingerprint,
     resolve_model_path,
@@ -35,10 +39,15 @@ from retrieval.onnx_embedder import default_cache, load_onnx
 
 logger = logging.getLogger(__name__)
 Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
+QueryBackend = Literal["same", "auto", "torch", "onnx", "onnx-int8"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "onnx-int8")
 # Measured on Cranfield (bench/results/embedders.md): a minimum cosine of 0.9999 (bf16) kept
 # dense nDCG@10 within 0.001 of fp32; 0.977 (dynamic int8) lost 0.008, more than the 0.005 we allow.
 MIN_COSINE = 0.995
+# A query's vector may be rougher: documents by bf16 and queries by dynamic int8 (least cosine
+# 0.985 on the probe) lost 0.0024 nDCG@10 on Cranfield and 0.0012 on DisflQA (bench/results/
+# embedders.md), at half the time per query.
+MIN_QUERY_COSINE = 0.98
 
 # Probe texts: plain prose of mixed topics and lengths (the timing needs realistic token counts,
 # the cosine check realistic words).
@@ -95,59 +104,131 @@ def load_embedder(
     *,
     backend: Backend = "auto",
     dtype: Dtype = "auto",
+    query_backend: QueryBackend = "same",
     cache_dir: Path | None = None,
     query_cache_size: int = 1024,
 ) -> Embedder:
-    """The embedder `name` on `backend`; an ONNX backend that cannot be had falls back to torch
-    (one log line says why); 'auto' picks by measurement, see the module's docstring."""
+    """The embedder `name` on `backend`, its queries on `query_backend`. An ONNX backend that
+    cannot be had falls back to torch (one log line says why); 'auto' picks by measurement (see
+    the module's docstring). 'auto' queries need `backend` 'auto'; otherwise they stay 'same'."""
     cache_dir = cache_dir or default_cache()
-    if backend == "torch":
-        return SentenceTransformerEmbedder(name, dtype=dtype, query_cache_size=query_cache_size)
+    if backend == "auto":
+        docs, queries = _auto(name, dtype=dtype, cache_dir=cache_dir, query_cache_size=query_cache_size)
+        if query_backend == "auto":
+            return _split(docs, queries)
+    else:
+        docs = _explicit(name, backend, dtype, cache_dir, query_cache_size)
+    if query_backend in ("same", "auto") or query_backend == docs.label:
+        return docs
+    return _split(docs, _explicit(name, query_backend, "auto", cache_dir, query_cache_size))
+
+
+def _explicit(name: str, backend: str, dtype: Dtype, cache_dir: Path, query_cache_size: int) -> Embedder:
     if backend in ("onnx", "onnx-int8"):
         onnx = load_onnx(name, variant=backend, cache_dir=cache_dir, query_cache_size=query_cache_size)
-        return onnx or SentenceTransformerEmbedder(name, dtype=dtype, query_cache_size=query_cache_size)
-    return _auto(name, dtype=dtype, cache_dir=cache_dir, query_cache_size=query_cache_size)
+        if onnx is not None:
+            return onnx
+    elif backend != "torch":
+        raise EmbedderError(f"unknown embedder backend {backend!r}; known: {', '.join(BACKENDS)}")
+    return SentenceTransformerEmbedder(name, dtype=dtype, query_cache_size=query_cache_size)
 
 
-def _auto(name: str, *, dtype: Dtype, cache_dir: Path, query_cache_size: int) -> Embedder:
+def _split(docs: Embedder, queries: Embedder) -> Embedder:
+    return docs if queries is docs or queries.label == docs.label else QuerySplitEmbedder(docs, queries)
+
+
+class QuerySplitEmbedder(Embedder):
+    """Documents embedded by one backend, single queries by another (of the same weights)."""
+
+    def __init__(self, docs: Embedder, queries: Embedder):
+        if docs.fingerprint != queries.fingerprint:
+            raise EmbedderError(f"query embedder {queries.label} has other weights than {docs.label}")
+        super().__init__(query_cache_size=queries._cache_size)
+        self.docs, self.queries = docs, queries
+        self.id, self.dimension, self.max_tokens, self.dtype = (
+            docs.id,
+            docs.dimension,
+            docs.max_tokens,
+            docs.dtype,
+        )
+        self.backend, self.fingerprint = docs.backend, docs.fingerprint
+
+    @property
+    def label(self) -> str:
+        return f"{self.docs.label}, queries {self.queries.label}"
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.docs._encode(texts)
+
+    def _encode_query(self, text: str) -> np.ndarray:
+        return self.queries._encode_query(text)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self.docs.count_tokens(texts)
+
+    def token_offsets(self, text: str) -> tuple[list[tuple[int, int]], list[bool]]:
+        return self.docs.token_offsets(text)
+
+
+def _auto(name: str, *, dtype: Dtype, cache_dir: Path, query_cache_size: int) -> tuple[Embedder, Embedder]:
+    """(documents' embedder, queries' embedder), measured once per machine and remembered."""
     folder = cache_dir / f"{Path(name).name}-{model_fingerprint(resolve_model_path(name))}"
     choices_file = folder / "choice.json"
     key = f"{machine_key()}|dtype={dtype}"
     choices = _read(choices_file)
     chosen = choices.get(key)
-    if chosen:
-        embedder = _load(chosen["backend"], name, chosen["dtype"], cache_dir, query_cache_size)
-        if embedder is not None:
-            logger.info("embedder %s: backend %s (measured earlier on this machine)", name, embedder.label)
-            return embedder
+    if chosen and "queries" in chosen:
+        docs = _load(chosen["backend"], name, chosen["dtype"], cache_dir, query_cache_size)
+        same = (chosen["queries"]["backend"], chosen["queries"]["dtype"]) == (
+            chosen["backend"],
+            chosen["dtype"],
+        )
+        queries = (
+            docs
+            if same
+            else _load(
+                chosen["queries"]["backend"], name, chosen["queries"]["dtype"], cache_dir, query_cache_size
+            )
+        )
+        if docs is not None and queries is not None:
+            logger.info(
+                "embedder %s: %s (measured earlier on this machine)", name, _split(docs, queries).label
+            )
+            return docs, queries
     measured = measure(name, dtype=dtype, cache_dir=cache_dir, query_cache_size=query_cache_size)
-    best = measured.best
-    choices[key] = {"backend": best.backend, "dtype": best.dtype, "measured": measured.summary()}
+    docs, queries = measured.best, measured.best_queries
+    choices[key] = {
+        "backend": docs.backend,
+        "dtype": docs.dtype,
+        "queries": {"backend": queries.backend, "dtype": queries.dtype},
+        "measured": measured.summary(),
+    }
     _write(choices_file, choices)
-    logger.info("embedder %s: backend %s, measured: %s", name, best.label, measured.line())
-    return best
+    logger.info("embedder %s: %s; measured: %s", name, _split(docs, queries).label, measured.line())
+    return docs, queries
 
 
 class Measured:
-    """Each candidate's seconds on the probe texts and its least cosine to fp32 torch."""
+    """Each candidate's seconds on the probe texts, its p50 for one query, and its least cosine to
+    fp32 torch; the best for documents (cosine >= MIN_COSINE) and for queries (>= MIN_QUERY_COSINE)."""
 
-    def __init__(self, rows: list[tuple[Embedder, float, float]]):
+    def __init__(self, rows: list[tuple[Embedder, float, float, float]]):
         self.rows = rows
-        base = next(s for e, s, _ in rows if e.label == "torch-fp32")
-        self.base = base
-        keeping = [(s, e) for e, s, c in rows if c >= MIN_COSINE]
-        self.best = min(keeping, key=lambda r: r[0])[1]
+        self.base = next(s for e, s, _, _ in rows if e.label == "torch-fp32")
+        self.best = min((r for r in rows if r[3] >= MIN_COSINE), key=lambda r: r[1])[0]
+        self.best_queries = min((r for r in rows if r[3] >= MIN_QUERY_COSINE), key=lambda r: r[2])[0]
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {
-            e.label: {"speedup": round(self.base / s, 2), "min_cosine": round(c, 4)} for e, s, c in self.rows
+            e.label: {"speedup": round(self.base / s, 2), "query_ms": round(q, 2), "min_cosine": round(c, 4)}
+            for e, s, q, c in self.rows
         }
 
     def line(self) -> str:
         parts = []
-        for e, s, c in self.rows:
-            note = "" if c >= MIN_COSINE else f", cosine {c:.3f} < {MIN_COSINE}: refused"
-            parts.append(f"{e.label} {self.base / s:.2f}x{note}")
+        for e, s, q, c in self.rows:
+            note = "" if c >= MIN_COSINE else f", cosine {c:.3f} < {MIN_COSINE}: not for documents"
+            parts.append(f"{e.label} {self.base / s:.2f}x, a query {q:.1f} ms{note}")
         return "; ".join(parts)
 
 
@@ -173,16 +254,23 @@ def measure(
         if onnx is not None:
             candidates.append(onnx)
     texts = probe_texts()
+    queries = [t for t in texts if len(t) < 200]  # one or two sentences: query-sized
     truth = reference.embed(texts)
     cosines = [float(np.min(np.sum(e.embed(texts) * truth, axis=1))) for e in candidates]  # also a warm-up
     seconds = [float("inf")] * len(candidates)
+    query_ms: list[list[float]] = [[] for _ in candidates]
     order = list(range(len(candidates)))
     for r in range(repeats):
         for i in order if r % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             candidates[i].embed(texts)
             seconds[i] = min(seconds[i], time.perf_counter() - start)
-    return Measured(list(zip(candidates, seconds, cosines, strict=True)))
+            for q in queries:  # the query path itself, past the cache
+                start = time.perf_counter()
+                candidates[i]._encode_query(q)
+                query_ms[i].append((time.perf_counter() - start) * 1000)
+    p50 = [float(np.median(q)) for q in query_ms]
+    return Measured(list(zip(candidates, seconds, p50, cosines, strict=True)))
 
 
 def _load(

@@ -75,6 +75,7 @@ class Library:
                     name,
                     backend=self.settings.embed_backend,
                     dtype=self.settings.embed_dtype,
+                    query_backend=self.settings.embed_query_backend,
                     cache_dir=self.settings.embed_cache,
                     query_cache_size=self.settings.query_cache_size,
                 )

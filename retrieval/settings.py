@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 SearchMode = Literal["dense", "sparse", "hybrid"]
 IndexType = Literal["flat", "hnsw", "ivf"]
 Fusion = Literal["convex", "rrf"]
-VectorPrecision = Literal["fp32", "fp16"]
+VectorPrecision = Literal["fp32", "fp16", "bf16"]
 
 
 class RetrievalSettings(BaseModel):
@@ -30,6 +30,12 @@ class RetrievalSettings(BaseModel):
         "once into embed_cache); 'auto' measures them once per machine and takes the fastest whose "
         "vectors stay within cosine 0.995 of fp32",
     )
+    embed_query_backend: Literal["same", "auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="the backend that embeds a search's query: 'same' as the documents, or any "
+        "backend; 'auto' (with embed_backend 'auto') takes the fastest single query whose vectors "
+        "stay within cosine 0.98 of fp32",
+    )
     embed_dtype: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="torch backend: 'auto' uses bf16 where the CPU has AMX or AVX512-BF16 "
@@ -45,9 +51,10 @@ class RetrievalSettings(BaseModel):
     chunk_overlap: int = Field(32, ge=0, description="overlap between chunks in tokens")
     index_type: IndexType = "flat"
     vector_precision: VectorPrecision = Field(
-        "fp32",
-        description="flat index: how this replica holds the vectors in memory; 'fp16' halves the "
-        "memory and the bytes a search reads (the store keeps fp32: changing it rebuilds the index)",
+        "bf16",
+        description="flat index: how this replica holds the vectors in memory; 'bf16' and 'fp16' "
+        "halve the memory and the bytes a search reads, 'fp32' is exact (the store keeps fp32: "
+        "changing it rebuilds the index without embedding); bench/results/precision.md",
     )
     top_k: int = Field(5, ge=1, le=100)
     mode: SearchMode = "hybrid"

@@ -196,19 +196,22 @@ class FaissIndex(ABC):
         return scores[0][keep], ids[0][keep]
 
 
+_HALF = {"fp16": faiss.ScalarQuantizer.QT_fp16, "bf16": faiss.ScalarQuantizer.QT_bf16}
+
+
 class FlatIndex(FaissIndex):
     """Exhaustive inner-product search; O(n) per query, exact deletes. The default.
 
-    `vector_precision` 'fp16' holds the vectors as half floats (FAISS's scalar quantizer):
+    `vector_precision` 'fp16' or 'bf16' holds the vectors in 16 bits (FAISS's scalar quantizer):
     a search reads half the bytes, and a single query is bound by that read."""
 
     kind = "flat"
 
     def _create(self, n: int, sample: np.ndarray) -> None:
         inner: Any
-        if self.settings.vector_precision == "fp16":
-            qt = faiss.ScalarQuantizer.QT_fp16
-            inner = faiss.IndexScalarQuantizer(self.dim, qt, faiss.METRIC_INNER_PRODUCT)
+        precision = self.settings.vector_precision
+        if precision in _HALF:
+            inner = faiss.IndexScalarQuantizer(self.dim, _HALF[precision], faiss.METRIC_INNER_PRODUCT)
         else:
             inner = faiss.IndexFlatIP(self.dim)
         self.index = faiss.IndexIDMap2(inner)
@@ -222,7 +225,7 @@ class FlatIndex(FaissIndex):
         return {"precision": self.settings.vector_precision}
 
     def memory_bytes(self) -> int:
-        width = 2 if self.settings.vector_precision == "fp16" else 4
+        width = 2 if self.settings.vector_precision in _HALF else 4
         return self.ntotal * (self.dim * width + 24)
 
 

@@ -14,7 +14,14 @@ from retrieval_fixtures import EMBEDDER, real_embedder, settings
 
 from core.errors import DimensionMismatch
 from retrieval import Document, Library, embed_backends, onnx_embedder
-from retrieval.embed_backends import MIN_COSINE, load_embedder, machine_key, probe_texts
+from retrieval.embed_backends import (
+    MIN_COSINE,
+    MIN_QUERY_COSINE,
+    QuerySplitEmbedder,
+    load_embedder,
+    machine_key,
+    probe_texts,
+)
 
 pytest.importorskip("onnxruntime")  # installed by `make install` (the 'onnx' extra)
 
@@ -110,25 +117,45 @@ def test_auto_measures_once_and_keeps_quality(
     cache: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with caplog.at_level(logging.INFO, logger="retrieval.embed_backends"):
-        chosen = load_embedder(EMBEDDER, backend="auto", cache_dir=cache, query_cache_size=0)
+        chosen = load_embedder(EMBEDDER, backend="auto", query_backend="auto", cache_dir=cache)
     line = next(r.message for r in caplog.records if "measured:" in r.message)
     assert chosen.label in line and "torch-fp32 1.00x" in line
     (choice_file,) = cache.glob("*/choice.json")
     (entry,) = json.loads(choice_file.read_text()).values()
-    assert entry["measured"][chosen.label]["min_cosine"] >= MIN_COSINE
-    assert {"torch-fp32", "torch-bf16", "onnx", "onnx-int8"} <= set(entry["measured"])
-    assert entry["measured"]["torch-fp32"]["speedup"] == 1.0
-    # Every candidate kept as fast as the best was refused only for its vectors.
-    best = entry["measured"][chosen.label]["speedup"]
-    for label, row in entry["measured"].items():
-        assert row["speedup"] <= best or row["min_cosine"] < MIN_COSINE, label
+    measured = entry["measured"]
+    assert {"torch-fp32", "torch-bf16", "onnx", "onnx-int8"} <= set(measured)
+    assert measured["torch-fp32"]["speedup"] == 1.0
+    docs_label = chosen.docs.label if isinstance(chosen, QuerySplitEmbedder) else chosen.label
+    queries_label = chosen.queries.label if isinstance(chosen, QuerySplitEmbedder) else chosen.label
+    # The documents' backend is the fastest of those within MIN_COSINE; the queries' the fastest
+    # single query within MIN_QUERY_COSINE.
+    assert measured[docs_label]["min_cosine"] >= MIN_COSINE
+    assert measured[queries_label]["min_cosine"] >= MIN_QUERY_COSINE
+    for label, row in measured.items():
+        assert row["speedup"] <= measured[docs_label]["speedup"] or row["min_cosine"] < MIN_COSINE, label
+        assert row["query_ms"] >= measured[queries_label]["query_ms"] or row["min_cosine"] < MIN_QUERY_COSINE
+    truth = _fp32()
+    assert np.min(np.sum(chosen.embed(TEXTS) * truth, axis=1)) >= MIN_COSINE
+    assert float(chosen.embed_query(TEXTS[1]) @ truth[1]) >= MIN_QUERY_COSINE
 
     def no_second_measurement(*args: object, **kwargs: object) -> None:
         raise AssertionError("measured again")
 
     monkeypatch.setattr(embed_backends, "measure", no_second_measurement)
-    again = load_embedder(EMBEDDER, backend="auto", cache_dir=cache, query_cache_size=0)
+    again = load_embedder(EMBEDDER, backend="auto", query_backend="auto", cache_dir=cache)
     assert again.label == chosen.label
+    same = load_embedder(EMBEDDER, backend="auto", query_backend="same", cache_dir=cache)
+    assert same.label == docs_label
+
+
+def test_queries_on_another_backend_than_documents(cache: Path) -> None:
+    split = load_embedder(EMBEDDER, backend="torch", dtype="fp32", query_backend="onnx-int8", cache_dir=cache)
+    assert isinstance(split, QuerySplitEmbedder)
+    assert split.label == "torch-fp32, queries onnx-int8"
+    int8 = load_embedder(EMBEDDER, backend="onnx-int8", cache_dir=cache, query_cache_size=0)
+    assert np.allclose(split.embed(TEXTS), _fp32(), atol=1e-5)  # documents: torch
+    assert np.allclose(split.embed_query(TEXTS[1]), int8.embed_query(TEXTS[1]), atol=1e-5)  # queries: int8
+    assert split.fingerprint == int8.fingerprint and split.count_tokens(["a wing"]) == [2]
 
 
 def test_probe_and_machine_key_are_stable() -> None:

@@ -206,29 +206,30 @@ def test_snapshots_are_rebuilt_from_the_store_without_embedding(
         lib.close()
 
 
-def test_fp16_vectors_rank_as_fp32_and_a_precision_change_rebuilds_without_embedding(
-    tmp_path: Path, embedder: CountingEmbedder
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp16", 2e-3), ("bf16", 1e-2)])
+def test_half_vectors_rank_as_fp32_and_a_precision_change_rebuilds_without_embedding(
+    tmp_path: Path, embedder: CountingEmbedder, precision: str, tolerance: float
 ) -> None:
-    lib = Library(tmp_path, settings(), embedders={EMBEDDER: embedder})
+    lib = Library(tmp_path, settings(vector_precision="fp32"), embedders={EMBEDDER: embedder})
     c = lib.create("kb")
     c.upsert(corpus())
     queries = ["volcano lava", "ocean tides and the moon", "ancient roman roads"]
     want = {q: [(h.chunk_id, h.score) for h in c.search(q, k=8, mode="dense")] for q in queries}
     lib.close()
     embedder.embedded.clear()
-    lib = Library(tmp_path, settings(vector_precision="fp16"), embedders={EMBEDDER: embedder})
+    lib = Library(tmp_path, settings(vector_precision=precision), embedders={EMBEDDER: embedder})
     c = lib.open("kb")
     for q in queries:
         got = [(h.chunk_id, h.score) for h in c.search(q, k=8, mode="dense")]
         assert [i for i, _ in got] == [i for i, _ in want[q]], q
-        assert max(abs(a[1] - b[1]) for a, b in zip(got, want[q], strict=True)) < 2e-3
+        assert max(abs(a[1] - b[1]) for a, b in zip(got, want[q], strict=True)) < tolerance
     assert embedder.embedded == queries  # the queries only: rebuilt from the stored embeddings
     assert c.stats()["consistent"]
-    c.delete(["d1"])  # deletes work on the fp16 index too
+    c.delete(["d1"])  # deletes work on the half-precision index too
     assert all(not h.chunk_id.startswith("d1#") for h in c.search("volcano lava", k=16, mode="dense"))
     lib.close()
     manifest = json.loads((tmp_path / "kb" / "manifest.json").read_text())
-    assert manifest["state"] == {"precision": "fp16"}
+    assert manifest["state"] == {"precision": precision}
 
 
 class Projected(CountingEmbedder):

@@ -134,7 +134,8 @@ def _vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
 def test_indexes_search_delete_and_round_trip(kind: str, tmp_path: Path) -> None:
     x = _vectors(300)
     ids = np.arange(1000, 1300, dtype=np.int64)
-    index = INDEX_TYPES[kind].build(16, settings(), ids, x)
+    exact = settings(vector_precision="fp32")  # the default bf16 flat index rounds scores (~1e-3)
+    index = INDEX_TYPES[kind].build(16, exact, ids, x)
     scores, found = index.search(x[5], 3)
     assert found[0] == 1005 and scores[0] == pytest.approx(1.0, abs=1e-5)
     index.remove(np.array([1005, 1006], dtype=np.int64))
@@ -144,7 +145,7 @@ def test_indexes_search_delete_and_round_trip(kind: str, tmp_path: Path) -> None
     _, found = index.search(x[7], 5, allowed=np.array([1007, 1100], dtype=np.int64))
     assert sorted(found.tolist()) == [1007, 1100]
     index.save(tmp_path / "v.faiss")
-    again = INDEX_TYPES[kind].load(tmp_path / "v.faiss", 16, settings(), index.state())
+    again = INDEX_TYPES[kind].load(tmp_path / "v.faiss", 16, exact, index.state())
     assert again.live == 298 and set(again.live_ids().tolist()) == set(ids.tolist()) - {1005, 1006}
 
 
