@@ -73,7 +73,7 @@ class Embedder(ABC):
         self,
         texts: Sequence[str],
         *,
-        batch_size: int = 64,
+        batch_size: int = 16,
         lengths: Sequence[int] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
