@@ -32,7 +32,7 @@ METRICS = [
     ("citation", "cites gold"),
     ("grounded", "grounded (cf)"),
     ("abstain", "abstains (gold gone)"),
-    ("false_abstain", "abstains (gold shown)"),
+    ("false_abstain", "abstains (answer shown)"),
     ("behaviour", "behaviour"),
 ]
 

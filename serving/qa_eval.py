@@ -275,7 +275,9 @@ def score_row(row: dict[str, Any], q: Question, extra: dict, scorer: Callable | 
         if row["rag"]:
             out["retrieved"] = float(bool(gold_at))
             out["citation"] = float(cite_ok)
-            if gold_at:  # the answer was in the prompt: abstaining here is a miss, not caution
+            # The answer's words were in a chunk shown (a gold passage's other chunk may not hold
+            # them): abstaining here is a miss, not caution.
+            if any(contains(t, q.answer) for t in row.get("source_texts", [])):
                 out["false_abstain"] = float(is_abstention(reply))
         if scorer is not None:
             expected = {**extra, "answer": q.answer, "n_sources": len(sources)}

@@ -29,6 +29,7 @@ from tests.doubles import EchoEngine
 from training.qa import (
     ABSTAIN,
     QADataError,
+    Question,
     answer_sentence,
     answer_type,
     contains,
@@ -204,3 +205,20 @@ def test_reader_examples_use_the_serving_format_and_only_train_passages(tmp_path
             shown = re.findall(r"^\[(\d)\][^\n]*\n(.*)$", user, re.M)
             cited = dict(shown)[str(n)]
             assert reply.removesuffix(f" [{n}].") in cited
+
+
+def test_an_abstention_counts_against_the_model_only_when_the_answer_was_shown() -> None:
+    from serving.qa_eval import score_row
+
+    q = Question(id="q1", text="When did the Vorn bridge open?", answer="1871", doc_id="p1")
+    row = {"phase": "answer", "rag": True, "reply": ABSTAIN, "sources": ["p1", "p2"]}
+    # The gold passage's chunk that was shown holds the answer: abstaining is a miss.
+    shown = score_row({**row, "source_texts": ["The Vorn bridge opened in 1871.", "Tides."]}, q, {}, None)
+    assert shown["false_abstain"] == 1.0 and shown["retrieved"] == 1.0
+    # A chunk of the gold passage was shown, but not the one with the answer: no penalty.
+    other_chunk = score_row({**row, "source_texts": ["The bridge is 300 m long.", "Tides."]}, q, {}, None)
+    assert "false_abstain" not in other_chunk and other_chunk["retrieved"] == 1.0
+    # An answer, not an abstention, where the answer was shown: counted, and not as an abstention.
+    reply = {"reply": "It opened in 1871 [1].", "source_texts": ["The Vorn bridge opened in 1871."]}
+    answered = score_row({**row, **reply}, q, {}, None)
+    assert answered["false_abstain"] == 0.0 and answered["citation"] == 1.0
