@@ -54,6 +54,12 @@ class DimensionMismatch(ConflictError):
     code = "dimension_mismatch"
 
 
+class EmbedderMismatch(ConflictError):
+    """The collection's vectors came from other weights than the embedder loaded now."""
+
+    code = "embedder_mismatch"
+
+
 class WriterBusy(RagtuneError):
     """Another process holds the collection's write lock past the timeout."""
 

@@ -26,6 +26,7 @@ import numpy as np
 from core.errors import (
     DimensionMismatch,
     DocumentNotFound,
+    EmbedderMismatch,
     InvalidDocument,
     InvalidFilter,
     RagtuneError,
@@ -81,7 +82,7 @@ class Collection:
                 )
             built = self.config.get("embedder_fingerprint")
             if built and embedder.fingerprint and built != embedder.fingerprint:
-                raise DimensionMismatch(
+                raise EmbedderMismatch(
                     f"collection {self.name!r} was embedded by {embedder.id!r} with weights {built}, "
                     f"but the embedder loaded now ({embedder.label}) has weights {embedder.fingerprint}: "
                     "its query vectors would not match the stored ones. Load the model the collection "

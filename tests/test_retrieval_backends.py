@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from retrieval_fixtures import EMBEDDER, real_embedder, settings
 
-from core.errors import DimensionMismatch
+from core.errors import EmbedderMismatch
 from retrieval import Document, Library, embed_backends, onnx_embedder
 from retrieval.embed_backends import (
     MIN_COSINE,
@@ -182,7 +182,7 @@ def test_backends_share_a_collection_but_other_weights_are_refused(tmp_path: Pat
     other = load_embedder(EMBEDDER, backend="torch", dtype="fp32", query_cache_size=0)
     other.fingerprint = "0123456789abcdef"  # as if the model folder held other weights
     lib = Library(tmp_path, settings(), embedders={EMBEDDER: other})
-    with pytest.raises(DimensionMismatch, match="0123456789abcdef") as err:
+    with pytest.raises(EmbedderMismatch, match="0123456789abcdef") as err:
         lib.open("mixed").search("wing", k=1)
     assert "torch-fp32" in str(err.value) and "re-create" in str(err.value)
     lib.close()
