@@ -54,8 +54,11 @@ demo-adapter: model
 # set in BEIR layout (never from its held-out passages), then one pass of `ragtune train`.
 # 240 prompts of ~570 tokens, LoRA on the top 15 of 30 layers: one pass took 17 min on a 2-core CPU.
 QA_SET ?= ../shared/data/disflqa
+# 240 examples train in about 17 min on a 2-core AMD EPYC, 4 min on a 2-core Xeon with AMX; on the
+# latter, READER_EXAMPLES=800 (95 steps, 14.5 min) scored better (bench/results/qa-disflqa-reader5.md).
+READER_EXAMPLES ?= 240
 reader-adapter: model
-	$(BIN)/ragtune data reader --dataset $(QA_SET) --out examples/grounded/train.jsonl --examples 240 \
+	$(BIN)/ragtune data reader --dataset $(QA_SET) --out examples/grounded/train.jsonl --examples $(READER_EXAMPLES) \
 	  --p-absent 0.15 --p-counterfactual 0.35
 	$(BIN)/ragtune train --data examples/grounded/train.jsonl --name reader --batch-size 2 --grad-accum 4 \
 	  --epochs 1 --layers 15 --eval-split 0.05 --overwrite
