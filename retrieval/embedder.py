@@ -6,6 +6,7 @@ query cache); a backend implements `_encode` for one padded batch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -139,11 +140,20 @@ def cpu_has_bf16() -> bool:
 
 def model_fingerprint(path: Path) -> str:
     """A hash of the model folder's weight and config files: vectors are comparable only
-    between embedders with the same fingerprint, whatever backend runs them."""
-    h = hashlib.sha256()
-    for f in sorted(
+    between embedders with the same fingerprint, whatever backend runs them. Hashed once per
+    process while the files' sizes and times stay the same ('auto' loads several embedders)."""
+    files = sorted(
         p for p in path.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".bin", ".json"}
-    ):
+    )
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _hash_files(path, stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_files(path: Path, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in stamp:
+        f = Path(name)
         h.update(str(f.relative_to(path)).encode())
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
