@@ -245,3 +245,6 @@ class VllmEngine:
 
     def shutdown(self) -> None:
         self._llm.shutdown()
+        # Dropped now, while Python is whole: AsyncLLM.__del__ shuts down again, and at
+        # interpreter exit it printed a TypeError traceback after every in-process run.
+        del self._llm

@@ -186,6 +186,7 @@ def test_sigterm_finishes_requests_in_flight_saves_and_exits_0(tmp_path: Path, b
         assert results["r"].status_code == 200
         assert results["r"].json()["usage"]["completion_tokens"] == 48
         assert proc.wait(120) == 0
+        assert "Exception ignored" not in log.read_text()  # the engine shut down once, cleanly
         manifest = json.loads((tmp_path / "indexes" / "kb" / "manifest.json").read_text())
         assert manifest["store_version"] >= 1  # the snapshot was flushed on the way out
         assert not _processes_left(proc.pid), "engine processes outlived the server"
