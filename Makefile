@@ -54,9 +54,10 @@ demo-adapter: model
 # set in BEIR layout (never from its held-out passages), then one pass of `ragtune train`.
 # 240 prompts of ~570 tokens, LoRA on the top 15 of 30 layers: one pass took 17 min on a 2-core CPU.
 QA_SET ?= ../shared/data/disflqa
-# 240 examples train in about 17 min on a 2-core AMD EPYC, 4 min on a 2-core Xeon with AMX; on the
-# latter, READER_EXAMPLES=800 (95 steps, 14.5 min) scored better (bench/results/qa-disflqa-reader5.md).
-READER_EXAMPLES ?= 240
+# As many examples as trained within 20 minutes on the kind of CPU, measured on 2 cores: 240 took
+# about 17 min on an AMD EPYC, 800 (95 steps, bf16) 14.5 min on a Xeon with AMX, and scored better
+# (bench/results/qa-disflqa-reader5.md). 1600 (31 min on AMX) scored better again (reader6.md).
+READER_EXAMPLES ?= $(shell grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null && echo 800 || echo 240)
 reader-adapter: model
 	$(BIN)/ragtune data reader --dataset $(QA_SET) --out examples/grounded/train.jsonl --examples $(READER_EXAMPLES) \
 	  --p-absent 0.15 --p-counterfactual 0.35
