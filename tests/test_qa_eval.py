@@ -13,6 +13,7 @@ import asyncio
 import json
 import random
 import re
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from serving.settings import load_settings
 from tests.doubles import EchoEngine
 from training.qa import (
     ABSTAIN,
+    SENTENCE_END,
     QADataError,
     Question,
     answer_sentence,
@@ -205,6 +207,46 @@ def test_reader_examples_use_the_serving_format_and_only_train_passages(tmp_path
             shown = re.findall(r"^\[(\d)\][^\n]*\n(.*)$", user, re.M)
             cited = dict(shown)[str(n)]
             assert reply.removesuffix(f" [{n}].") in cited
+
+
+def test_short_sources_teach_the_marker_on_a_whole_source(tmp_path: Path, base_model: Path):
+    """--p-short: every source of those examples is cut to a sentence or two, and an answer is
+    the answering source, whole, with its marker; at 0 the examples are exactly as before."""
+    long_set = tmp_path / "qa-long"
+    shutil.copytree(QA, long_set)
+    rows = [json.loads(line) for line in (QA / "corpus.jsonl").read_text().splitlines()]
+    filler = " Visitors come to see it every summer. The county archive keeps its old plans and letters."
+    (long_set / "corpus.jsonl").write_text(
+        "".join(json.dumps({**r, "text": r["text"] + filler}) + "\n" for r in rows)
+    )
+    settings = load_settings(models_dir=base_model.parent, indexes_dir=tmp_path / "indexes")
+    qa = load_qa_set(long_set)
+    library = Library(tmp_path / "indexes", settings.retrieval)
+    try:
+        kw = {"library": library, "n_examples": 50, "top_k": 3, "min_k": 2, "seed": 3}
+        plain, _ = build_reader_examples(qa, **kw, collection_name="a")
+        same, _ = build_reader_examples(qa, **kw, p_short=0.0, collection_name="b")
+        short, stats = build_reader_examples(qa, **kw, p_short=1.0, p_absent=0.2, collection_name="c")
+    finally:
+        library.close()
+    assert same == plain
+
+    def sources_and_replies(examples: list[dict]) -> list[tuple[dict[str, str], str]]:
+        return [
+            (dict(re.findall(r"^\[(\d)\][^\n]*\n(.*)$", e["messages"][0]["content"], re.M)),
+             e["messages"][1]["content"])
+            for e in examples
+        ]  # fmt: skip
+
+    def whole(shown: dict[str, str], reply: str) -> bool:
+        n = re.search(r"\[(\d)\]\.$", reply).group(1)
+        return reply == f"{shown[n]} [{n}]."
+
+    assert not any(whole(*sr) for sr in sources_and_replies(plain) if sr[1] != ABSTAIN)
+    assert stats.short == stats.examples == len(short) and stats.answered > 0 and stats.abstain > 0
+    for shown, reply in sources_and_replies(short):
+        assert shown and all(len(SENTENCE_END.split(text)) <= 2 for text in shown.values()), shown
+        assert reply == ABSTAIN or whole(shown, reply)  # the whole source, then its marker
 
 
 def test_an_abstention_counts_against_the_model_only_when_the_answer_was_shown() -> None:

@@ -329,6 +329,9 @@ def data_reader(
     p_counterfactual: Annotated[
         float, Opt("--p-counterfactual", help="share whose answer span is substituted")
     ] = 0.3,
+    p_short: Annotated[
+        float, Opt("--p-short", help="share whose sources are cut to a sentence or two")
+    ] = 0.0,
     seed: Annotated[int, Opt()] = 0,
 ) -> None:
     """Grounded-reader examples (RAFT, counterfactuals, abstentions) in the serving prompt format."""
@@ -349,6 +352,7 @@ def data_reader(
                 min_k=min_k,
                 p_absent=p_absent,
                 p_counterfactual=p_counterfactual,
+                p_short=p_short,
                 seed=seed,
                 on_example=lambda: bar.advance(task),
             )

@@ -203,7 +203,7 @@ def find_answer(text: str, answer: str) -> int:
     return at if at >= 0 else text.lower().find(answer.lower())
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
 
 def answer_sentence(text: str, answer: str, *, max_words: int = 40) -> str | None:
@@ -212,7 +212,7 @@ def answer_sentence(text: str, answer: str, *, max_words: int = 40) -> str | Non
     if at < 0:
         return None
     bounds, start = [], 0
-    for m in _SENTENCE_END.finditer(text):
+    for m in SENTENCE_END.finditer(text):
         bounds.append((start, m.start()))
         start = m.end()
     bounds.append((start, len(text)))

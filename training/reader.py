@@ -13,6 +13,9 @@ and say ABSTAIN when no source answers. Each example is built RAFT-style (Zhang 
   the same type (training.qa.counterfactuals), so the target follows the document, not memory;
 - the target is the chunk's sentence that holds the answer followed by its marker
   ("... [2]."), or ABSTAIN when the answering chunk is absent;
+- in a share `p_short` of the examples every chunk is cut to a sentence or two (the answering
+  one to the answer's sentence), as in collections of short notes: the reply is then the whole
+  source and its marker, which a reader trained on paragraphs alone copies without the marker;
 - prompts are laid out by `core.prompt.apply_context`, exactly as served.
 
 Only passages of the `train` split are used: held-out passages (training.qa.is_held_out) are
@@ -25,13 +28,14 @@ import json
 import random
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from core.prompt import ContextChunk, apply_context
 from training.qa import (
     ABSTAIN,
+    SENTENCE_END,
     QASet,
     answer_sentence,
     counterfactuals,
@@ -48,6 +52,7 @@ class ReaderStats:
     counterfactual: int = 0
     abstain: int = 0
     gold_not_retrieved: int = 0
+    short: int = 0
     skipped: int = 0
 
 
@@ -62,6 +67,15 @@ def _window(text: str, answer: str, words: int = 120) -> str:
     return " ".join(toks[lo : lo + words])
 
 
+def _lead(text: str, words: int = 40) -> str:
+    """The first sentence or two of `text`, at most about `words` words: a short source."""
+    parts = SENTENCE_END.split(text.strip())
+    lead = parts[0]
+    if len(lead.split()) < 12 and len(parts) > 1:
+        lead = f"{lead} {parts[1]}"
+    return " ".join(lead.split()[:words])
+
+
 def build_reader_examples(
     qa: QASet,
     *,
@@ -71,6 +85,7 @@ def build_reader_examples(
     min_k: int = 2,
     p_absent: float = 0.25,
     p_counterfactual: float = 0.3,
+    p_short: float = 0.0,
     seed: int = 0,
     collection_name: str = "reader-train",
     on_example: Callable[[], None] | None = None,
@@ -106,6 +121,10 @@ def build_reader_examples(
         title = (gold.title if gold is not None else qa.passages[q.doc_id].title) or None
         k = rng.randint(min(min_k, top_k), top_k)  # varied, so any served top_k looks familiar
         others = [h for h in hits if h.document_id != q.doc_id][:k]
+        short = p_short > 0 and rng.random() < p_short  # no draw at 0: the same examples as before
+        if short:
+            others = [replace(h, text=_lead(h.text)) for h in others]
+            stats.short += 1
         roll = rng.random()
         if roll < p_absent:
             chunks = [ContextChunk(h.text, h.title) for h in others[:k]]
@@ -122,6 +141,8 @@ def build_reader_examples(
             if sentence is None:
                 stats.skipped += 1
                 continue
+            if short:
+                gold_text = sentence
             chunks = [ContextChunk(h.text, h.title) for h in others[: k - 1]]
             at = rng.randrange(len(chunks) + 1)
             chunks.insert(at, ContextChunk(gold_text, title))
@@ -146,6 +167,7 @@ def write_reader_data(
     min_k: int = 2,
     p_absent: float = 0.25,
     p_counterfactual: float = 0.3,
+    p_short: float = 0.0,
     seed: int = 0,
     on_example: Callable[[], None] | None = None,
 ) -> ReaderStats:
@@ -166,6 +188,7 @@ def write_reader_data(
                 min_k=min_k,
                 p_absent=p_absent,
                 p_counterfactual=p_counterfactual,
+                p_short=p_short,
                 seed=seed,
                 on_example=on_example,
             )
