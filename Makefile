@@ -60,7 +60,7 @@ QA_SET ?= ../shared/data/disflqa
 READER_EXAMPLES ?= $(shell grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null && echo 800 || echo 240)
 reader-adapter: model
 	$(BIN)/ragtune data reader --dataset $(QA_SET) --out examples/grounded/train.jsonl --examples $(READER_EXAMPLES) \
-	  --p-absent 0.15 --p-counterfactual 0.35
+	  --p-absent 0.15 --p-counterfactual 0.35 --p-short 0.25
 	$(BIN)/ragtune train --data examples/grounded/train.jsonl --name reader --batch-size 2 --grad-accum 4 \
 	  --epochs 1 --layers 15 --eval-split 0.05 --overwrite
 
