@@ -124,7 +124,6 @@ def build_reader_examples(
         short = p_short > 0 and rng.random() < p_short  # no draw at 0: the same examples as before
         if short:
             others = [replace(h, text=_lead(h.text)) for h in others]
-            stats.short += 1
         roll = rng.random()
         if roll < p_absent:
             chunks = [ContextChunk(h.text, h.title) for h in others[:k]]
@@ -152,6 +151,7 @@ def build_reader_examples(
         messages.append({"role": "assistant", "content": target})
         out.append({"messages": messages, "qid": q.id, "doc_id": q.doc_id})
         stats.examples += 1
+        stats.short += short
         if on_example:
             on_example()
     return out, stats
