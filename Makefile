@@ -51,8 +51,8 @@ demo-adapter: model
 	  --rank 16 --alpha 32 --batch-size 8 --max-seq-len 512 --eval-split 0.05 --overwrite
 
 # The grounded reader (README: Grounded answers): examples built from the train passages of a QA
-# set in BEIR layout (never from its held-out passages), then one pass of `ragtune train`.
-# 240 prompts of ~570 tokens, LoRA on the top 15 of 30 layers: one pass took 17 min on a 2-core CPU.
+# set in BEIR layout (never from its held-out passages), then one pass of `ragtune train`:
+# prompts of ~570 tokens, LoRA on the top 15 of 30 layers.
 QA_SET ?= ../shared/data/disflqa
 # As many examples as trained within 20 minutes on the kind of CPU, measured on 2 cores: 240 took
 # about 17 min on an AMD EPYC, 800 (95 steps, bf16) 14.5 min on a Xeon with AMX, and scored better

@@ -145,7 +145,7 @@ def model_fingerprint(path: Path) -> str:
     files = sorted(
         p for p in path.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".bin", ".json"}
     )
-    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    stamp = tuple((str(f), (st := f.stat()).st_size, st.st_mtime_ns) for f in files)
     return _hash_files(path, stamp)
 
 
