@@ -64,7 +64,7 @@ reader-adapter: model
 	$(BIN)/ragtune train --data examples/grounded/train.jsonl --name reader --batch-size 2 --grad-accum 4 \
 	  --epochs 1 --layers 15 --eval-split 0.05 --overwrite
 
-# The 2x2 (models with and without retrieval): base, the `grounded` profile (strict grounding;
+# The 2x2 (models with and without retrieval): base, the `grounded` profile (extractive grounding;
 # the reader adapter once trained) and the reader itself, on the held-out passages of QA_SET, on
 # the demo domain (examples/northwind-qa: lines no adapter trains on, so every question counts)
 # and on a knowledge conflict (examples/world-qa: capitals the model knows, sources that differ).

@@ -7,6 +7,7 @@ Change the layout only together with CONTEXT_FORMAT_VERSION: adapter manifests r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,15 @@ _HEADER = "Use the numbered sources below when they answer the question, and cit
 # The answer when no source answers the question: the grounded reader is trained to say it,
 # strict grounding always allows it, and the evaluation counts it as an abstention.
 ABSTAIN = "The sources do not answer this question."
+
+# Where a sentence ends: the reader's targets are whole sentences of a source (training.reader),
+# and extractive grounding lets an answer quote exactly such sentences (serving.grounding).
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def cite(sentence: str, n: int) -> str:
+    """The reader's answer form: the sentence without its full stop, then its source's marker."""
+    return f"{sentence.rstrip(' .')} [{n}]."
 
 
 @dataclass(frozen=True)

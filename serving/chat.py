@@ -19,7 +19,7 @@ from retrieval import Hit, Library
 from serving.adapters import AdapterNotFound, AdapterRegistry
 from serving.auth import UNLIMITED, Scope
 from serving.engine import Delta, Engine, SamplingOptions
-from serving.grounding import allowed_token_ids
+from serving.grounding import allowed_token_ids, extractive_grammar
 from serving.metrics import Metrics
 from serving.protocol import (
     ChatCompletionRequest,
@@ -131,17 +131,21 @@ class GenerationService:
         override = rag if isinstance(rag, RagOptions) else RagOptions()
         return override.collection or (target.profile.collection if target.profile else None)
 
-    async def _allowed(
+    async def _constraint(
         self, target: Target, rag: RagOptions | bool | None, prompt_ids: list[int], kept: list[ContextChunk]
-    ) -> tuple[int, ...] | None:
-        """The tokens a strictly grounded answer may use (serving.grounding), when strict grounding
-        is asked for and retrieval is on; else None. Tokenises, so in a thread like the prompt."""
+    ) -> dict[str, Any]:
+        """What grounding holds the answer to (serving.grounding), as SamplingOptions fields:
+        strict, the tokens it may use; extractive, the grammar of its quotations. Nothing when
+        retrieval is off or decoding is free. Tokenises and builds, so in a thread like the prompt."""
         grounding = rag.grounding if isinstance(rag, RagOptions) else None
         grounding = grounding or (target.profile.grounding if target.profile else "free")
-        if grounding != "strict" or self._collection(target, rag) is None:
-            return None
+        if grounding == "free" or self._collection(target, rag) is None:
+            return {}
         texts = [c.text for c in kept]
-        return tuple(await asyncio.to_thread(allowed_token_ids, self.tokenizer, prompt_ids, texts))
+        if grounding == "extractive":
+            return {"grammar": await asyncio.to_thread(extractive_grammar, texts)}
+        allowed = await asyncio.to_thread(allowed_token_ids, self.tokenizer, prompt_ids, texts)
+        return {"allowed_token_ids": tuple(allowed)}
 
     def _context_budget(self, base_len: int, requested: int | None) -> int:
         """Tokens left for retrieved context once the prompt and the answer's share are counted."""
@@ -183,8 +187,8 @@ class GenerationService:
         prompt_ids, kept = await asyncio.to_thread(
             self._chat_prompt, messages, system_prompt, hits, req.token_limit
         )
-        allowed = await self._allowed(target, req.rag, prompt_ids, kept)
-        return self._finish(req, target, prompt_ids, hits, kept, allowed=allowed)
+        constraint = await self._constraint(target, req.rag, prompt_ids, kept)
+        return self._finish(req, target, prompt_ids, hits, kept, constraint)
 
     def _chat_prompt(
         self,
@@ -208,8 +212,8 @@ class GenerationService:
         prompt = req.prompt_text
         hits = await self.retrieve(target, req.rag, prompt, param="prompt", scope=scope)
         prompt_ids, kept = await asyncio.to_thread(self._completion_prompt, prompt, hits, req.token_limit)
-        allowed = await self._allowed(target, req.rag, prompt_ids, kept)
-        return self._finish(req, target, prompt_ids, hits, kept, allowed=allowed)
+        constraint = await self._constraint(target, req.rag, prompt_ids, kept)
+        return self._finish(req, target, prompt_ids, hits, kept, constraint)
 
     def _completion_prompt(
         self, prompt: str, hits: list[Hit], requested: int | None
@@ -226,8 +230,7 @@ class GenerationService:
         prompt_ids: list[int],
         hits: list[Hit],
         kept: list[ContextChunk],
-        *,
-        allowed: tuple[int, ...] | None = None,
+        constraint: dict[str, Any],
     ) -> Prepared:
         if target.adapter is not None and self.adapters.get(target.adapter) is None:
             # Checked here, not at generation: a stream must not fail after its headers are sent.
@@ -257,7 +260,7 @@ class GenerationService:
             n=req.n,
             ignore_eos=req.ignore_eos,
             min_tokens=req.min_tokens,
-            allowed_token_ids=allowed,
+            **constraint,
         )
         sources = [Source.of(i, h, c.text) for i, (h, c) in enumerate(zip(hits, kept, strict=False), start=1)]
         return Prepared(new_id("req"), target, prompt_ids, options, sources)

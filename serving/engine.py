@@ -30,6 +30,7 @@ class SamplingOptions:
     ignore_eos: bool = False
     min_tokens: int = 0
     allowed_token_ids: tuple[int, ...] | None = None  # strict grounding (serving.grounding)
+    grammar: str | None = None  # extractive grounding: vLLM structured outputs (serving.grounding)
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,10 @@ class VllmEngine:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        grammar = options.grammar
         try:
             params = SamplingParams(
                 n=options.n,
@@ -207,6 +209,7 @@ class VllmEngine:
                 ignore_eos=options.ignore_eos,
                 min_tokens=options.min_tokens,
                 allowed_token_ids=list(options.allowed_token_ids) if options.allowed_token_ids else None,
+                structured_outputs=StructuredOutputsParams(grammar=grammar) if grammar else None,
                 output_kind=RequestOutputKind.DELTA,
             )
             lora = self._lora(adapter) if adapter else None

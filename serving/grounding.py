@@ -1,4 +1,4 @@
-"""Strict grounding: an answer made only of words the prompt already holds.
+"""Grounding: answers held to the sources, by constraining what the engine may generate.
 
 A small model given sources often answers from what it memorised instead (a knowledge
 conflict: the document says one thing, its weights another). With `grounding: strict` the engine
@@ -6,17 +6,25 @@ may only emit tokens that occur in the prompt (the sources, the question, the in
 in a short fixed list (citation markers, digits, punctuation, the abstention sentence): a name
 or number that is in no source cannot be generated. It does not make the model read better;
 it removes the tokens of the answers it would invent. `bench/results/grounding.md` measures it.
+
+With `grounding: extractive` the answer is a quotation: one to three consecutive sentences of one
+source, word for word, closed by that source's marker ("... 12 minutes [2]."), or the abstention
+sentence. It is the reader adapter's own answer form (training.reader), handed to vLLM as a
+grammar (structured outputs), so a reply cannot misquote a source, cite the wrong number, or
+leave the marker out; the model still chooses which sentence. `bench/results/extractive.md`
+measures it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
-from core.prompt import ABSTAIN
+from core.prompt import ABSTAIN, SENTENCE_END, cite
 
-Grounding = Literal["free", "strict"]
+Grounding = Literal["free", "strict", "extractive"]
 
 # Always allowed: enough to cite, to count, to punctuate, and to abstain.
 _ALWAYS = " ".join(
@@ -44,3 +52,43 @@ def allowed_token_ids(tokenizer: Any, prompt_ids: Sequence[int], context_texts: 
     words = " ".join(" ".join(text.split()) for text in context_texts)
     ids.update(tokenizer.encode(" " + words, add_special_tokens=False))
     return sorted(ids)
+
+
+# The longest quotation, in sentences: the reader's targets are one sentence, or two where a
+# short source's first is brief (training.reader); a third covers sentences split at
+# abbreviations ("U . S .").
+MAX_QUOTED = 3
+
+
+def _literal(text: str) -> str:
+    """`text` as a string literal of vLLM's EBNF grammars (JSON escapes, UTF-8 kept)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def sentences(text: str) -> list[str]:
+    """A source's sentences, whitespace folded, as an extractive answer may quote them."""
+    return [s for s in SENTENCE_END.split(" ".join(text.split())) if s]
+
+
+def extractive_grammar(context_texts: Sequence[str], *, max_sentences: int = MAX_QUOTED) -> str:
+    """The EBNF grammar (vLLM structured outputs) of an extractive answer to these sources.
+
+    Rule `tn_i` is sentence i of source n without its full stop. Rule `sn_i_k` quotes from that
+    sentence on, at most k sentences: it ends there (" [n].") or goes on, full stop restored,
+    to the next. So a quotation is a run of 1 to `max_sentences` consecutive sentences from
+    any sentence start. With no sources the only answer is the abstention.
+    """
+    rules: list[str] = []
+    starts = [_literal(ABSTAIN)]
+    for n, text in enumerate(context_texts, start=1):
+        parts = sentences(text)
+        for i, sentence in enumerate(parts):
+            stem = cite(sentence, n)[: -len(f" [{n}].")]
+            rules.append(f"t{n}_{i} ::= {_literal(stem)}")
+            # Only the rules a start can reach: sentence i is at most the (i + 1)-th quoted.
+            for k in range(max(1, max_sentences - i), max_sentences + 1):
+                go_on = k > 1 and i + 1 < len(parts)
+                more = f" | {_literal(sentence[len(stem) :] + ' ')} s{n}_{i + 1}_{k - 1}" if go_on else ""
+                rules.append(f"s{n}_{i}_{k} ::= t{n}_{i} ({_literal(f' [{n}].')}{more})")
+            starts.append(f"s{n}_{i}_{max_sentences}")
+    return "\n".join([f"root ::= {' | '.join(starts)}", *rules])

@@ -129,7 +129,9 @@ class RagOptions(BaseModel):
     fusion: Fusion | None = None
     filter: Filter = None
     grounding: Grounding | None = Field(
-        None, description="'strict': the answer may only use words of the prompt and its sources"
+        None,
+        description="'strict': the answer may only use words of the prompt and its sources; "
+        "'extractive': it quotes sentences of one source with its [n], or abstains",
     )
 
 

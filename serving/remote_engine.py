@@ -122,6 +122,8 @@ class RemoteEngine:
         }
         if options.allowed_token_ids:
             body["allowed_token_ids"] = list(options.allowed_token_ids)
+        if options.grammar:
+            body["structured_outputs"] = {"grammar": options.grammar}
         for attempt in (1, 2):
             try:
                 async with self._client.stream("POST", "/completions", json=body) as resp:

@@ -143,7 +143,8 @@ class ProfileSettings(BaseModel):
     system_prompt: str | None = None
     grounding: Grounding = Field(
         "free",
-        description="'strict': answers only use words of the prompt and its sources (serving.grounding)",
+        description="'strict': answers only use words of the prompt and its sources; 'extractive': "
+        "they quote sentences of one source with its [n], or abstain (serving.grounding)",
     )
 
     @model_validator(mode="before")

@@ -37,6 +37,23 @@ def base_model() -> Path:
     return MODEL
 
 
+def quoted_source(answer: str, sources: list[dict]) -> int | None:
+    """The index of the source an extractive answer quotes: a run of its consecutive sentences,
+    the last without its full stop, then " [n]."; None when the answer is no such quotation."""
+    from serving.grounding import sentences
+
+    for source in sources:
+        n, parts = source["index"], sentences(source["text"])
+        marker = f" [{n}]."
+        if not answer.endswith(marker):
+            continue
+        body = answer[: -len(marker)]
+        runs = (" ".join(parts[i:j]) for i in range(len(parts)) for j in range(i + 1, len(parts) + 1))
+        if any(run.rstrip(" .") == body for run in runs):
+            return n
+    return None
+
+
 def make_lora_adapter(base: Path, dest: Path, *, seed: int, rank: int = 8, manifest: bool = True) -> Path:
     """A LoRA adapter with random (non-zero) weights: it changes the base model's output.
 

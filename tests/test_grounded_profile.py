@@ -1,4 +1,4 @@
-"""The `grounded` profile: always served with strict grounding; by the reader adapter
+"""The `grounded` profile: always served with extractive grounding; by the reader adapter
 (`make reader-adapter`) once it is trained."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def test_a_trained_reader_adds_the_grounded_profile(reader_dir: Path, base_model
     # No collection of its own: the request names one (`rag.collection`); the adapter was
     # trained on 2 to 4 sources.
     assert (profile.adapter, profile.collection, profile.top_k) == (READER_ADAPTER, None, 4)
-    assert profile.grounding == "strict"
+    assert profile.grounding == "extractive"
 
 
 def test_without_a_reader_the_base_model_answers_and_the_log_says_how_to_train_it(
@@ -43,7 +43,7 @@ def test_without_a_reader_the_base_model_answers_and_the_log_says_how_to_train_i
     settings = with_grounded(settings_with(tmp_path, base_model))
     assert settings.serving.adapters == {}
     profile = settings.serving.profiles[GROUNDED_PROFILE]
-    assert (profile.adapter, profile.top_k, profile.grounding) == (None, 4, "strict")
+    assert (profile.adapter, profile.top_k, profile.grounding) == (None, 4, "extractive")
     out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
     assert "no reader adapter" in out and "make reader-adapter" in out
 

@@ -1,4 +1,5 @@
-"""Strict grounding's vocabulary (serving.grounding), with the default model's real tokenizer."""
+"""Strict grounding's vocabulary and extractive grounding's grammar (serving.grounding), with the
+default model's real tokenizer and the grammar engine vLLM runs them with."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.prompt import ABSTAIN, ContextChunk, apply_context
-from serving.grounding import allowed_token_ids
+from serving.grounding import allowed_token_ids, extractive_grammar, sentences
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +39,60 @@ def test_the_sources_words_are_allowed_and_a_memorised_answer_is_not(tokenizer) 
     for paris in (" Paris", "Paris"):
         assert not set(tokenizer.encode(paris, add_special_tokens=False)) <= allowed
     assert len(allowed) < len(tokenizer) // 50  # a small slice of the vocabulary
+
+
+def accepts(tokenizer, grammar: str, answer: str) -> bool:  # noqa: ANN001
+    """Whether `grammar` lets the engine write exactly `answer` (xgrammar: vLLM's default backend)."""
+    import xgrammar
+
+    compiler = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(tokenizer))
+    compiled = compiler.compile_grammar(grammar)
+    matcher = xgrammar.GrammarMatcher(compiled)
+    return matcher.accept_string(answer) and matcher.is_completed()
+
+
+SOURCES = [
+    "Havana is the capital of France. The government and parliament of France meets in Havana.",
+    'Trains leave Pier Street every 12 minutes.\n\nThe first leaves at 6:15 on "weekdays" ‘only’.',
+    "One . Two . Three . Four .",
+]
+
+
+def test_an_extractive_answer_quotes_consecutive_sentences_of_one_source_with_its_marker(tokenizer) -> None:  # noqa: ANN001
+    grammar = extractive_grammar(SOURCES)
+    quoted = [
+        "Havana is the capital of France [1].",
+        "The government and parliament of France meets in Havana [1].",
+        "Havana is the capital of France. The government and parliament of France meets in Havana [1].",
+        'The first leaves at 6:15 on "weekdays" ‘only’ [2].',  # quotes and Unicode survive
+        "Two . Three . Four [3].",  # up to three sentences
+        ABSTAIN,
+    ]
+    for answer in quoted:
+        assert accepts(tokenizer, grammar, answer), answer
+    invented = [
+        "Paris is the capital of France [1].",  # the memorised answer
+        "Havana is the capital of France [2].",  # the wrong marker
+        "Havana is the capital of France.",  # no marker
+        "Havana is the capital of France",  # unfinished
+        "Havana is the capital [1].",  # a sentence cut short
+        "The government and parliament of France meets in Havana. Havana is the capital of France [1].",
+        "Havana is the capital of France. Trains leave Pier Street every 12 minutes [1].",  # two sources
+        "One . Two . Three . Four [3].",  # four sentences
+    ]
+    for answer in invented:
+        assert not accepts(tokenizer, grammar, answer), answer
+
+
+def test_with_no_sources_the_extractive_answer_is_the_abstention(tokenizer) -> None:  # noqa: ANN001
+    grammar = extractive_grammar([])
+    assert accepts(tokenizer, grammar, ABSTAIN)
+    assert not accepts(tokenizer, grammar, "Paris [1].")
+
+
+def test_sentences_split_as_the_reader_was_trained() -> None:
+    assert sentences("Kublai Khan ruled . He  built\nroads. 3 bridges stand.") == [
+        "Kublai Khan ruled .",
+        "He built roads.",
+        "3 bridges stand.",
+    ]

@@ -23,7 +23,7 @@ from store_fixtures import postgres  # noqa: F401
 
 from bench.serving_servers import Server, base_env, free_port, raw_vllm
 from serving.settings import EngineSettings
-from tests.conftest import LiveServer, make_lora_adapter, wait_until
+from tests.conftest import LiveServer, make_lora_adapter, quoted_source, wait_until
 
 pytestmark = pytest.mark.engine
 
@@ -201,6 +201,10 @@ def test_a_document_written_through_one_replica_is_cited_by_the_other(pair: tupl
     strict = chat(b, BASE, FRANCE, rag={**rag, "grounding": "strict"})
     answer = strict["choices"][0]["message"]["content"]
     assert "Paris" not in answer and answer.strip(), answer
+    # Extractive grounding's grammar travels as vLLM's structured outputs.
+    extractive = chat(b, BASE, FRANCE, rag={**rag, "grounding": "extractive"}, max_tokens=48)
+    quote = extractive["choices"][0]["message"]["content"]
+    assert quoted_source(quote, extractive["sources"]) is not None, quote
 
 
 def test_an_adapter_loaded_through_one_replica_is_served_by_the_other(

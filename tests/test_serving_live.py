@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import LiveServer, make_lora_adapter
+from tests.conftest import LiveServer, make_lora_adapter, quoted_source
 
 pytestmark = pytest.mark.engine
 
@@ -221,7 +221,8 @@ def test_document_fact_is_answered_cited_then_forgotten(live_server: LiveServer)
 
 def test_strict_grounding_keeps_a_memorised_answer_out(live_server: LiveServer) -> None:
     """Sources contradict what the model memorised (examples/world-qa's conflict): free decoding
-    answers from memory, strict grounding cannot write the memorised city."""
+    answers from memory, strict grounding cannot write the memorised city, and extractive
+    grounding quotes a source, streamed or not."""
     http = httpx.Client(base_url=live_server.url, timeout=120)
     assert http.post("/v1/collections", json={"name": "atlas"}).status_code in (201, 409)
     docs = [
@@ -242,9 +243,20 @@ def test_strict_grounding_keeps_a_memorised_answer_out(live_server: LiveServer) 
     answer = strict.choices[0].message.content
     assert "Paris" not in answer and answer.strip(), answer
     assert strict.model_extra["sources"][0]["document_id"] == "France"
-    # The `grounded` profile is strict (no reader adapter in this test's adapters folder).
-    profile = greedy(client, "grounded", FRANCE, rag={"collection": "atlas"})
-    assert "Paris" not in profile.choices[0].message.content
+    # Extractive: a sentence of a source, word for word, with that source's marker.
+    ask = {"model": BASE, "messages": FRANCE, "temperature": 0, "max_tokens": 48}
+    extractive_rag = {"rag": {**rag, "grounding": "extractive"}}
+    extractive = client.chat.completions.create(**ask, extra_body=extractive_rag)
+    quote, sources = extractive.choices[0].message.content, extractive.model_extra["sources"]
+    assert quoted_source(quote, sources) is not None and "Paris" not in quote, quote
+    streamed = client.chat.completions.create(**ask, stream=True, extra_body=extractive_rag)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == quote
+    # The `grounded` profile is extractive (no reader adapter in this test's adapters folder).
+    profile = client.chat.completions.create(
+        **{**ask, "model": "grounded"}, extra_body={"rag": {"collection": "atlas"}}
+    )
+    quote = profile.choices[0].message.content
+    assert quoted_source(quote, profile.model_extra["sources"]) is not None, quote
     http.delete("/v1/collections/atlas")
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from core.errors import RagtuneError
 from core.prompt import ABSTAIN as ABSTAIN  # defined with the prompt layout it answers
+from core.prompt import SENTENCE_END as SENTENCE_END
 
 HELD_OUT_FRACTION = 0.25  # passages held out for evaluation (by hash of the passage id)
 SPLIT_SALT = "ragtune-qa-split-v1"
@@ -201,9 +202,6 @@ def find_answer(text: str, answer: str) -> int:
     """Character offset of the answer in `text` (case-insensitive fallback), -1 when absent."""
     at = text.find(answer)
     return at if at >= 0 else text.lower().find(answer.lower())
-
-
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
 
 def answer_sentence(text: str, answer: str, *, max_words: int = 40) -> str | None:

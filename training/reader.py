@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from core.prompt import ContextChunk, apply_context
+from core.prompt import ContextChunk, apply_context, cite
 from training.qa import (
     ABSTAIN,
     SENTENCE_END,
@@ -145,7 +145,7 @@ def build_reader_examples(
             chunks = [ContextChunk(h.text, h.title) for h in others[: k - 1]]
             at = rng.randrange(len(chunks) + 1)
             chunks.insert(at, ContextChunk(gold_text, title))
-            target = f"{sentence} [{at + 1}]."
+            target = cite(sentence, at + 1)
             stats.answered += 1
         messages = apply_context([{"role": "user", "content": q.text}], chunks)
         messages.append({"role": "assistant", "content": target})

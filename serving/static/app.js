@@ -128,7 +128,7 @@ function onModelChange() {
     $("rag-collection").value = profile.collection ? "" : $("rag-collection").value;
     $("rag-topk").value = profile.top_k;
     $("rag-mode").value = profile.mode;
-    $("rag-strict").checked = profile.grounding === "strict";
+    $("rag-grounding").value = profile.grounding || "free";
     info = "profile: " + (profile.adapter ? "adapter " + profile.adapter : "base model") +
       (profile.collection ? ", collection " + profile.collection : "") +
       (profile.system_prompt ? ", a system prompt" : "");
@@ -190,7 +190,7 @@ function ragOptions() {
   const rag = {
     top_k: Number($("rag-topk").value) || 3,
     mode: $("rag-mode").value,
-    grounding: $("rag-strict").checked ? "strict" : "free",
+    grounding: $("rag-grounding").value,
   };
   const collection = $("rag-collection").value;
   if (collection) rag.collection = collection;
