@@ -66,8 +66,9 @@ def _literal(text: str) -> str:
 
 
 def sentences(text: str) -> list[str]:
-    """A source's sentences, whitespace folded, as an extractive answer may quote them."""
-    return [s for s in SENTENCE_END.split(" ".join(text.split())) if s]
+    """A source's sentences, whitespace folded, as an extractive answer may quote them (not those
+    of punctuation alone: quoted, they would leave nothing but the marker)."""
+    return [s for s in SENTENCE_END.split(" ".join(text.split())) if any(c.isalnum() for c in s)]
 
 
 def extractive_grammar(context_texts: Sequence[str], *, max_sentences: int = MAX_QUOTED) -> str:
