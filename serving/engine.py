@@ -170,7 +170,7 @@ class VllmEngine:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             logging.getLogger("vllm.engine.arg_utils").addFilter(_DROP_SEED_WARNING)
         try:
-            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+            self._llm: Any = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))  # None once shut down
         finally:
             if previous is None:
                 os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
@@ -238,7 +238,8 @@ class VllmEngine:
         await self._llm.remove_lora(adapter.version)
 
     async def abort(self, request_id: str) -> None:
-        await self._llm.abort(request_id)
+        if self._llm is not None:  # a stream cancelled after shutdown has nothing left to abort
+            await self._llm.abort(request_id)
 
     async def check_health(self) -> None:
         await self._llm.check_health()
@@ -247,7 +248,9 @@ class VllmEngine:
         return int(self._llm.get_num_unfinished_requests())
 
     def shutdown(self) -> None:
-        self._llm.shutdown()
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
         # Dropped now, while Python is whole: AsyncLLM.__del__ shuts down again, and at
         # interpreter exit it printed a TypeError traceback after every in-process run.
-        del self._llm
+        del llm

@@ -153,3 +153,26 @@ def test_the_reference_answer_is_kept_until_a_model_file_changes(
     assert canary.reference_answer(folder, [1, 2, 4]) == "answer 3"
     (folder / ".ragtune-selfcheck.json").write_text("not json")
     assert canary.reference_answer(folder, [1, 2, 4]) == "answer 4"  # a damaged cache is recomputed
+
+
+def test_a_stream_cancelled_after_the_engine_shut_down_aborts_nothing() -> None:
+    """A server stopping with requests in flight shuts the engine down, then the cancelled
+    streams abort their requests: that must not raise (it printed an AttributeError traceback
+    at the end of an interrupted `ragtune eval qa`)."""
+    from serving.engine import VllmEngine
+
+    class AsyncLLMStandIn:
+        shutdowns = 0
+
+        def shutdown(self) -> None:
+            AsyncLLMStandIn.shutdowns += 1
+
+        async def abort(self, request_id: str) -> None:
+            raise AssertionError("aborted on an engine that was shut down")
+
+    engine = VllmEngine.__new__(VllmEngine)  # the vLLM engine itself is not needed here
+    engine._llm = AsyncLLMStandIn()
+    engine.shutdown()
+    asyncio.run(engine.abort("req-1"))
+    engine.shutdown()  # twice is harmless
+    assert AsyncLLMStandIn.shutdowns == 1
