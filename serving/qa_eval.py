@@ -180,27 +180,40 @@ class CollectionState:
 async def resolve_models(client: httpx.AsyncClient, models: list[str]) -> dict[str, str]:
     """Map each requested name to the API's model name; `base` means the base model.
 
-    A name that is not served yet but is a folder under the server's adapters/ is loaded.
+    A name that is not served yet but is a folder under the server's adapters/ is loaded, and so
+    is the adapter a requested profile names, so that no question is asked before all load.
     """
     listed = (await _call(client, "GET", "/v1/models"))["data"]
-    kinds = {m["id"]: m.get("kind") for m in listed}
+    cards = {m["id"]: m for m in listed}
     base = next((m["id"] for m in listed if m.get("kind") == "base"), listed[0]["id"])
     out = {}
     for name in models:
         if name == "base":
             out[name] = base
-        elif name in kinds:
-            out[name] = name
+            continue
+        card = cards.get(name)
+        if card is None:
+            adapter = name  # not served: an adapter folder of that name?
+        elif card.get("kind") == "profile":
+            adapter = card.get("parent")  # the base model's name when the profile has no adapter
         else:
-            resp = await client.post("/v1/adapters", json={"name": name, "path": name})
+            adapter = None
+        if adapter and adapter not in cards:
+            resp = await client.post("/v1/adapters", json={"name": adapter, "path": adapter})
             if resp.status_code >= 400:
-                known = ", ".join(["base", *[k for k in kinds if k != base]])
+                known = ", ".join(["base", *[k for k in cards if k != base]])
+                what = (
+                    f"unknown model {name!r}: not served ({known}) and not"
+                    if card is None
+                    else f"model {name!r} uses adapter {adapter!r}, which is not loaded and not"
+                )
                 raise EvalError(
-                    f"unknown model {name!r}: not served ({known}) and not loadable as an adapter "
-                    f"folder: {resp.json().get('error', {}).get('message', resp.text[:200])}",
+                    f"{what} loadable as an adapter folder: "
+                    f"{resp.json().get('error', {}).get('message', resp.text[:200])}",
                     param="models",
                 )
-            out[name] = name
+            cards[adapter] = {"id": adapter, "kind": "adapter"}
+        out[name] = name
     return out
 
 

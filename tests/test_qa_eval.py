@@ -183,6 +183,38 @@ def test_eval_qa_refuses_an_unknown_model_before_asking(app_client, tmp_path: Pa
     assert engine.calls == 0
 
 
+def test_eval_qa_loads_the_adapter_a_profile_names_or_refuses_before_asking(tmp_path: Path, base_model: Path):
+    from transformers import AutoTokenizer
+
+    from tests.conftest import make_lora_adapter
+
+    adapters = tmp_path / "adapters"
+    make_lora_adapter(base_model, adapters / "reader-x", seed=5)
+    profiles = {"quoting": {"adapter": "reader-x", "grounding": "extractive"}, "lost": {"adapter": "nope"}}
+    settings = load_settings(
+        models_dir=base_model.parent,
+        adapters_dir=adapters,
+        indexes_dir=tmp_path / "indexes",
+        serving={"profiles": profiles},
+    )
+    engine = ReaderDouble(AutoTokenizer.from_pretrained(base_model))
+    library = Library(settings.indexes_dir, settings.retrieval)
+    try:
+        app = create_app(settings, engine=engine, library=library)
+        with pytest.raises(EvalError, match="model 'lost' uses adapter 'nope', which is not loaded"):
+            asyncio.run(
+                _run(app, QAEvalOptions(models=["quoting", "lost"], rag=[True]), tmp_path / "a.jsonl")
+            )
+        assert engine.calls == 0
+        opts = QAEvalOptions(models=["quoting"], rag=[True], split="all", phases=("answer",))
+        summary = asyncio.run(_run(app, opts, tmp_path / "b.jsonl"))
+    finally:
+        library.close()
+    assert summary["configs"]["quoting+RAG"]["n_contains"] == engine.calls == 8
+    rows = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert {row["version"] for row in rows} != {"base"}  # the adapter's fingerprint
+
+
 def test_reader_examples_use_the_serving_format_and_only_train_passages(tmp_path: Path, base_model: Path):
     settings = load_settings(models_dir=base_model.parent, indexes_dir=tmp_path / "indexes")
     qa = load_qa_set(QA)
@@ -211,7 +243,8 @@ def test_reader_examples_use_the_serving_format_and_only_train_passages(tmp_path
 
 def test_short_sources_teach_the_marker_on_a_whole_source(tmp_path: Path, base_model: Path):
     """--p-short: every source of those examples is cut to a sentence or two, and an answer is
-    the answering source, whole, with its marker; at 0 the examples are exactly as before."""
+    the answering source, whole, with its marker; one or two sources are other sentences of the
+    answering passage (same subject, no answer); at 0 the examples are exactly as before."""
     long_set = tmp_path / "qa-long"
     shutil.copytree(QA, long_set)
     rows = [json.loads(line) for line in (QA / "corpus.jsonl").read_text().splitlines()]
@@ -244,9 +277,15 @@ def test_short_sources_teach_the_marker_on_a_whole_source(tmp_path: Path, base_m
 
     assert not any(whole(*sr) for sr in sources_and_replies(plain) if sr[1] != ABSTAIN)
     assert stats.short == stats.examples == len(short) and stats.answered > 0 and stats.abstain > 0
-    for shown, reply in sources_and_replies(short):
+    passages = {r["_id"]: r["text"] + filler for r in rows}
+    with_siblings = 0
+    for example, (shown, reply) in zip(short, sources_and_replies(short), strict=True):
         assert shown and all(len(SENTENCE_END.split(text)) <= 2 for text in shown.values()), shown
         assert reply == ABSTAIN or whole(shown, reply)  # the whole source, then its marker
+        cited = reply[-3] if reply != ABSTAIN else None
+        own = [n for n, text in shown.items() if n != cited and text in passages[example["doc_id"]]]
+        with_siblings += bool(own)
+    assert with_siblings >= 0.8 * len(short), (with_siblings, len(short))
 
 
 def test_an_abstention_counts_against_the_model_only_when_the_answer_was_shown() -> None:
