@@ -27,6 +27,7 @@ from serving.builtin import (
     trained_adapter,
     with_grounded,
 )
+from serving.grounding import Grounding
 from serving.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -197,6 +198,14 @@ def chat(
     ] = "http://127.0.0.1:8000",
     no_rag: Annotated[bool, typer.Option("--no-rag", help="answer without retrieval")] = False,
     top_k: Annotated[int | None, typer.Option("--top-k", min=1, max=100, help="chunks to retrieve")] = None,
+    grounding: Annotated[
+        Grounding | None,
+        typer.Option(
+            "--grounding",
+            help="free, strict (only words of the sources) or extractive (a sentence quoted from a "
+            "source, with its marker); default: the profile's",
+        ),
+    ] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="longest answer")] = 256,
     temperature: Annotated[float, typer.Option(min=0, max=2, help="0 answers greedily")] = 0.0,
     api_key: Annotated[
@@ -235,6 +244,7 @@ def chat(
         collection=collection,
         rag=not no_rag,
         top_k=top_k,
+        grounding=grounding,
         max_tokens=max_tokens,
         temperature=temperature,
         api_key=api_key,

@@ -30,6 +30,7 @@ class ChatOptions:
     collection: str | None = None
     rag: bool = True
     top_k: int | None = None
+    grounding: str | None = None
     max_tokens: int = 256
     temperature: float = 0.0
     api_key: str | None = None
@@ -97,13 +98,15 @@ class TerminalChat:
         }
         if not self.options.rag:
             body["rag"] = False
-        elif self.options.collection or self.options.top_k:
-            rag: dict[str, Any] = {}
-            if self.options.collection:
-                rag["collection"] = self.options.collection
-            if self.options.top_k:
-                rag["top_k"] = self.options.top_k
-            body["rag"] = rag
+        else:
+            wanted = {
+                "collection": self.options.collection,
+                "top_k": self.options.top_k,
+                "grounding": self.options.grounding,
+            }
+            rag = {k: v for k, v in wanted.items() if v}
+            if rag:
+                body["rag"] = rag
         return body
 
     def ask(self, model: str, question: str) -> Answer:

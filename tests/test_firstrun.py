@@ -383,6 +383,13 @@ def test_terminal_chat_streams_answers_and_prints_their_sources(live_server) -> 
         assert "> Who designed the Quibbleton lighthouse?" in r.stdout and "Varga" in r.stdout
         assert "sources:" in r.stdout and "[1] The Quibbleton lighthouse (quibbleton, score" in r.stdout
         assert r.stdout.index("Varga") < r.stdout.index("sources:")  # sources under the answer
+        # Extractive grounding: the one source, quoted with its marker.
+        r = chat(
+            "--model", BASE, "--collection", "chat-cli", "--grounding", "extractive", "--max-tokens", "48",
+            stdin="Who designed the Quibbleton lighthouse?\n",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert "designed by the architect Ines Varga in 1902 [1]." in r.stdout, r.stdout
         r = chat("--model", BASE, "--no-rag", stdin="What is the capital of France?\n\n/quit\nnot asked\n")
         assert r.returncode == 0 and "Paris" in r.stdout and "sources:" not in r.stdout, r.stdout
         assert "not asked" not in r.stdout
