@@ -41,14 +41,19 @@ def test_the_sources_words_are_allowed_and_a_memorised_answer_is_not(tokenizer) 
     assert len(allowed) < len(tokenizer) // 50  # a small slice of the vocabulary
 
 
-def accepts(tokenizer, grammar: str, answer: str) -> bool:  # noqa: ANN001
-    """Whether `grammar` lets the engine write exactly `answer` (xgrammar: vLLM's default backend)."""
+@pytest.fixture(scope="module")
+def accepts(tokenizer):  # noqa: ANN001, ANN201
+    """Whether a grammar lets the engine write exactly an answer (xgrammar: vLLM's default
+    backend); one compiler for the module, as the engine keeps one."""
     import xgrammar
 
     compiler = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(tokenizer))
-    compiled = compiler.compile_grammar(grammar)
-    matcher = xgrammar.GrammarMatcher(compiled)
-    return matcher.accept_string(answer) and matcher.is_completed()
+
+    def check(grammar: str, answer: str) -> bool:
+        matcher = xgrammar.GrammarMatcher(compiler.compile_grammar(grammar))
+        return matcher.accept_string(answer) and matcher.is_completed()
+
+    return check
 
 
 SOURCES = [
@@ -58,7 +63,7 @@ SOURCES = [
 ]
 
 
-def test_an_extractive_answer_quotes_consecutive_sentences_of_one_source_with_its_marker(tokenizer) -> None:  # noqa: ANN001
+def test_an_extractive_answer_quotes_consecutive_sentences_of_one_source_with_its_marker(accepts) -> None:  # noqa: ANN001
     grammar = extractive_grammar(SOURCES)
     quoted = [
         "Havana is the capital of France [1].",
@@ -69,7 +74,7 @@ def test_an_extractive_answer_quotes_consecutive_sentences_of_one_source_with_it
         ABSTAIN,
     ]
     for answer in quoted:
-        assert accepts(tokenizer, grammar, answer), answer
+        assert accepts(grammar, answer), answer
     invented = [
         "Paris is the capital of France [1].",  # the memorised answer
         "Havana is the capital of France [2].",  # the wrong marker
@@ -81,13 +86,13 @@ def test_an_extractive_answer_quotes_consecutive_sentences_of_one_source_with_it
         "One . Two . Three . Four [3].",  # four sentences
     ]
     for answer in invented:
-        assert not accepts(tokenizer, grammar, answer), answer
+        assert not accepts(grammar, answer), answer
 
 
-def test_with_no_sources_the_extractive_answer_is_the_abstention(tokenizer) -> None:  # noqa: ANN001
+def test_with_no_sources_the_extractive_answer_is_the_abstention(accepts) -> None:  # noqa: ANN001
     grammar = extractive_grammar([])
-    assert accepts(tokenizer, grammar, ABSTAIN)
-    assert not accepts(tokenizer, grammar, "Paris [1].")
+    assert accepts(grammar, ABSTAIN)
+    assert not accepts(grammar, "Paris [1].")
 
 
 def test_sentences_split_as_the_reader_was_trained() -> None:
