@@ -209,6 +209,15 @@ class SentenceTransformerEmbedder(Embedder):
         self.tokenizer = self.model.tokenizer
         self._query_module: Any = None  # see _traced_query_module
         self._query_module_lock = threading.Lock()
+        # Each call of a Hugging Face fast tokenizer first sets its padding and truncation, shared
+        # state: counting tokens (no padding) beside a batch being padded left that batch
+        # unpadded. Tokenising is a small part of a forward pass; it takes turns.
+        self._tokenizer_lock = threading.Lock()
+
+    def features(self, texts: Sequence[str]) -> dict[str, Any]:
+        """The model's input tensors for `texts` (sentence-transformers' preprocess), one thread at a time."""
+        with self._tokenizer_lock:
+            return self.model.preprocess(list(texts))
 
     def _traced_query_module(self) -> Any:
         """The model traced and frozen by TorchScript, for single queries (False if unsuitable).
@@ -256,7 +265,7 @@ class SentenceTransformerEmbedder(Embedder):
         pooled = self.mean_pooled_module()
         if pooled is None:
             return None
-        example = self.model.preprocess(["an example query"])
+        example = self.features(["an example query"])
         # The tracer reads every attribute, transformers' `loss_function` property too, which
         # warns "`loss_type=None` ... unrecognized" (transformers 5.x) about a loss never used.
         modeling = logging.getLogger("transformers.modeling_utils")
@@ -281,14 +290,14 @@ class SentenceTransformerEmbedder(Embedder):
         module = self._traced_query_module()
         if not module:
             return self._encode([text])
-        features = self.model.preprocess([text])
+        features = self.features([text])
         with self._threads(), self._torch.no_grad():
             out = module(features["input_ids"], features["attention_mask"])
         return out.float().numpy()
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         # Calling the module directly skips encode()'s per-call bookkeeping (~1.5 ms a query).
-        features = self.model.preprocess(list(texts))
+        features = self.features(texts)
         with self._threads(), self._torch.inference_mode():
             out = self.model(features)["sentence_embedding"]
         return out.float().numpy()
@@ -314,11 +323,13 @@ class SentenceTransformerEmbedder(Embedder):
                     self._torch.set_num_threads(_THREADS_STATE["saved"])
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        enc = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        with self._tokenizer_lock:
+            enc = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
         return [len(ids) for ids in enc]
 
     def token_offsets(self, text: str) -> tuple[list[tuple[int, int]], list[bool]]:
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        with self._tokenizer_lock:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         offsets = [tuple(o) for o in enc["offset_mapping"]]
         words = enc.word_ids()
         starts = [i == 0 or words[i] != words[i - 1] for i in range(len(words))]

@@ -67,7 +67,7 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
         self.file = model_file
 
     def _run(self, texts: Sequence[str]) -> np.ndarray:
-        features = self.model.preprocess(list(texts))
+        features = self.features(texts)
         feed = {k: features[k].numpy().astype(np.int64) for k in self._inputs}
         return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
 
@@ -114,7 +114,7 @@ def _export_fp32(embedder: SentenceTransformerEmbedder, target: Path) -> None:
             f"embedder {embedder.id!r} is not a plain transformer + mean pooling model; "
             "only those are exported to ONNX"
         )
-    example = embedder.model.preprocess(["an example sentence to export", "two"])
+    example = embedder.features(["an example sentence to export", "two"])
     names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in example]
     axes = {k: {0: "batch", 1: "tokens"} for k in names} | {"sentence_embedding": {0: "batch"}}
     tmp = _atomic_target(target)

@@ -187,3 +187,27 @@ def test_pipelines_other_than_mean_pooling_stay_eager() -> None:
     emb.model[1].pooling_mode = "cls"
     assert emb._traced_query_module() is False
     assert emb.embed_query("wing").shape == (emb.dimension,)
+
+
+def test_the_embedder_serves_many_threads_at_once() -> None:
+    """Requests embed side by side (a server ranks quotations while others search or ingest).
+    The tokenizer is shared, and counting tokens switches its padding off: unguarded, a batch
+    tokenised meanwhile came out unpadded ("expected sequence of length 24 ... (got 23)"),
+    a few times in 400 such calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    emb = real_embedder()
+    texts = [" ".join(["word"] * (3 + i % 40)) + f" {i}" for i in range(120)]
+    alone = emb.embed(texts[::3], batch_size=4)
+
+    def work(i: int) -> np.ndarray | None:
+        if i % 2:
+            emb.count_tokens(texts[i % 5 :: 5])
+            emb.token_offsets(texts[i % len(texts)])
+            return None
+        return emb.embed(texts[::3], batch_size=4)
+
+    with ThreadPoolExecutor(16) as pool:
+        for together in pool.map(work, range(600)):
+            if together is not None:
+                assert np.sum(together * alone, axis=1).min() > 0.999  # bf16 rounding only
