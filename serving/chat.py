@@ -19,7 +19,7 @@ from retrieval import Hit, Library
 from serving.adapters import AdapterNotFound, AdapterRegistry
 from serving.auth import UNLIMITED, Scope
 from serving.engine import Delta, Engine, SamplingOptions
-from serving.grounding import allowed_token_ids, extractive_grammar
+from serving.grounding import QUOTES, allowed_token_ids, choice_grammar, extractive_grammar, rank_quotations
 from serving.metrics import Metrics
 from serving.protocol import (
     ChatCompletionRequest,
@@ -132,18 +132,31 @@ class GenerationService:
         return override.collection or (target.profile.collection if target.profile else None)
 
     async def _constraint(
-        self, target: Target, rag: RagOptions | bool | None, prompt_ids: list[int], kept: list[ContextChunk]
+        self,
+        target: Target,
+        rag: RagOptions | bool | None,
+        query: str,
+        prompt_ids: list[int],
+        kept: list[ContextChunk],
     ) -> dict[str, Any]:
         """What grounding holds the answer to (serving.grounding), as SamplingOptions fields:
         strict, the tokens it may use; extractive, the grammar of its quotations. Nothing when
         retrieval is off or decoding is free. Tokenises and builds, so in a thread like the prompt."""
         grounding = rag.grounding if isinstance(rag, RagOptions) else None
         grounding = grounding or (target.profile.grounding if target.profile else "free")
-        if grounding == "free" or self._collection(target, rag) is None:
+        collection = self._collection(target, rag)
+        if grounding == "free" or collection is None:
             return {}
         texts = [c.text for c in kept]
         if grounding == "extractive":
-            return {"grammar": await asyncio.to_thread(extractive_grammar, texts)}
+            asked = rag.quotes if isinstance(rag, RagOptions) else None
+            profiled = target.profile.quotes if target.profile else None
+            quotes = next((q for q in (asked, profiled) if q is not None), QUOTES)
+            if not quotes or not texts:
+                return {"grammar": await asyncio.to_thread(extractive_grammar, texts)}
+            coll = await asyncio.to_thread(self.library.open, collection)
+            ranked = await asyncio.to_thread(rank_quotations, query, texts, coll.embedder, k=quotes)
+            return {"grammar": choice_grammar(ranked)}
         allowed = await asyncio.to_thread(allowed_token_ids, self.tokenizer, prompt_ids, texts)
         return {"allowed_token_ids": tuple(allowed)}
 
@@ -187,7 +200,7 @@ class GenerationService:
         prompt_ids, kept = await asyncio.to_thread(
             self._chat_prompt, messages, system_prompt, hits, req.token_limit
         )
-        constraint = await self._constraint(target, req.rag, prompt_ids, kept)
+        constraint = await self._constraint(target, req.rag, query, prompt_ids, kept)
         return self._finish(req, target, prompt_ids, hits, kept, constraint)
 
     def _chat_prompt(
@@ -212,7 +225,7 @@ class GenerationService:
         prompt = req.prompt_text
         hits = await self.retrieve(target, req.rag, prompt, param="prompt", scope=scope)
         prompt_ids, kept = await asyncio.to_thread(self._completion_prompt, prompt, hits, req.token_limit)
-        constraint = await self._constraint(target, req.rag, prompt_ids, kept)
+        constraint = await self._constraint(target, req.rag, prompt, prompt_ids, kept)
         return self._finish(req, target, prompt_ids, hits, kept, constraint)
 
     def _completion_prompt(

@@ -133,6 +133,13 @@ class RagOptions(BaseModel):
         description="'strict': the answer may only use words of the prompt and its sources; "
         "'extractive': it quotes sentences of one source with its [n], or abstains",
     )
+    quotes: int | None = Field(
+        None,
+        ge=0,
+        le=50,
+        description="extractive grounding: how many quotations, ranked against the question, the "
+        "answer chooses from (0: any run of sentences, unranked); None: the profile's, else 0",
+    )
 
 
 class StreamOptions(BaseModel):

@@ -146,6 +146,13 @@ class ProfileSettings(BaseModel):
         description="'strict': answers only use words of the prompt and its sources; 'extractive': "
         "they quote sentences of one source with its [n], or abstain (serving.grounding)",
     )
+    quotes: int | None = Field(
+        None,
+        ge=0,
+        le=50,
+        description="extractive grounding: how many ranked quotations an answer chooses from "
+        "(0: any run of sentences, unranked); None: 0 (serving.grounding.QUOTES)",
+    )
 
     @model_validator(mode="before")
     @classmethod

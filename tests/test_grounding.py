@@ -6,9 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from retrieval_fixtures import real_embedder
 
 from core.prompt import ABSTAIN, ContextChunk, apply_context
-from serving.grounding import allowed_token_ids, extractive_grammar, sentences
+from serving.grounding import (
+    allowed_token_ids,
+    choice_grammar,
+    extractive_grammar,
+    quotations,
+    rank_quotations,
+    sentences,
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +110,57 @@ def test_sentences_split_as_the_reader_was_trained() -> None:
         "He built roads.",
         "3 bridges stand.",
     ]
+
+
+LINES = [
+    "The Heron Line runs between Pier Street and Millbrook. Trains leave every 12 minutes during the day. "
+    "Bicycles are allowed outside peak hours.",
+    "The Larch Line runs between Old Mill and Pembury. Trains leave every 20 minutes during the day.",
+    "The Wren Line was opened in 1902. Its stations were designed by the architect Ines Varga.",
+]
+
+
+def test_quotations_are_runs_of_one_or_two_sentences_of_one_source() -> None:
+    found = quotations(LINES[:2])
+    assert ("The Heron Line runs between Pier Street and Millbrook.", 1) in found
+    assert (
+        "The Heron Line runs between Pier Street and Millbrook. "
+        "Trains leave every 12 minutes during the day.",
+        1,
+    ) in found
+    assert ("Trains leave every 20 minutes during the day.", 2) in found
+    # 3 + 2 single sentences, 2 + 1 pairs; nothing spans two sources, no run of three.
+    assert len(found) == 8
+    assert not any("Bicycles" in text and "Heron" in text for text, _ in found)
+
+
+def test_ranked_quotations_put_the_answering_run_first_whatever_the_source_order() -> None:
+    embedder = real_embedder()
+    for order in (LINES, LINES[::-1]):
+        ranked = rank_quotations("Who designed the stations of the Wren Line?", order, embedder, k=3)
+        n = order.index(LINES[2]) + 1
+        assert len(ranked) == 3
+        assert ranked[0].endswith(f"[{n}].") and "Ines Varga" in ranked[0], ranked
+    # The one sentence that answers names no line: the run with the sentence before it wins.
+    ranked = rank_quotations("How often do trains run on the Larch Line?", LINES, embedder, k=2)
+    assert ranked[0] == (
+        "The Larch Line runs between Old Mill and Pembury. Trains leave every 20 minutes during the day [2]."
+    ), ranked
+    assert rank_quotations("Anything?", [], embedder, k=3) == []
+
+
+def test_a_choice_grammar_admits_the_ranked_quotations_and_the_abstention_only(accepts) -> None:  # noqa: ANN001
+    ranked = [
+        "Its stations were designed by the architect Ines Varga [3].",
+        "The Wren Line was opened in 1902 [3].",
+    ]
+    grammar = choice_grammar(ranked)
+    for answer in [*ranked, ABSTAIN]:
+        assert accepts(grammar, answer), answer
+    for answer in [
+        "The Heron Line runs between Pier Street and Millbrook [1].",  # a sentence not offered
+        "Its stations were designed by the architect Ines Varga [1].",  # the wrong marker
+        "Its stations were designed by the architect Ines Varga.",
+        "The Wren Line was opened in 1902 [3]. Its stations were designed by the architect Ines Varga [3].",
+    ]:
+        assert not accepts(grammar, answer), answer
