@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -18,8 +19,16 @@ from core.prompt import ContextChunk, apply_context, fit_chunks, with_context
 from retrieval import Hit, Library
 from serving.adapters import AdapterNotFound, AdapterRegistry
 from serving.auth import UNLIMITED, Scope
-from serving.engine import Delta, Engine, SamplingOptions
-from serving.grounding import QUOTES, allowed_token_ids, choice_grammar, extractive_grammar, rank_quotations
+from serving.engine import AdapterRef, Delta, Engine, SamplingOptions
+from serving.grounding import (
+    PROBE_TOKENS,
+    QUOTES,
+    allowed_token_ids,
+    choice_grammar,
+    extractive_grammar,
+    opens_abstention,
+    rank_quotations,
+)
 from serving.metrics import Metrics
 from serving.protocol import (
     ChatCompletionRequest,
@@ -140,8 +149,10 @@ class GenerationService:
         kept: list[ContextChunk],
     ) -> dict[str, Any]:
         """What grounding holds the answer to (serving.grounding), as SamplingOptions fields:
-        strict, the tokens it may use; extractive, the grammar of its quotations. Nothing when
-        retrieval is off or decoding is free. Tokenises and builds, so in a thread like the prompt."""
+        strict, the tokens it may use; extractive, the grammar of its quotations (by default
+        after a short probe of the model's own opening, and a ranking of what it may quote).
+        Nothing when retrieval is off or decoding is free. Tokenising, building and ranking run
+        in a thread, like the prompt."""
         grounding = rag.grounding if isinstance(rag, RagOptions) else None
         grounding = grounding or (target.profile.grounding if target.profile else "free")
         collection = self._collection(target, rag)
@@ -154,9 +165,13 @@ class GenerationService:
             quotes = next((q for q in (asked, profiled) if q is not None), QUOTES)
             if not quotes or not texts:
                 return {"grammar": await asyncio.to_thread(extractive_grammar, texts)}
+            if target.adapter is not None and self.adapters.get(target.adapter) is None:
+                return {}  # _finish refuses the request: the adapter is not loaded
             coll = await asyncio.to_thread(self.library.open, collection)
             ranked = await asyncio.to_thread(rank_quotations, query, texts, coll.embedder, k=quotes)
-            return {"grammar": choice_grammar(ranked)}
+            if not ranked or await self._opens_with_abstention(target, prompt_ids):
+                return {"grammar": choice_grammar([])}
+            return {"grammar": choice_grammar(ranked, abstain=False)}
         allowed = await asyncio.to_thread(allowed_token_ids, self.tokenizer, prompt_ids, texts)
         return {"allowed_token_ids": tuple(allowed)}
 
@@ -289,17 +304,10 @@ class GenerationService:
         first = True
         finished = False
         try:
-            if prep.target.adapter is None:
-                gen = self.engine.generate(prep.prompt_ids, prep.options, prep.request_id, None)
-                async for delta in gen:
+            with self._adapter(prep.target) as ref:
+                async for delta in self.engine.generate(prep.prompt_ids, prep.options, prep.request_id, ref):
                     first = self._observe(delta, first, started, kind)
                     yield delta
-            else:
-                with self.adapters.use(prep.target.adapter) as ref:
-                    gen = self.engine.generate(prep.prompt_ids, prep.options, prep.request_id, ref)
-                    async for delta in gen:
-                        first = self._observe(delta, first, started, kind)
-                        yield delta
             finished = True
         finally:
             # Shielded: on a client disconnect this runs inside a cancelled scope.
@@ -307,6 +315,33 @@ class GenerationService:
                 if not finished:
                     await self.engine.abort(prep.request_id)
                 await self.adapters.collect()
+
+    @contextmanager
+    def _adapter(self, target: Target) -> Iterator[AdapterRef | None]:
+        """The adapter version a request runs on (None: the base model), held while it runs."""
+        if target.adapter is None:
+            yield None
+            return
+        with self.adapters.use(target.adapter) as ref:
+            yield ref
+
+    async def _opens_with_abstention(self, target: Target, prompt_ids: list[int]) -> bool:
+        """Whether the model, left free, starts its reply with the abstention sentence (its
+        first `PROBE_TOKENS` tokens, greedy; serving.grounding)."""
+        request_id = new_id("probe")
+        options = SamplingOptions(max_tokens=PROBE_TOKENS, temperature=0.0)
+        text, finished = "", False
+        try:
+            with self._adapter(target) as ref:
+                async for delta in self.engine.generate(prompt_ids, options, request_id, ref):
+                    text += delta.text
+            finished = True
+        finally:
+            with anyio.CancelScope(shield=True):
+                if not finished:
+                    await self.engine.abort(request_id)
+                await self.adapters.collect()
+        return opens_abstention(text)
 
     async def start(self, prep: Prepared) -> AsyncIterator[Delta]:
         """`stream` with its first delta already received: a request the engine refuses fails

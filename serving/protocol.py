@@ -138,7 +138,7 @@ class RagOptions(BaseModel):
         ge=0,
         le=50,
         description="extractive grounding: how many quotations, ranked against the question, the "
-        "answer chooses from (0: any run of sentences, unranked); None: the profile's, else 0",
+        "answer chooses from (0: any run of sentences, unranked); None: the profile's, else 3",
     )
 
 

@@ -151,7 +151,7 @@ class ProfileSettings(BaseModel):
         ge=0,
         le=50,
         description="extractive grounding: how many ranked quotations an answer chooses from "
-        "(0: any run of sentences, unranked); None: 0 (serving.grounding.QUOTES)",
+        "(0: any run of sentences, unranked); None: 3 (serving.grounding.QUOTES)",
     )
 
     @model_validator(mode="before")

@@ -13,6 +13,7 @@ from serving.grounding import (
     allowed_token_ids,
     choice_grammar,
     extractive_grammar,
+    opens_abstention,
     quotations,
     rank_quotations,
     sentences,
@@ -164,3 +165,14 @@ def test_a_choice_grammar_admits_the_ranked_quotations_and_the_abstention_only(a
         "The Wren Line was opened in 1902 [3]. Its stations were designed by the architect Ines Varga [3].",
     ]:
         assert not accepts(grammar, answer), answer
+    # Once the model has not opened with the abstention, the choice is among the quotations only.
+    quoting = choice_grammar(ranked, abstain=False)
+    assert accepts(quoting, ranked[1])
+    assert not accepts(quoting, ABSTAIN)
+
+
+def test_the_abstention_is_recognised_from_its_opening_words() -> None:
+    for opening in ["The sources do not", " The  sources\ndo", ABSTAIN, ABSTAIN + " Sorry."]:
+        assert opens_abstention(opening), opening
+    for opening in ["", "The Wren Line was", "The sources say", "Sources do not"]:
+        assert not opens_abstention(opening), opening

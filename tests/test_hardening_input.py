@@ -87,6 +87,8 @@ CHAT_CASES = [
     ({"rag": {"collection": "notes", "filter": {"n": 2**64}}}, "filter"),
     ({"rag": {"collection": "notes", "filter": {"n": {"$in": [-(2**70)]}}}}, "filter"),
     ({"rag": {"collection": "notes", "filter": {f"f{i}": i for i in range(3000)}}}, "filter"),
+    ({"rag": {"collection": "notes", "grounding": "extractive", "quotes": -1}}, "rag.quotes"),
+    ({"rag": {"collection": "notes", "quotes": 51}}, "rag.quotes"),
 ]
 
 

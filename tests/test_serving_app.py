@@ -244,3 +244,50 @@ def test_the_readme_multi_gpu_settings_reach_vllm_unchanged(base_model: Path) ->
     assert plain.tensor_parallel_size == 2 and plain.distributed_executor_backend is None
     one = AsyncEngineArgs(**engine_args(base_model, load_settings().engine))
     assert (one.tensor_parallel_size, one.data_parallel_size) == (1, 1)
+
+
+def test_extractive_grounding_decides_whether_to_answer_apart_from_what_to_quote(
+    served,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The model's free opening (a short greedy probe, same prompt) decides whether to abstain;
+    the grammar then offers the abstention alone, or the ranked quotations without it. The
+    echo engine ignores grammars: what is checked is what the engine is asked for."""
+    from core.prompt import ABSTAIN
+    from serving.engine import Delta
+    from serving.grounding import PROBE_TOKENS, choice_grammar, extractive_grammar, rank_quotations
+
+    client, engine, library = served
+    calls: list[tuple[str, list[int], object]] = []
+    opening = {"text": ABSTAIN}
+    echo = engine.generate
+
+    async def scripted(prompt_ids, options, request_id, adapter):  # noqa: ANN001, ANN202
+        calls.append((request_id, prompt_ids, options))
+        if request_id.startswith("probe"):
+            yield Delta(0, opening["text"], PROBE_TOKENS, "length")
+            return
+        async for delta in echo(prompt_ids, options, request_id, adapter):
+            yield delta
+
+    monkeypatch.setattr(engine, "generate", scripted)
+    question = "When was the lighthouse built?"
+    ask = {"model": "notes", "messages": [{"role": "user", "content": question}]}
+
+    chat(client, **ask, rag={"grounding": "extractive"})
+    (probe_id, probe_prompt, probe), (_, prompt, answer) = calls
+    assert probe_id.startswith("probe") and probe_prompt == prompt
+    assert (probe.max_tokens, probe.temperature, probe.grammar) == (PROBE_TOKENS, 0.0, None)
+    assert answer.grammar == choice_grammar([])  # the abstention, and nothing else
+
+    calls.clear()
+    opening["text"] = "The lighthouse was"
+    body = chat(client, **ask, rag={"grounding": "extractive"})
+    texts = [s["text"] for s in body["sources"]]
+    ranked = rank_quotations(question, texts, library.open("notes").embedder, k=3)
+    assert "1871" in ranked[0]
+    assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(ranked, abstain=False)
+
+    calls.clear()  # quotes 0: the single grammar, no probe
+    chat(client, **ask, rag={"grounding": "extractive", "quotes": 0})
+    assert len(calls) == 1 and calls[0][2].grammar == extractive_grammar(texts)

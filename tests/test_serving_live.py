@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from retrieval_fixtures import real_embedder
 
+from serving.grounding import rank_quotations
 from tests.conftest import LiveServer, make_lora_adapter, quoted_source
 
 pytestmark = pytest.mark.engine
@@ -251,6 +253,19 @@ def test_strict_grounding_keeps_a_memorised_answer_out(live_server: LiveServer) 
     assert quoted_source(quote, sources) is not None and "Paris" not in quote, quote
     streamed = client.chat.completions.create(**ask, stream=True, extra_body=extractive_rag)
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == quote
+    # By default the model chooses among the 3 runs ranked closest to the question (the base
+    # model does not open with the abstention here); with `quotes: 1` it has the best one only,
+    # and with `quotes: 0` any run of the sources, as one grammar.
+    ranked = rank_quotations(FRANCE[-1]["content"], [s["text"] for s in sources], real_embedder(), k=3)
+    assert quote in ranked, (quote, ranked)
+    for quotes, check in [
+        (1, lambda q: q == ranked[0]),
+        (0, lambda q: quoted_source(q, sources) is not None),
+    ]:
+        reply = client.chat.completions.create(
+            **ask, extra_body={"rag": {**rag, "grounding": "extractive", "quotes": quotes}}
+        )
+        assert check(reply.choices[0].message.content), (quotes, reply.choices[0].message.content)
     # The `grounded` profile is extractive (no reader adapter in this test's adapters folder).
     profile = client.chat.completions.create(
         **{**ask, "model": "grounded"}, extra_body={"rag": {"collection": "atlas"}}
