@@ -147,6 +147,7 @@ class GenerationService:
         query: str,
         prompt_ids: list[int],
         kept: list[ContextChunk],
+        max_tokens: int | None,
     ) -> dict[str, Any]:
         """What grounding holds the answer to (serving.grounding), as SamplingOptions fields:
         strict, the tokens it may use; extractive, the grammar of its quotations (by default
@@ -168,7 +169,15 @@ class GenerationService:
             if target.adapter is not None and self.adapters.get(target.adapter) is None:
                 return {}  # _finish refuses the request: the adapter is not loaded
             coll = await asyncio.to_thread(self.library.open, collection)
-            ranked = await asyncio.to_thread(rank_quotations, query, texts, coll.embedder, k=quotes)
+            # A quotation the reply's token budget cannot hold would end cut, without its marker.
+            budget = max_tokens or self.engine.max_model_len - len(prompt_ids)
+
+            def fits(answer: str) -> bool:
+                return self.count_tokens(answer) < budget  # and the end of the turn
+
+            ranked = await asyncio.to_thread(
+                rank_quotations, query, texts, coll.embedder, k=quotes, fits=fits
+            )
             if not ranked or await self._opens_with_abstention(target, prompt_ids):
                 return {"grammar": choice_grammar([])}
             return {"grammar": choice_grammar(ranked, abstain=False)}
@@ -215,7 +224,7 @@ class GenerationService:
         prompt_ids, kept = await asyncio.to_thread(
             self._chat_prompt, messages, system_prompt, hits, req.token_limit
         )
-        constraint = await self._constraint(target, req.rag, query, prompt_ids, kept)
+        constraint = await self._constraint(target, req.rag, query, prompt_ids, kept, req.token_limit)
         return self._finish(req, target, prompt_ids, hits, kept, constraint)
 
     def _chat_prompt(
@@ -240,7 +249,7 @@ class GenerationService:
         prompt = req.prompt_text
         hits = await self.retrieve(target, req.rag, prompt, param="prompt", scope=scope)
         prompt_ids, kept = await asyncio.to_thread(self._completion_prompt, prompt, hits, req.token_limit)
-        constraint = await self._constraint(target, req.rag, prompt, prompt_ids, kept)
+        constraint = await self._constraint(target, req.rag, prompt, prompt_ids, kept, req.token_limit)
         return self._finish(req, target, prompt_ids, hits, kept, constraint)
 
     def _completion_prompt(

@@ -27,7 +27,8 @@ trap: the abstention opens with "The", so the weight of every answer the model w
   the collection's embedder and BM25 fused as hybrid retrieval fuses them
   (retrieval.fusion.convex), and the grammar admits the best `quotes` of them, among which the
   model chooses. Two sentences, because a sentence often needs the one before it to say what it
-  is about ("The Heron Line runs between ... . Trains leave every 12 minutes").
+  is about ("The Heron Line runs between ... . Trains leave every 12 minutes"). Runs the reply's
+  token budget cannot hold are left out, unless none fits: cut, they would lose their marker.
 
 `quotes: 0` keeps the single grammar over every run of up to three sentences, abstention
 included. `bench/results/quotes.md` measures both.
@@ -36,7 +37,7 @@ included. `bench/results/quotes.md` measures both.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -144,13 +145,24 @@ def _terms() -> Tokenizer:
     return Tokenizer()
 
 
-def rank_quotations(question: str, context_texts: Sequence[str], embedder: Embedder, *, k: int) -> list[str]:
+def rank_quotations(
+    question: str,
+    context_texts: Sequence[str],
+    embedder: Embedder,
+    *,
+    k: int,
+    fits: Callable[[str], bool] | None = None,
+) -> list[str]:
     """The `k` quotations of these sources closest to the question, cited ("... [n]."), best first.
 
     Dense (the embedder's cosine) and BM25 (the store's tokenizer, the candidates as the corpus)
     rankings, fused by convex z-scores with the weight hybrid retrieval uses: nothing is tuned here.
+    `fits` (a cited quotation -> whether the reply's token budget holds it) leaves out the runs
+    that would be cut before their marker, unless none fits.
     """
     found = quotations(context_texts)
+    if fits is not None:
+        found = [q for q in found if fits(cite(*q))] or found
     if not found:
         return []
     texts = [text for text, _ in found]

@@ -135,8 +135,12 @@ def test_quotations_are_runs_of_one_or_two_sentences_of_one_source() -> None:
     assert not any("Bicycles" in text and "Heron" in text for text, _ in found)
 
 
-def test_ranked_quotations_put_the_answering_run_first_whatever_the_source_order() -> None:
-    embedder = real_embedder()
+@pytest.fixture(scope="module")
+def embedder():  # noqa: ANN201
+    return real_embedder()
+
+
+def test_ranked_quotations_put_the_answering_run_first_whatever_the_source_order(embedder) -> None:  # noqa: ANN001
     for order in (LINES, LINES[::-1]):
         ranked = rank_quotations("Who designed the stations of the Wren Line?", order, embedder, k=3)
         n = order.index(LINES[2]) + 1
@@ -176,3 +180,12 @@ def test_the_abstention_is_recognised_from_its_opening_words() -> None:
         assert opens_abstention(opening), opening
     for opening in ["", "The Wren Line was", "The sources say", "Sources do not"]:
         assert not opens_abstention(opening), opening
+
+
+def test_quotations_the_reply_cannot_hold_are_left_out_unless_none_fits(embedder) -> None:  # noqa: ANN001
+    question = "How often do trains run on the Larch Line?"
+    short = rank_quotations(question, LINES, embedder, k=3, fits=lambda answer: len(answer) < 60)
+    assert len(short) == 3 and all(len(answer) < 60 for answer in short), short
+    assert "Trains leave every 20 minutes during the day [2]." in short  # the pair is too long
+    unbounded = rank_quotations(question, LINES, embedder, k=3)
+    assert rank_quotations(question, LINES, embedder, k=3, fits=lambda answer: False) == unbounded
