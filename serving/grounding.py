@@ -156,7 +156,8 @@ def rank_quotations(
     """The `k` quotations of these sources closest to the question, cited ("... [n]."), best first.
 
     Dense (the embedder's cosine) and BM25 (the store's tokenizer, the candidates as the corpus)
-    rankings, fused by convex z-scores with the weight hybrid retrieval uses: nothing is tuned here.
+    rankings, fused by convex z-scores with hybrid retrieval's default weight (0.5, not tuned
+    here or per collection).
     `fits` (a cited quotation -> whether the reply's token budget holds it) leaves out the runs
     that would be cut before their marker, unless none fits.
     """
