@@ -166,8 +166,6 @@ class GenerationService:
             quotes = next((q for q in (asked, profiled) if q is not None), QUOTES)
             if not quotes or not texts:
                 return {"grammar": await asyncio.to_thread(extractive_grammar, texts)}
-            if target.adapter is not None and self.adapters.get(target.adapter) is None:
-                return {}  # _finish refuses the request: the adapter is not loaded
             coll = await asyncio.to_thread(self.library.open, collection)
             # A quotation the reply's token budget cannot hold would end cut, without its marker.
             budget = max_tokens or self.engine.max_model_len - len(prompt_ids)
@@ -210,9 +208,21 @@ class GenerationService:
         text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def _target(self, model: str, scope: Scope) -> Target:
+        """The model a request names, refused before any work if its adapter is not loaded (the
+        grounding probe runs on it, and a stream must not fail after its headers are sent)."""
+        scope.check_model(model)
+        target = self.resolver.resolve(model)
+        if target.adapter is not None and self.adapters.get(target.adapter) is None:
+            raise AdapterNotFound(
+                f"model {target.name!r} uses adapter {target.adapter!r}, which is not loaded; "
+                "POST /v1/adapters to load it",
+                param="model",
+            )
+        return target
+
     async def prepare_chat(self, req: ChatCompletionRequest, scope: Scope = UNLIMITED) -> Prepared:
-        scope.check_model(req.model)
-        target = self.resolver.resolve(req.model)
+        target = self._target(req.model, scope)
         messages = [
             {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages
         ]
@@ -244,8 +254,7 @@ class GenerationService:
         return self._encode_chat(apply_context(messages, kept, system_prompt=system_prompt)), kept
 
     async def prepare_completion(self, req: CompletionRequest, scope: Scope = UNLIMITED) -> Prepared:
-        scope.check_model(req.model)
-        target = self.resolver.resolve(req.model)
+        target = self._target(req.model, scope)
         prompt = req.prompt_text
         hits = await self.retrieve(target, req.rag, prompt, param="prompt", scope=scope)
         prompt_ids, kept = await asyncio.to_thread(self._completion_prompt, prompt, hits, req.token_limit)
@@ -269,13 +278,6 @@ class GenerationService:
         kept: list[ContextChunk],
         constraint: dict[str, Any],
     ) -> Prepared:
-        if target.adapter is not None and self.adapters.get(target.adapter) is None:
-            # Checked here, not at generation: a stream must not fail after its headers are sent.
-            raise AdapterNotFound(
-                f"model {target.name!r} uses adapter {target.adapter!r}, which is not loaded; "
-                "POST /v1/adapters to load it",
-                param="model",
-            )
         limit = self.engine.max_model_len
         if len(prompt_ids) >= limit:  # fit_chunks keeps this from happening; a guard, not a path
             raise ContextLengthExceeded(f"the prompt has {len(prompt_ids)} tokens; the context is {limit}")
