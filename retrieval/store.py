@@ -80,9 +80,33 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+BUSY_TIMEOUT_S = 30.0
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the database to WAL once; several processes may open a new file at the same moment.
+
+    SQLite does not call the busy handler while a connection changes the journal mode, so a
+    second opener meets "database is locked" at once rather than after the timeout: retry until
+    the mode is WAL (set by whichever opener won) or the usual busy timeout has passed.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            # The pragma answers the mode in force: the old one when it could not change it.
+            if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        if time.monotonic() > deadline:
+            raise StoreUnavailable(f"could not switch the database to WAL within {BUSY_TIMEOUT_S:.0f} s")
+        time.sleep(0.01)
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+    _use_wal(conn)
     # NORMAL in WAL mode: a commit survives a killed process; only a power cut may lose the last ones.
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
