@@ -23,6 +23,7 @@ from serving.engine import AdapterRef, Delta, Engine, SamplingOptions
 from serving.grounding import (
     PROBE_TOKENS,
     QUOTES,
+    Ranked,
     allowed_token_ids,
     choice_grammar,
     extractive_grammar,
@@ -150,22 +151,21 @@ class GenerationService:
         max_tokens: int | None,
     ) -> dict[str, Any]:
         """What grounding holds the answer to (serving.grounding), as SamplingOptions fields:
-        strict, the tokens it may use; extractive, the grammar of its quotations (by default
-        after a short probe of the model's own opening, and a ranking of what it may quote).
-        Nothing when retrieval is off or decoding is free. Tokenising, building and ranking run
-        in a thread, like the prompt."""
-        grounding = rag.grounding if isinstance(rag, RagOptions) else None
-        grounding = grounding or (target.profile.grounding if target.profile else "free")
+        the abstention alone when no run of the sources comes within the relevance floor
+        (`min_similarity`) of the question; else strict, the tokens it may use; extractive, the
+        grammar of its quotations (by default after a short probe of the model's own opening,
+        and a ranking of what it may quote). Nothing when retrieval is off or decoding is free.
+        Tokenising, building and ranking run in a thread, like the prompt."""
         collection = self._collection(target, rag)
-        if grounding == "free" or collection is None:
+        if collection is None:
             return {}
+        grounding = _option(rag, target, "grounding") or "free"
+        floor = _option(rag, target, "min_similarity") or 0.0
+        quotes = _option(rag, target, "quotes")
+        quotes = QUOTES if quotes is None else quotes
         texts = [c.text for c in kept]
-        if grounding == "extractive":
-            asked = rag.quotes if isinstance(rag, RagOptions) else None
-            profiled = target.profile.quotes if target.profile else None
-            quotes = next((q for q in (asked, profiled) if q is not None), QUOTES)
-            if not quotes or not texts:
-                return {"grammar": await asyncio.to_thread(extractive_grammar, texts)}
+        ranked: Ranked | None = None
+        if floor or (grounding == "extractive" and quotes and texts):
             coll = await asyncio.to_thread(self.library.open, collection)
             # A quotation the reply's token budget cannot hold would end cut, without its marker.
             budget = max_tokens or self.engine.max_model_len - len(prompt_ids)
@@ -174,11 +174,18 @@ class GenerationService:
                 return self.count_tokens(answer) < budget  # and the end of the turn
 
             ranked = await asyncio.to_thread(
-                rank_quotations, query, texts, coll.embedder, k=quotes, fits=fits
+                rank_quotations, query, texts, coll.embedder, k=max(quotes, 1), fits=fits
             )
-            if not ranked or await self._opens_with_abstention(target, prompt_ids):
+            if ranked.off_topic(floor):
                 return {"grammar": choice_grammar([])}
-            return {"grammar": choice_grammar(ranked, abstain=False)}
+        if grounding == "free":
+            return {}
+        if grounding == "extractive":
+            if ranked is None or not quotes:
+                return {"grammar": await asyncio.to_thread(extractive_grammar, texts)}
+            if not ranked.quotes or await self._opens_with_abstention(target, prompt_ids):
+                return {"grammar": choice_grammar([])}
+            return {"grammar": choice_grammar(ranked.quotes, abstain=False)}
         allowed = await asyncio.to_thread(allowed_token_ids, self.tokenizer, prompt_ids, texts)
         return {"allowed_token_ids": tuple(allowed)}
 
@@ -389,3 +396,11 @@ async def _prepend(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIter
     yield first
     async for delta in rest:
         yield delta
+
+
+def _option(rag: RagOptions | bool | None, target: Target, name: str) -> Any:
+    """A grounding option: the request's (`rag.<name>`), else the model's profile's, else None."""
+    asked = getattr(rag, name) if isinstance(rag, RagOptions) else None
+    if asked is not None:
+        return asked
+    return getattr(target.profile, name) if target.profile else None

@@ -32,6 +32,12 @@ trap: the abstention opens with "The", so the weight of every answer the model w
 
 `quotes: 0` keeps the single grammar over every run of up to three sentences, abstention
 included. `bench/results/quotes.md` measures both.
+
+The relevance floor (`min_similarity`, any grounding; the `grounded` profile's is
+`MIN_SIMILARITY`): when the sources are off the question's topic (`Ranked.off_topic`: no run
+within the floor by the embedder's cosine, and none holding most of the question's terms), the
+answer is the abstention, without asking the model. Measured, this tells "the answer is gone"
+apart far better than a 135M model's own opening does (bench/results/floor.md).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -126,6 +132,9 @@ QUOTES = 3
 PROBE_TOKENS = 4
 # The longest quotation a ranked choice offers, in sentences (see the module's docstring).
 RANKED_RUN = 2
+# The `grounded` profile's relevance floor (`Ranked.off_topic`): Youden's J on the questions of
+# DisflQA's training passages (`python -m bench.floor`, bench/results/floor.json).
+MIN_SIMILARITY = 0.67
 
 
 def quotations(context_texts: Sequence[str], *, max_sentences: int = RANKED_RUN) -> list[tuple[str, int]]:
@@ -140,6 +149,20 @@ def quotations(context_texts: Sequence[str], *, max_sentences: int = RANKED_RUN)
     return out
 
 
+class Ranked(NamedTuple):
+    quotes: list[str]  # cited quotations, best first
+    similarity: float  # the closest run's cosine to the question; 0.0 when there is none
+    coverage: float  # the largest share of the question's terms one run holds; 0.0 when none
+
+    def off_topic(self, floor: float) -> bool:
+        """Whether the sources are too far from the question to answer it (the relevance floor):
+        no run comes within `floor` of it by the embedder's cosine, and none holds most of its
+        terms. The second test guards the first: a source that contradicts what the embedder
+        learnt ("Havana is the capital of France ...") is further by cosine (0.61 against Paris's
+        0.85), never by its words."""
+        return self.similarity < floor and self.coverage <= 0.5
+
+
 @lru_cache(maxsize=1)
 def _terms() -> Tokenizer:
     return Tokenizer()
@@ -152,8 +175,10 @@ def rank_quotations(
     *,
     k: int,
     fits: Callable[[str], bool] | None = None,
-) -> list[str]:
-    """The `k` quotations of these sources closest to the question, cited ("... [n]."), best first.
+) -> Ranked:
+    """The `k` quotations of these sources closest to the question, cited ("... [n]."), best first,
+    and how close the closest run comes (cosine, and share of the question's terms: the
+    relevance floor's measures, `Ranked.off_topic`).
 
     Dense (the embedder's cosine) and BM25 (the store's tokenizer, the candidates as the corpus)
     rankings, fused by convex z-scores with hybrid retrieval's default weight (0.5, not tuned
@@ -162,18 +187,23 @@ def rank_quotations(
     that would be cut before their marker, unless none fits.
     """
     found = quotations(context_texts)
-    if fits is not None:
-        found = [q for q in found if fits(cite(*q))] or found
     if not found:
-        return []
+        return Ranked([], 0.0, 0.0)
     texts = [text for text, _ in found]
     dense = embedder.embed(texts) @ embedder.embed_query(question)
     tokenizer = _terms()
+    terms = tokenizer.query_terms(question)
+    counted = count(tokenizer, np.arange(len(texts)), texts)
+    asked = set(terms)
+    held = np.bincount(counted.docs[[t in asked for t in counted.terms]], minlength=len(texts))
+    # The floor's measures look at every run; the choice only at those the reply can hold.
+    similarity, coverage = float(dense.max()), float(held.max() / len(asked)) if asked else 1.0
+    kept = [i for i in range(len(found)) if fits is None or fits(cite(*found[i]))] or list(range(len(found)))
     index = SparseIndex(tokenizer)
-    index.add(count(tokenizer, np.arange(len(texts)), texts))
-    sparse = index.search(tokenizer.query_terms(question), k=len(texts))
-    fused = convex(list(enumerate(dense.tolist())), sparse, 0.5)
-    return [cite(*found[i]) for i, _ in fused[:k]]
+    index.add(count(tokenizer, np.arange(len(kept)), [texts[i] for i in kept]))
+    sparse = index.search(terms, k=len(kept))
+    fused = convex(list(enumerate(dense[kept].tolist())), sparse, 0.5)
+    return Ranked([cite(*found[kept[j]]) for j, _ in fused[:k]], similarity, coverage)
 
 
 def choice_grammar(answers: Sequence[str], *, abstain: bool = True) -> str:

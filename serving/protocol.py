@@ -140,6 +140,15 @@ class RagOptions(BaseModel):
         description="extractive grounding: how many quotations, ranked against the question, the "
         "answer chooses from (0: any run of sentences, unranked); None: the profile's, else 3",
     )
+    min_similarity: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="the relevance floor: when no run of one or two sentences of the sources comes "
+        "this close to the question (the collection embedder's cosine) and none holds most of its "
+        "terms, the reply is the abstention sentence, whatever the grounding; 0: off; None: the "
+        "profile's, else off",
+    )
 
 
 class StreamOptions(BaseModel):

@@ -153,6 +153,14 @@ class ProfileSettings(BaseModel):
         description="extractive grounding: how many ranked quotations an answer chooses from "
         "(0: any run of sentences, unranked); None: 3 (serving.grounding.QUOTES)",
     )
+    min_similarity: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="the relevance floor: the abstention, whatever the grounding, when no run of one "
+        "or two sentences of the sources comes this close to the question (embedder cosine) and none "
+        "holds most of its terms; None or 0: off (the `grounded` profile: 0.67)",
+    )
 
     @model_validator(mode="before")
     @classmethod

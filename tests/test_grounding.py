@@ -142,16 +142,42 @@ def embedder():  # noqa: ANN201
 
 def test_ranked_quotations_put_the_answering_run_first_whatever_the_source_order(embedder) -> None:  # noqa: ANN001
     for order in (LINES, LINES[::-1]):
-        ranked = rank_quotations("Who designed the stations of the Wren Line?", order, embedder, k=3)
+        ranked = rank_quotations("Who designed the stations of the Wren Line?", order, embedder, k=3).quotes
         n = order.index(LINES[2]) + 1
         assert len(ranked) == 3
         assert ranked[0].endswith(f"[{n}].") and "Ines Varga" in ranked[0], ranked
     # The one sentence that answers names no line: the run with the sentence before it wins.
-    ranked = rank_quotations("How often do trains run on the Larch Line?", LINES, embedder, k=2)
+    ranked = rank_quotations("How often do trains run on the Larch Line?", LINES, embedder, k=2).quotes
     assert ranked[0] == (
         "The Larch Line runs between Old Mill and Pembury. Trains leave every 20 minutes during the day [2]."
     ), ranked
-    assert rank_quotations("Anything?", [], embedder, k=3) == []
+    assert rank_quotations("Anything?", [], embedder, k=3) == ([], 0.0, 0.0)
+
+
+def test_the_relevance_floor_tells_sources_about_the_question_from_others(embedder) -> None:  # noqa: ANN001
+    """The closest run's cosine and share of the question's terms: near for a question the notes
+    are about (even one they do not answer), far for one they are not."""
+    near = rank_quotations("Who designed the stations of the Wren Line?", LINES, embedder, k=1)
+    same_subject = rank_quotations("When does the Heron Line close for track works?", LINES, embedder, k=1)
+    far = rank_quotations("What is the boiling point of mercury?", LINES, embedder, k=1)
+    assert near.similarity > same_subject.similarity > 0.5 > 0.3 > far.similarity
+    assert (near.coverage, far.coverage) == (1.0, 0.0)
+    assert not near.off_topic(0.62) and far.off_topic(0.62) and not far.off_topic(0.0)
+    assert rank_quotations("Anything?", [], embedder, k=1).off_topic(0.1)  # nothing retrieved
+
+
+def test_a_source_that_contradicts_the_embedder_is_not_off_topic(embedder) -> None:  # noqa: ANN001
+    """The embedder learnt that Paris is France's capital: a source saying Havana is further from
+    the question by cosine (about 0.61 against 0.85), under the floor, yet it holds every word
+    of the question. Following such a source is what grounding is for, so it is not off topic."""
+    question = "What is the capital of France?"
+    true = rank_quotations(
+        question, ["Paris is the capital of France. Its parliament meets in Paris."], embedder, k=1
+    )
+    text = "Havana is the capital of France. The government and parliament of France meets in Havana."
+    conflict = rank_quotations(question, [text], embedder, k=1)
+    assert true.similarity > 0.8 and conflict.similarity < 0.62 and conflict.coverage == 1.0
+    assert not conflict.off_topic(0.62)
 
 
 def test_a_choice_grammar_admits_the_ranked_quotations_and_the_abstention_only(accepts) -> None:  # noqa: ANN001
@@ -184,8 +210,12 @@ def test_the_abstention_is_recognised_from_its_opening_words() -> None:
 
 def test_quotations_the_reply_cannot_hold_are_left_out_unless_none_fits(embedder) -> None:  # noqa: ANN001
     question = "How often do trains run on the Larch Line?"
-    short = rank_quotations(question, LINES, embedder, k=3, fits=lambda answer: len(answer) < 60)
+    short = rank_quotations(question, LINES, embedder, k=3, fits=lambda answer: len(answer) < 60).quotes
     assert len(short) == 3 and all(len(answer) < 60 for answer in short), short
     assert "Trains leave every 20 minutes during the day [2]." in short  # the pair is too long
     unbounded = rank_quotations(question, LINES, embedder, k=3)
     assert rank_quotations(question, LINES, embedder, k=3, fits=lambda answer: False) == unbounded
+    # The relevance floor's measures look at every run, whatever the reply can hold: a short
+    # max_tokens must not make the sources look off topic.
+    tight = rank_quotations(question, LINES, embedder, k=3, fits=lambda answer: len(answer) < 60)
+    assert tight[1:] == pytest.approx(unbounded[1:])

@@ -89,6 +89,9 @@ CHAT_CASES = [
     ({"rag": {"collection": "notes", "filter": {f"f{i}": i for i in range(3000)}}}, "filter"),
     ({"rag": {"collection": "notes", "grounding": "extractive", "quotes": -1}}, "rag.quotes"),
     ({"rag": {"collection": "notes", "quotes": 51}}, "rag.quotes"),
+    ({"rag": {"collection": "notes", "min_similarity": -0.1}}, "rag.min_similarity"),
+    ({"rag": {"collection": "notes", "min_similarity": 1.5}}, "rag.min_similarity"),
+    ({"rag": {"collection": "notes", "min_similarity": "high"}}, "rag.min_similarity"),
 ]
 
 

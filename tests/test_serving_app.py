@@ -284,10 +284,65 @@ def test_extractive_grounding_decides_whether_to_answer_apart_from_what_to_quote
     opening["text"] = "The lighthouse was"
     body = chat(client, **ask, rag={"grounding": "extractive"})
     texts = [s["text"] for s in body["sources"]]
-    ranked = rank_quotations(question, texts, library.open("notes").embedder, k=3)
+    ranked = rank_quotations(question, texts, library.open("notes").embedder, k=3).quotes
     assert "1871" in ranked[0]
     assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(ranked, abstain=False)
 
     calls.clear()  # quotes 0: the single grammar, no probe
     chat(client, **ask, rag={"grounding": "extractive", "quotes": 0})
     assert len(calls) == 1 and calls[0][2].grammar == extractive_grammar(texts)
+
+
+def test_below_the_relevance_floor_the_reply_is_the_abstention_in_every_grounding(
+    served,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`min_similarity`: when no run of the sources comes that close to the question, the engine
+    is asked for the abstention alone, without a probe, whatever the grounding; above it the
+    grounding runs as before. A profile's floor applies unless the request sets its own."""
+    from serving.grounding import choice_grammar, rank_quotations
+
+    client, engine, library = served
+    calls: list[object] = []
+    echo = engine.generate
+
+    async def recorded(prompt_ids, options, request_id, adapter):  # noqa: ANN001, ANN202
+        calls.append(options)
+        async for delta in echo(prompt_ids, options, request_id, adapter):
+            yield delta
+
+    monkeypatch.setattr(engine, "generate", recorded)
+    embedder = library.open("notes").embedder
+
+    def similarity(question: str, body: dict) -> float:
+        return rank_quotations(question, [s["text"] for s in body["sources"]], embedder, k=1).similarity
+
+    near, far = "When was the lighthouse built?", "Which team won the cup final?"
+    ask = {"model": "notes", "messages": [{"role": "user", "content": far}]}
+    body = chat(client, **ask)
+    assert calls[-1].grammar is None and body["sources"]  # no floor: free decoding, as before
+    floor = (
+        similarity(far, body)
+        + similarity(near, chat(client, **{**ask, "messages": [{"role": "user", "content": near}]}))
+    ) / 2
+    for grounding in ("free", "strict", "extractive"):
+        calls.clear()
+        chat(client, **ask, rag={"grounding": grounding, "min_similarity": floor})
+        assert len(calls) == 1 and calls[0].grammar == choice_grammar([]), grounding  # no probe either
+        calls.clear()
+        chat(
+            client,
+            **{**ask, "messages": [{"role": "user", "content": near}]},
+            rag={"grounding": grounding, "min_similarity": floor},
+        )
+        assert calls[-1].grammar != choice_grammar([]), grounding
+    assert (
+        client.put("/v1/profiles/careful", json={"collection": "notes", "min_similarity": floor}).status_code
+        == 201
+    )
+    calls.clear()
+    chat(client, **{**ask, "model": "careful"})
+    assert calls[-1].grammar == choice_grammar([])
+    calls.clear()
+    chat(client, **{**ask, "model": "careful"}, rag={"min_similarity": 0})  # the request turns it off
+    assert calls[-1].grammar is None
