@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from core.errors import RagtuneError
+from serving.grounding import MIN_SIMILARITY
 from serving.settings import ProfileSettings, Settings
 
 console = Console()
@@ -42,9 +43,9 @@ def trained_adapter(settings: Settings, name: str, otherwise: str) -> str | None
 def with_grounded(settings: Settings) -> Settings:
     """Settings that also serve the `grounded` profile: answers from the sources of the collection
     a request names (`rag.collection`) with extractive grounding (serving.grounding: an answer
-    quotes a source with its marker, or abstains), by the reader adapter (`make reader-adapter`,
-    which is trained to answer so) once it is trained, else by the base model. A profile of the
-    same name in the settings wins."""
+    quotes a source with its marker, or abstains, as it does below the relevance floor), by the
+    reader adapter (`make reader-adapter`, which is trained to answer so) once it is trained,
+    else by the base model. A profile of the same name in the settings wins."""
     if GROUNDED_PROFILE in settings.serving.profiles:
         return settings
     adapter = settings.serving.adapters.get(READER_ADAPTER) and READER_ADAPTER
@@ -58,7 +59,7 @@ def with_grounded(settings: Settings) -> Settings:
         if adapter
         else settings.serving.adapters
     )
-    profile = ProfileSettings(adapter=adapter, top_k=4, grounding="extractive")
+    profile = ProfileSettings(adapter=adapter, top_k=4, grounding="extractive", min_similarity=MIN_SIMILARITY)
     profiles = {**settings.serving.profiles, GROUNDED_PROFILE: profile}
     serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})
     return settings.model_copy(update={"serving": serving})

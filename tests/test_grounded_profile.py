@@ -9,6 +9,7 @@ import pytest
 from conftest import make_lora_adapter
 
 from serving.builtin import GROUNDED_PROFILE, READER_ADAPTER, with_grounded
+from serving.grounding import MIN_SIMILARITY
 from serving.settings import ProfileSettings, Settings
 
 
@@ -35,6 +36,7 @@ def test_a_trained_reader_adds_the_grounded_profile(reader_dir: Path, base_model
     # trained on 2 to 4 sources.
     assert (profile.adapter, profile.collection, profile.top_k) == (READER_ADAPTER, None, 4)
     assert profile.grounding == "extractive"
+    assert profile.min_similarity == MIN_SIMILARITY  # the relevance floor (bench/results/floor.md)
 
 
 def test_without_a_reader_the_base_model_answers_and_the_log_says_how_to_train_it(

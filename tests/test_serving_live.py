@@ -17,6 +17,7 @@ import openai
 import pytest
 from retrieval_fixtures import real_embedder
 
+from core.prompt import ABSTAIN
 from serving.grounding import rank_quotations
 from tests.conftest import LiveServer, make_lora_adapter, quoted_source
 
@@ -256,7 +257,7 @@ def test_strict_grounding_keeps_a_memorised_answer_out(live_server: LiveServer) 
     # By default the model chooses among the 3 runs ranked closest to the question (the base
     # model does not open with the abstention here); with `quotes: 1` it has the best one only,
     # and with `quotes: 0` any run of the sources, as one grammar.
-    ranked = rank_quotations(FRANCE[-1]["content"], [s["text"] for s in sources], real_embedder(), k=3)
+    ranked = rank_quotations(FRANCE[-1]["content"], [s["text"] for s in sources], real_embedder(), k=3).quotes
     assert quote in ranked, (quote, ranked)
     for quotes, check in [
         (1, lambda q: q == ranked[0]),
@@ -272,6 +273,17 @@ def test_strict_grounding_keeps_a_memorised_answer_out(live_server: LiveServer) 
     )
     quote = profile.choices[0].message.content
     assert quoted_source(quote, profile.model_extra["sources"]) is not None, quote
+    # Its relevance floor: sources that contradict the embedder's memory (Havana, 0.61 by cosine)
+    # are still on topic, but nothing in them is about a novel's author: it abstains.
+    off = client.chat.completions.create(
+        **{
+            **ask,
+            "model": "grounded",
+            "messages": [{"role": "user", "content": "Who wrote the novel Moby-Dick?"}],
+        },
+        extra_body={"rag": {"collection": "atlas"}},
+    )
+    assert off.choices[0].message.content == ABSTAIN and off.model_extra["sources"]
     http.delete("/v1/collections/atlas")
 
 
@@ -318,11 +330,19 @@ def test_changing_a_document_changes_the_answer_without_retraining(
     top = second.model_extra["sources"][0]
     assert top["document_id"] == "reactor" and "Ivo Brenn" in top["text"]
     assert all(s["document_id"] == "reactor" and "Brenn" in s["text"] for s in cited(second)), answer
+    grounded = {"model": "grounded", "messages": question, "temperature": 0, "max_tokens": 48}
+    grounded["extra_body"] = {"rag": {"collection": "reindex"}}
+    reply = client.chat.completions.create(**grounded)
+    quote, sources = reply.choices[0].message.content, reply.model_extra["sources"]
+    n = quoted_source(quote, sources)
+    assert "Ivo Brenn" in quote and n is not None and sources[n - 1]["document_id"] == "reactor", quote
 
     assert http.delete("/v1/collections/reindex/documents/reactor").status_code == 200
     third = greedy(client, BASE, question, rag=rag)
     assert "reactor" not in [s["document_id"] for s in third.model_extra["sources"]]
     assert "Brenn" not in third.choices[0].message.content  # the deleted fact is not served
+    # The `grounded` profile says so: nothing left is about the reactor (its relevance floor).
+    assert client.chat.completions.create(**grounded).choices[0].message.content == ABSTAIN
     assert _files_state(base_model, live_server.adapters_dir) == weights
 
 

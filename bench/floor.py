@@ -1,0 +1,125 @@
+"""The relevance floor (`min_similarity`), derived where no evaluation looks: on the questions of
+a QA set's *training* passages (training.qa.split_questions; the README's figures use the
+held-out ones), how close the sources come to the question (serving.grounding.rank_quotations:
+the closest run of one or two sentences by the collection embedder's cosine, and the largest
+share of the question's terms one run holds) when the gold passage was retrieved, and when it
+is gone. For every floor, how often `Ranked.off_topic` (cosine below the floor, no run holding
+most of the terms) abstains in each case; the floor that separates the two best (Youden's J:
+the rate where the gold is gone minus the rate where it was shown) is the `grounded` profile's
+default. The cosine alone is reported beside it.
+
+    .venv/bin/python -m bench.floor --dataset ../shared/data/disflqa [--split train] [--limit 600]
+
+"Gone" takes the best `top_k` hits of other passages (the gold passage's chunks left out of the
+list; `ragtune eval qa` deletes them from the collection, which also moves BM25's statistics a
+little). Writes bench/results/floor.json and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench.machine import machine  # noqa: E402
+from retrieval import Document, Library  # noqa: E402
+from retrieval.settings import RetrievalSettings  # noqa: E402
+from serving.grounding import Ranked, rank_quotations  # noqa: E402
+from training.qa import load_qa_set, split_questions  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+FLOORS = np.round(np.arange(0.30, 0.801, 0.01), 2)
+
+
+def rankings(dataset: Path, split: str, limit: int, top_k: int) -> tuple[list[Ranked], list[Ranked]]:
+    """Each question's ranking of its sources: with the gold passage retrieved, and without it."""
+    qa = load_qa_set(dataset)
+    questions = split_questions(qa, split)[:limit]
+    shown, gone = [], []
+    with tempfile.TemporaryDirectory(prefix="ragtune-floor-") as scratch:
+        library = Library(Path(scratch), RetrievalSettings())
+        try:
+            coll = library.create("floor")
+            coll.upsert([Document(id=p.id, text=p.text, title=p.title or None) for p in qa.passages.values()])
+            for q in questions:
+                hits = coll.search(q.text, k=top_k + 8, mode="hybrid")
+                others = [h for h in hits if h.document_id != q.doc_id]
+                for out, kept in ((shown, hits[:top_k]), (gone, others[:top_k])):
+                    out.append(rank_quotations(q.text, [h.text for h in kept], coll.embedder, k=1))
+        finally:
+            library.close()
+    return shown, gone
+
+
+def rates(rankings: list[Ranked], floor: float) -> tuple[float, float]:
+    """How often the floor abstains: by `off_topic`, and by the cosine alone."""
+    return (
+        float(np.mean([r.off_topic(floor) for r in rankings])),
+        float(np.mean([r.similarity < floor for r in rankings])),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", type=Path, required=True, help="BEIR-layout QA set with answers")
+    parser.add_argument("--split", default="train", choices=["train", "heldout", "all"])
+    parser.add_argument("--limit", type=int, default=600)
+    parser.add_argument(
+        "--top-k", type=int, default=4, help="sources per question (the grounded profile's 4)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "floor.json")
+    args = parser.parse_args()
+    shown, gone = rankings(args.dataset, args.split, args.limit, args.top_k)
+    rows = []
+    for f in FLOORS:
+        (gone_rule, gone_cos), (shown_rule, shown_cos) = rates(gone, f), rates(shown, f)
+        rows.append(
+            {
+                "floor": float(f),
+                "abstains_gold_gone": gone_rule,
+                "abstains_gold_shown": shown_rule,
+                "cosine_alone": {"abstains_gold_gone": gone_cos, "abstains_gold_shown": shown_cos},
+            }
+        )
+    best = max(rows, key=lambda r: r["abstains_gold_gone"] - r["abstains_gold_shown"])
+    mean = {
+        name: {
+            "cosine": float(np.mean([r.similarity for r in rs])),
+            "coverage": float(np.mean([r.coverage for r in rs])),
+        }
+        for name, rs in (("gold_shown", shown), ("gold_gone", gone))
+    }
+    result = {
+        "command": f"python -m bench.floor --dataset {args.dataset} --split {args.split} "
+        f"--limit {args.limit} --top-k {args.top_k}",
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "questions": len(shown),
+        "mean": mean,
+        "youden_best": best,
+        "floors": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{len(shown)} questions ({args.split}); means: {json.dumps(mean)}")
+    print("floor | off_topic: abstains, gold gone / gold shown | cosine alone: gold gone / gold shown")
+    for r in rows:
+        if round(r["floor"] * 100) % 5 == 0 or r is best:
+            c = r["cosine_alone"]
+            mark = "  <- Youden's J" if r is best else ""
+            print(
+                f"{r['floor']:.2f} | {r['abstains_gold_gone']:.3f} / {r['abstains_gold_shown']:.3f} | "
+                f"{c['abstains_gold_gone']:.3f} / {c['abstains_gold_shown']:.3f}{mark}"
+            )
+
+
+if __name__ == "__main__":
+    main()
