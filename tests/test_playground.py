@@ -128,6 +128,18 @@ def test_ask_and_see_the_streamed_answer_beside_its_sources(page: Any, tmp_path:
     shot(page, "playground-chat.png", tmp_path)
 
 
+def test_the_grounded_profile_abstains_below_its_relevance_floor(page: Any) -> None:
+    """Choosing the `grounded` profile fills in its floor; a question none of the documents is
+    about gets the abstention sentence, and with the floor set to 0 the model quotes instead."""
+    choose(page, model="grounded", collection=COLLECTION, max_tokens=48)
+    assert float(page.input_value("#rag-floor")) == pytest.approx(0.67)
+    turn = ask(page, "Who wrote the novel Moby-Dick?")
+    assert turn.locator(".answer .text").inner_text().strip() == "The sources do not answer this question."
+    page.fill("#rag-floor", "0")
+    turn = ask(page, "Who wrote the novel Moby-Dick?")
+    assert turn.locator(".answer .text").inner_text().strip() != "The sources do not answer this question."
+
+
 def test_citations_in_an_answer_highlight_their_sources(page: Any) -> None:
     """The page marks `[n]` in an answer and highlights source n. The 135M base model seldom
     writes `[n]` itself, so the page's own functions draw a turn that is never shown."""

@@ -129,6 +129,7 @@ function onModelChange() {
     $("rag-topk").value = profile.top_k;
     $("rag-mode").value = profile.mode;
     $("rag-grounding").value = profile.grounding || "free";
+    $("rag-floor").value = profile.min_similarity || 0;
     info = "profile: " + (profile.adapter ? "adapter " + profile.adapter : "base model") +
       (profile.collection ? ", collection " + profile.collection : "") +
       (profile.system_prompt ? ", a system prompt" : "");
@@ -191,6 +192,7 @@ function ragOptions() {
     top_k: Number($("rag-topk").value) || 3,
     mode: $("rag-mode").value,
     grounding: $("rag-grounding").value,
+    min_similarity: Math.min(Math.max(Number($("rag-floor").value) || 0, 0), 1),
   };
   const collection = $("rag-collection").value;
   if (collection) rag.collection = collection;
