@@ -200,7 +200,8 @@ def rank_quotations(
     similarity, coverage = float(dense.max()), float(held.max() / len(asked)) if asked else 1.0
     kept = [i for i in range(len(found)) if fits is None or fits(cite(*found[i]))] or list(range(len(found)))
     index = SparseIndex(tokenizer)
-    index.add(count(tokenizer, np.arange(len(kept)), [texts[i] for i in kept]))
+    all_kept = len(kept) == len(texts)  # the usual case: the terms counted above serve the index too
+    index.add(counted if all_kept else count(tokenizer, np.arange(len(kept)), [texts[i] for i in kept]))
     sparse = index.search(terms, k=len(kept))
     fused = convex(list(enumerate(dense[kept].tolist())), sparse, 0.5)
     return Ranked([cite(*found[kept[j]]) for j, _ in fused[:k]], similarity, coverage)
