@@ -33,6 +33,7 @@ METRICS = [
     ("grounded", "grounded (cf)"),
     ("abstain", "abstains (gold gone)"),
     ("false_abstain", "abstains (answer shown)"),
+    ("unanswerable_abstain", "abstains (unanswerable)"),
     ("behaviour", "behaviour"),
 ]
 

@@ -7,7 +7,8 @@ it needs first (only changed documents are re-embedded):
 
 - `answer`: the corpus as it is. Answer accuracy (normalised containment, token F1), citation
   accuracy (the gold passage is among `sources` and every `[n]` the answer cites points at
-  it), the dataset's behaviour score, latency.
+  it), the dataset's behaviour score, latency. Unanswerable questions (training.qa: the gold
+  passage is on the topic but does not answer) count only in their own rate: the abstention.
 - `counterfactual` (RAG on only): each gold passage's answer span replaced by another answer of
   the same type (training.qa.counterfactuals). Grounded rate: the answer holds the substitute
   and not the original; a model answering from memory gives the original.
@@ -283,14 +284,19 @@ def score_row(row: dict[str, Any], q: Question, extra: dict, scorer: Callable | 
     cite_ok = bool(gold_at) and bool(cites) and all(n in gold_at for n in cites)
     out: dict[str, float] = {}
     if row["phase"] == "answer":
-        out["contains"] = float(contains(reply, q.answer))
-        out["f1"] = token_f1(reply, q.answer)
+        if not q.answerable:
+            # The passage is on the topic but does not answer: the right reply is the abstention.
+            out["unanswerable_abstain"] = float(is_abstention(reply))
+        else:
+            out["contains"] = float(contains(reply, q.answer))
+            out["f1"] = token_f1(reply, q.answer)
         if row["rag"]:
             out["retrieved"] = float(bool(gold_at))
-            out["citation"] = float(cite_ok)
+            if q.answerable:
+                out["citation"] = float(cite_ok)
             # The answer's words were in a chunk shown (a gold passage's other chunk may not hold
             # them): abstaining here is a miss, not caution.
-            if any(contains(t, q.answer) for t in row.get("source_texts", [])):
+            if q.answerable and any(contains(t, q.answer) for t in row.get("source_texts", [])):
                 out["false_abstain"] = float(is_abstention(reply))
         if scorer is not None:
             expected = {**extra, "answer": q.answer, "n_sources": len(sources)}
@@ -302,7 +308,7 @@ def score_row(row: dict[str, Any], q: Question, extra: dict, scorer: Callable | 
         out["grounded"] = float(contains(reply, row["substitute"]) and not contains(reply, q.answer))
         out["memory"] = float(contains(reply, q.answer))
     elif row["phase"] == "abstain":
-        if any(contains(t, q.answer) for t in row.get("source_texts", [])):
+        if q.answerable and any(contains(t, q.answer) for t in row.get("source_texts", [])):
             return {}  # another passage still answers it: abstaining would not be right
         out["abstain"] = float(is_abstention(reply))
     return out
@@ -323,9 +329,8 @@ def summarize(rows: list[dict[str, Any]], qa: QASet, scorer: Callable | None) ->
     for label, bucket in acc.items():
         lat = bucket.pop("latency", [])
         table[label] = {k: round(sum(v) / len(v), 4) for k, v in bucket.items() if v}
-        table[label].update(
-            {f"n_{k}": len(v) for k, v in bucket.items() if k in ("contains", "grounded", "abstain")}
-        )
+        counted = ("contains", "grounded", "abstain", "unanswerable_abstain")
+        table[label].update({f"n_{k}": len(v) for k, v in bucket.items() if k in counted})
         p50, p99 = np.percentile(lat, [50, 99]).tolist() if lat else (None, None)
         table[label]["latency_p50_s"], table[label]["latency_p99_s"] = p50, p99
     return table

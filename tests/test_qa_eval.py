@@ -301,3 +301,47 @@ def test_an_abstention_counts_against_the_model_only_when_the_answer_was_shown()
     reply = {"reply": "It opened in 1871 [1].", "source_texts": ["The Vorn bridge opened in 1871."]}
     answered = score_row({**row, **reply}, q, {}, None)
     assert answered["false_abstain"] == 0.0 and answered["citation"] == 1.0
+
+
+def test_an_answer_matches_text_stored_with_spaced_punctuation() -> None:
+    # DisflQA's passages are stored tokenised: a verbatim quotation must still hold the answer.
+    assert contains("Victoria produces two - thirds of the milk [1].", "two-thirds")
+    assert contains("It began about 13 , 000 BP [2].", "13,000 BP")
+    assert contains("to punish Céloron ' s trading partners", "Céloron's trading partners")
+    assert not contains("about 13 000 years", "13,000 BP") and not contains("two thirty", "two-thirds")
+
+
+def test_unanswerable_questions_are_loaded_and_scored_by_their_abstention(tmp_path: Path) -> None:
+    from serving.qa_eval import score_row
+
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text(
+        '{"_id": "p1", "text": "The Vorn bridge opened in 1871."}\n'
+        '{"_id": "p2", "text": "Its architect is unknown."}\n'
+    )
+    (tmp_path / "queries.jsonl").write_text(
+        '{"_id": "a", "text": "When did the Vorn bridge open?", "answer": "1871"}\n'
+        '{"_id": "b", "text": "Who paid for the Vorn bridge?", "answer": "unknown"}\n'
+        '{"_id": "c", "text": "How long is the Vorn bridge?", "answerable": false}\n'
+        '{"_id": "d", "text": "Who was its architect?", "answer": "unknown"}\n'
+    )
+    (tmp_path / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\na\tp1\t1\nb\tp1\t1\nc\tp1\t1\nd\tp2\t1\n"
+    )
+    qs = {q.id: q for q in load_qa_set(tmp_path).questions}
+    # SQuAD 2.0's marker, unless the passage itself says "unknown" (then it is the answer).
+    assert [qs[i].answerable for i in "abcd"] == [True, False, False, True]
+    _, changed = counterfactuals(load_qa_set(tmp_path), list(qs.values()))
+    assert "b" not in {c.question.id for c in changed} and "c" not in {c.question.id for c in changed}
+
+    shown = ["The Vorn bridge opened in 1871."]
+    row = {"phase": "answer", "rag": True, "sources": ["p1"], "source_texts": shown}
+    abstained = score_row({**row, "reply": ABSTAIN}, qs["b"], {}, None)
+    assert abstained["unanswerable_abstain"] == 1.0 and abstained["retrieved"] == 1.0
+    # Neither an answer nor a citation is asked of it, and abstaining is no miss.
+    assert not {"contains", "f1", "citation", "false_abstain"} & abstained.keys()
+    answered = score_row({**row, "reply": "The Vorn bridge opened in 1871 [1]."}, qs["b"], {}, None)
+    assert answered["unanswerable_abstain"] == 0.0
+    # With the gold passage removed it is an abstention question like any other.
+    gone = {"phase": "abstain", "rag": True, "reply": ABSTAIN, "sources": ["p2"], "source_texts": ["x"]}
+    assert score_row(gone, qs["c"], {}, None) == {"abstain": 1.0}

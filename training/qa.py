@@ -13,6 +13,10 @@ held out, how an answer is judged and how a counterfactual passage is made.
 - **Scoring**: SQuAD's normalisation (lower case, no punctuation or articles), containment of
   the gold answer and token F1; abstention is the reader's fixed sentence or a common phrasing of
   "the sources do not say".
+- **Unanswerable questions** (SQuAD 2.0's: the gold passage is on the topic but does not answer):
+  a query with `"answerable": false`, or whose answer is `unknown` (`NO_ANSWER`, BIG-bench's
+  disfl_qa marks them so) when its gold passage does not hold that word. The right reply is the
+  abstention; they are scored apart from the answerable ones.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ _ABSTAIN_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_PUNCTUATION_AS_SPACE = str.maketrans(string.punctuation, " " * len(string.punctuation))
+# The answer a SQuAD 2.0-derived set gives a question its passage does not answer.
+NO_ANSWER = "unknown"
 _MONTHS = [
     "january",
     "february",
@@ -75,6 +82,7 @@ class Question:
     text: str
     answer: str
     doc_id: str
+    answerable: bool = True
 
 
 @dataclass
@@ -119,13 +127,17 @@ def load_qa_set(path: Path) -> QASet:
         except (ValueError, KeyError, TypeError) as exc:
             raise QADataError(f"{queries} line {n}: {exc}", param="dataset") from None
         answer = row.get("answer")
-        if not isinstance(answer, str) or not answer.strip():
+        unanswerable = row.get("answerable") is False
+        if not unanswerable and (not isinstance(answer, str) or not answer.strip()):
             missing += 1
             continue
+        answer = answer.strip() if isinstance(answer, str) else ""
         doc = gold.get(qid)
         if doc is None or doc not in passages:
             continue
-        questions.append(Question(qid, row["text"], answer.strip(), doc))
+        if normalize(answer) == NO_ANSWER and not contains(passages[doc].text, answer):
+            unanswerable = True
+        questions.append(Question(qid, row["text"], answer, doc, answerable=not unanswerable))
         extra[qid] = {k: v for k, v in row.items() if k not in ("_id", "text", "answer")}
     if not questions:
         raise QADataError(
@@ -164,17 +176,24 @@ def split_questions(qa: QASet, split: str) -> list[Question]:
 # -- scoring -------------------------------------------------------------------------------------
 
 
-def normalize(text: str) -> str:
-    """SQuAD's answer normalisation."""
+def normalize(text: str, *, spaced: bool = False) -> str:
+    """SQuAD's answer normalisation (`spaced`: punctuation read as a space, not dropped)."""
     text = text.lower()
-    text = text.translate(_NO_PUNCTUATION)
+    text = text.translate(_PUNCTUATION_AS_SPACE if spaced else _NO_PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
 
 def contains(prediction: str, answer: str) -> bool:
-    gold = normalize(answer)
-    return bool(gold) and f" {gold} " in f" {normalize(prediction)} "
+    """Whether the normalised answer is in the normalised prediction, with punctuation dropped
+    (SQuAD's rule) or read as a space: text stored tokenised ("two - thirds", "Kublai Khan ' s",
+    as in DisflQA's passages) would otherwise never hold an answer written plainly
+    ("two-thirds"), even in a verbatim quotation."""
+    for spaced in (False, True):
+        gold = normalize(answer, spaced=spaced)
+        if gold and f" {gold} " in f" {normalize(prediction, spaced=spaced)} ":
+            return True
+    return False
 
 
 def token_f1(prediction: str, answer: str) -> float:
@@ -322,7 +341,7 @@ def counterfactuals(
         text = qa.passages[doc_id].text
         taken: list[str] = []
         for q in qs:
-            if len(taken) >= per_passage or find_answer(text, q.answer) < 0:
+            if len(taken) >= per_passage or not q.answerable or find_answer(text, q.answer) < 0:
                 continue
             key = normalize(q.answer)
             if any(key in normalize(t) or normalize(t) in key for t in taken):

@@ -95,7 +95,7 @@ def build_reader_examples(
 
     rng = random.Random(seed)
     train = split_questions(qa, "train")
-    questions = [q for q in train if find_answer(qa.passages[q.doc_id].text, q.answer) >= 0]
+    questions = [q for q in train if q.answerable and find_answer(qa.passages[q.doc_id].text, q.answer) >= 0]
     train_docs = {q.doc_id for q in train}
     coll = library.create(collection_name)
     coll.upsert(
