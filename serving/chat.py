@@ -22,6 +22,7 @@ from serving.auth import UNLIMITED, Scope
 from serving.engine import AdapterRef, Delta, Engine, SamplingOptions
 from serving.grounding import (
     PROBE_TOKENS,
+    QUOTE_LEAD,
     QUOTES,
     Ranked,
     allowed_token_ids,
@@ -185,7 +186,11 @@ class GenerationService:
                 return {"grammar": await asyncio.to_thread(extractive_grammar, texts)}
             if not ranked.quotes or await self._opens_with_abstention(target, prompt_ids):
                 return {"grammar": choice_grammar([])}
-            return {"grammar": choice_grammar(ranked.quotes, abstain=False)}
+            lead = _option(rag, target, "quote_lead")
+            lead = QUOTE_LEAD if lead is None else lead
+            # A clear lead is quoted as ranked; a close call is the model's to make.
+            offered = ranked.quotes[:1] if ranked.lead > lead else ranked.quotes
+            return {"grammar": choice_grammar(offered, abstain=False)}
         allowed = await asyncio.to_thread(allowed_token_ids, self.tokenizer, prompt_ids, texts)
         return {"allowed_token_ids": tuple(allowed)}
 

@@ -26,9 +26,15 @@ trap: the abstention opens with "The", so the weight of every answer the model w
 - what to quote: every run of one or two consecutive sentences is ranked against the question,
   the collection's embedder and BM25 fused as hybrid retrieval fuses them
   (retrieval.fusion.convex), and the grammar admits the best `quotes` of them, among which the
-  model chooses. Two sentences, because a sentence often needs the one before it to say what it
-  is about ("The Heron Line runs between ... . Trains leave every 12 minutes"). Runs the reply's
-  token budget cannot hold are left out, unless none fits: cut, they would lose their marker.
+  model chooses, unless the first leads the second by more than `quote_lead` (`QUOTE_LEAD`)
+  standard deviations of the fused scores: then it alone is offered. The ranker reads a
+  disfluent or wordy question better than a 135M model choosing greedily (the grammar's choice
+  falls to the run whose opening token it likes best), the model a close call better ("What
+  trains run on the Heron Line?": "... is worked by 4-car Pioneer trains", which the ranker puts
+  below "... runs between ... . Trains leave every 12 minutes"). Two sentences, because a
+  sentence often needs the one before it to say what it is about ("The Heron Line runs between
+  ... . Trains leave every 12 minutes"). Runs the reply's token budget cannot hold are left out,
+  unless none fits: cut, they would lose their marker.
 
 `quotes: 0` keeps the single grammar over every run of up to three sentences, abstention
 included. `bench/results/quotes.md` measures both.
@@ -43,6 +49,7 @@ apart far better than a 135M model's own opening does (bench/results/floor.md).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
@@ -132,6 +139,10 @@ QUOTES = 3
 PROBE_TOKENS = 4
 # The longest quotation a ranked choice offers, in sentences (see the module's docstring).
 RANKED_RUN = 2
+# How far the first ranked quotation must lead the second, in standard deviations of the
+# ranking's fused scores, to be quoted without the model's choice (`Ranked.lead`;
+# bench/results/quote-lead.md).
+QUOTE_LEAD = 0.5
 # The `grounded` profile's relevance floor (`Ranked.off_topic`): Youden's J on the questions of
 # DisflQA's training passages (`python -m bench.floor`, bench/results/floor.json).
 MIN_SIMILARITY = 0.67
@@ -153,6 +164,7 @@ class Ranked(NamedTuple):
     quotes: list[str]  # cited quotations, best first
     similarity: float  # the closest run's cosine to the question; 0.0 when there is none
     coverage: float  # the largest share of the question's terms one run holds; 0.0 when none
+    lead: float = math.inf  # the first quotation's fused score less the second's (inf: only one)
 
     def off_topic(self, floor: float) -> bool:
         """Whether the sources are too far from the question to answer it (the relevance floor):
@@ -177,8 +189,8 @@ def rank_quotations(
     fits: Callable[[str], bool] | None = None,
 ) -> Ranked:
     """The `k` quotations of these sources closest to the question, cited ("... [n]."), best first,
-    and how close the closest run comes (cosine, and share of the question's terms: the
-    relevance floor's measures, `Ranked.off_topic`).
+    how close the closest run comes (cosine, and share of the question's terms: the relevance
+    floor's measures, `Ranked.off_topic`), and how far the first leads the second.
 
     Dense (the embedder's cosine) and BM25 (the store's tokenizer, the candidates as the corpus)
     rankings, fused by convex z-scores with hybrid retrieval's default weight (0.5, not tuned
@@ -204,7 +216,8 @@ def rank_quotations(
     index.add(counted if all_kept else count(tokenizer, np.arange(len(kept)), [texts[i] for i in kept]))
     sparse = index.search(terms, k=len(kept))
     fused = convex(list(enumerate(dense[kept].tolist())), sparse, 0.5)
-    return Ranked([cite(*found[kept[j]]) for j, _ in fused[:k]], similarity, coverage)
+    lead = fused[0][1] - fused[1][1] if len(fused) > 1 else math.inf
+    return Ranked([cite(*found[kept[j]]) for j, _ in fused[:k]], similarity, coverage, lead)
 
 
 def choice_grammar(answers: Sequence[str], *, abstain: bool = True) -> str:

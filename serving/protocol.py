@@ -140,6 +140,15 @@ class RagOptions(BaseModel):
         description="extractive grounding: how many quotations, ranked against the question, the "
         "answer chooses from (0: any run of sentences, unranked); None: the profile's, else 3",
     )
+    quote_lead: float | None = Field(
+        None,
+        ge=0.0,
+        le=100.0,
+        description="extractive grounding with ranked quotations: when the first leads the second "
+        "by more than this many standard deviations of the ranking's scores, it alone is offered "
+        "(the model only decides whether to answer); 0: always the first; a large value: the model "
+        "always chooses; None: the profile's, else 0.5",
+    )
     min_similarity: float | None = Field(
         None,
         ge=0.0,

@@ -153,6 +153,14 @@ class ProfileSettings(BaseModel):
         description="extractive grounding: how many ranked quotations an answer chooses from "
         "(0: any run of sentences, unranked); None: 3 (serving.grounding.QUOTES)",
     )
+    quote_lead: float | None = Field(
+        None,
+        ge=0.0,
+        le=100.0,
+        description="extractive grounding with ranked quotations: when the first leads the second by "
+        "more than this many standard deviations of the ranking's scores, it alone is offered; "
+        "None: 0.5 (serving.grounding.QUOTE_LEAD)",
+    )
     min_similarity: float | None = Field(
         None,
         ge=0.0,

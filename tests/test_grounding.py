@@ -3,6 +3,7 @@ default model's real tokenizer and the grammar engine vLLM runs them with."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from retrieval_fixtures import real_embedder
 
 from core.prompt import ABSTAIN, ContextChunk, apply_context
 from serving.grounding import (
+    QUOTE_LEAD,
     allowed_token_ids,
     choice_grammar,
     extractive_grammar,
@@ -151,7 +153,17 @@ def test_ranked_quotations_put_the_answering_run_first_whatever_the_source_order
     assert ranked[0] == (
         "The Larch Line runs between Old Mill and Pembury. Trains leave every 20 minutes during the day [2]."
     ), ranked
-    assert rank_quotations("Anything?", [], embedder, k=3) == ([], 0.0, 0.0)
+    assert rank_quotations("Anything?", [], embedder, k=3) == ([], 0.0, 0.0, math.inf)
+
+
+def test_the_lead_tells_a_clear_first_quotation_from_a_close_call(embedder) -> None:  # noqa: ANN001
+    notes = [*LINES, "The Heron Line is worked by 4-car Pioneer trains built in Northwind's own depot."]
+    clear = rank_quotations("Who designed the stations of the Wren Line?", notes, embedder, k=3)
+    assert "Ines Varga" in clear.quotes[0] and clear.lead > QUOTE_LEAD
+    # "trains" and "run" are words of another run: the ranker cannot tell, the model may.
+    close = rank_quotations("What trains run on the Heron Line?", notes, embedder, k=3)
+    assert close.lead < QUOTE_LEAD and any("Pioneer" in q for q in close.quotes), close
+    assert not any("Pioneer" in q for q in close.quotes[:1])
 
 
 def test_the_relevance_floor_tells_sources_about_the_question_from_others(embedder) -> None:  # noqa: ANN001
@@ -218,4 +230,4 @@ def test_quotations_the_reply_cannot_hold_are_left_out_unless_none_fits(embedder
     # The relevance floor's measures look at every run, whatever the reply can hold: a short
     # max_tokens must not make the sources look off topic.
     tight = rank_quotations(question, LINES, embedder, k=3, fits=lambda answer: len(answer) < 60)
-    assert tight[1:] == pytest.approx(unbounded[1:])
+    assert tight[1:3] == pytest.approx(unbounded[1:3])

@@ -92,6 +92,8 @@ CHAT_CASES = [
     ({"rag": {"collection": "notes", "min_similarity": -0.1}}, "rag.min_similarity"),
     ({"rag": {"collection": "notes", "min_similarity": 1.5}}, "rag.min_similarity"),
     ({"rag": {"collection": "notes", "min_similarity": "high"}}, "rag.min_similarity"),
+    ({"rag": {"collection": "notes", "quote_lead": -1}}, "rag.quote_lead"),
+    ({"rag": {"collection": "notes", "quote_lead": "wide"}}, "rag.quote_lead"),
 ]
 
 

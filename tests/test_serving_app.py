@@ -255,7 +255,13 @@ def test_extractive_grounding_decides_whether_to_answer_apart_from_what_to_quote
     echo engine ignores grammars: what is checked is what the engine is asked for."""
     from core.prompt import ABSTAIN
     from serving.engine import Delta
-    from serving.grounding import PROBE_TOKENS, choice_grammar, extractive_grammar, rank_quotations
+    from serving.grounding import (
+        PROBE_TOKENS,
+        QUOTE_LEAD,
+        choice_grammar,
+        extractive_grammar,
+        rank_quotations,
+    )
 
     client, engine, library = served
     calls: list[tuple[str, list[int], object]] = []
@@ -282,11 +288,20 @@ def test_extractive_grounding_decides_whether_to_answer_apart_from_what_to_quote
 
     calls.clear()
     opening["text"] = "The lighthouse was"
-    body = chat(client, **ask, rag={"grounding": "extractive"})
+    body = chat(client, **ask, rag={"grounding": "extractive", "quote_lead": 100})
     texts = [s["text"] for s in body["sources"]]
-    ranked = rank_quotations(question, texts, library.open("notes").embedder, k=3).quotes
-    assert "1871" in ranked[0]
+    ranking = rank_quotations(question, texts, library.open("notes").embedder, k=3)
+    ranked = ranking.quotes
+    assert "1871" in ranked[0] and 0 < ranking.lead < 100
     assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(ranked, abstain=False)
+    # A first quotation that leads the second by more than `quote_lead` is offered alone.
+    calls.clear()
+    chat(client, **ask, rag={"grounding": "extractive", "quote_lead": 0})
+    assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(ranked[:1], abstain=False)
+    calls.clear()  # the default lead, QUOTE_LEAD
+    chat(client, **ask, rag={"grounding": "extractive"})
+    offered = ranked[:1] if ranking.lead > QUOTE_LEAD else ranked
+    assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(offered, abstain=False)
 
     calls.clear()  # quotes 0: the single grammar, no probe
     chat(client, **ask, rag={"grounding": "extractive", "quotes": 0})
