@@ -138,6 +138,12 @@ def test_the_grounded_profile_abstains_below_its_relevance_floor(page: Any) -> N
     page.fill("#rag-floor", "0")
     turn = ask(page, "Who wrote the novel Moby-Dick?")
     assert turn.locator(".answer .text").inner_text().strip() != "The sources do not answer this question."
+    # The quotation lead: empty (the server's default) unless set; a value set goes with the request.
+    assert page.input_value("#rag-lead") == ""
+    page.fill("#rag-lead", "0")
+    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
+        ask(page, "Who wrote the novel Moby-Dick?")
+    assert sent.value.post_data_json["rag"]["quote_lead"] == 0
 
 
 def test_citations_in_an_answer_highlight_their_sources(page: Any) -> None:

@@ -130,6 +130,7 @@ function onModelChange() {
     $("rag-mode").value = profile.mode;
     $("rag-grounding").value = profile.grounding || "free";
     $("rag-floor").value = profile.min_similarity || 0;
+    $("rag-lead").value = profile.quote_lead ?? "";
     info = "profile: " + (profile.adapter ? "adapter " + profile.adapter : "base model") +
       (profile.collection ? ", collection " + profile.collection : "") +
       (profile.system_prompt ? ", a system prompt" : "");
@@ -194,6 +195,8 @@ function ragOptions() {
     grounding: $("rag-grounding").value,
     min_similarity: Math.min(Math.max(Number($("rag-floor").value) || 0, 0), 1),
   };
+  const lead = $("rag-lead").value;
+  if (lead !== "") rag.quote_lead = Math.min(Math.max(Number(lead) || 0, 0), 100);
   const collection = $("rag-collection").value;
   if (collection) rag.collection = collection;
   return rag;
