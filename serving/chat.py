@@ -160,10 +160,9 @@ class GenerationService:
         collection = self._collection(target, rag)
         if collection is None:
             return {}
-        grounding = _option(rag, target, "grounding") or "free"
-        floor = _option(rag, target, "min_similarity") or 0.0
-        quotes = _option(rag, target, "quotes")
-        quotes = QUOTES if quotes is None else quotes
+        grounding = _option(rag, target, "grounding", "free")
+        floor = _option(rag, target, "min_similarity", 0.0)
+        quotes = _option(rag, target, "quotes", QUOTES)
         texts = [c.text for c in kept]
         ranked: Ranked | None = None
         if floor or (grounding == "extractive" and quotes and texts):
@@ -186,9 +185,8 @@ class GenerationService:
                 return {"grammar": await asyncio.to_thread(extractive_grammar, texts)}
             if not ranked.quotes or await self._opens_with_abstention(target, prompt_ids):
                 return {"grammar": choice_grammar([])}
-            lead = _option(rag, target, "quote_lead")
-            lead = QUOTE_LEAD if lead is None else lead
             # A clear lead is quoted as ranked; a close call is the model's to make.
+            lead = _option(rag, target, "quote_lead", QUOTE_LEAD)
             offered = ranked.quotes[:1] if ranked.lead > lead else ranked.quotes
             return {"grammar": choice_grammar(offered, abstain=False)}
         allowed = await asyncio.to_thread(allowed_token_ids, self.tokenizer, prompt_ids, texts)
@@ -403,9 +401,10 @@ async def _prepend(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIter
         yield delta
 
 
-def _option(rag: RagOptions | bool | None, target: Target, name: str) -> Any:
-    """A grounding option: the request's (`rag.<name>`), else the model's profile's, else None."""
-    asked = getattr(rag, name) if isinstance(rag, RagOptions) else None
-    if asked is not None:
-        return asked
-    return getattr(target.profile, name) if target.profile else None
+def _option(rag: RagOptions | bool | None, target: Target, name: str, default: Any) -> Any:
+    """A grounding option: the request's (`rag.<name>`), else the model's profile's, else `default`."""
+    for source in (rag if isinstance(rag, RagOptions) else None, target.profile):
+        value = getattr(source, name, None)
+        if value is not None:
+            return value
+    return default

@@ -187,16 +187,20 @@ async function refreshModelsAndAdapters() {
 }
 
 // -- chat ----------------------------------------------------------------------------------
+function clamp(value, low, high) {
+  return Math.min(Math.max(Number(value) || 0, low), high);
+}
+
 function ragOptions() {
   if (!$("rag-on").checked) return false;
   const rag = {
     top_k: Number($("rag-topk").value) || 3,
     mode: $("rag-mode").value,
     grounding: $("rag-grounding").value,
-    min_similarity: Math.min(Math.max(Number($("rag-floor").value) || 0, 0), 1),
+    min_similarity: clamp($("rag-floor").value, 0, 1),
   };
   const lead = $("rag-lead").value;
-  if (lead !== "") rag.quote_lead = Math.min(Math.max(Number(lead) || 0, 0), 100);
+  if (lead !== "") rag.quote_lead = clamp(lead, 0, 100);
   const collection = $("rag-collection").value;
   if (collection) rag.collection = collection;
   return rag;
