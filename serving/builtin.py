@@ -59,7 +59,11 @@ def with_grounded(settings: Settings) -> Settings:
         if adapter
         else settings.serving.adapters
     )
-    profile = ProfileSettings(adapter=adapter, top_k=4, grounding="extractive", min_similarity=MIN_SIMILARITY)
+    # The floor decides abstention, not the model's opening: measured, a 135M reader's opening
+    # adds little to the floor and costs answers (bench/results/model-abstains.md).
+    profile = ProfileSettings(
+        adapter=adapter, top_k=4, grounding="extractive", min_similarity=MIN_SIMILARITY, model_abstains=False
+    )
     profiles = {**settings.serving.profiles, GROUNDED_PROFILE: profile}
     serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})
     return settings.model_copy(update={"serving": serving})

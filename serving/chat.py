@@ -155,8 +155,9 @@ class GenerationService:
         the abstention alone when no run of the sources comes within the relevance floor
         (`min_similarity`) of the question; else strict, the tokens it may use; extractive, the
         grammar of its quotations (by default after a short probe of the model's own opening,
-        and a ranking of what it may quote). Nothing when retrieval is off or decoding is free.
-        Tokenising, building and ranking run in a thread, like the prompt."""
+        unless `model_abstains` is false, and a ranking of what it may quote). Nothing when
+        retrieval is off or decoding is free. Tokenising, building and ranking run in a thread,
+        like the prompt."""
         collection = self._collection(target, rag)
         if collection is None:
             return {}
@@ -183,7 +184,8 @@ class GenerationService:
         if grounding == "extractive":
             if ranked is None or not quotes:
                 return {"grammar": await asyncio.to_thread(extractive_grammar, texts)}
-            if not ranked.quotes or await self._opens_with_abstention(target, prompt_ids):
+            probe = _option(rag, target, "model_abstains", True)
+            if not ranked.quotes or (probe and await self._opens_with_abstention(target, prompt_ids)):
                 return {"grammar": choice_grammar([])}
             # A clear lead is quoted as ranked; a close call is the model's to make.
             lead = _option(rag, target, "quote_lead", QUOTE_LEAD)

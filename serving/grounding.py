@@ -22,7 +22,8 @@ trap: the abstention opens with "The", so the weight of every answer the model w
 
 - whether to answer: the model's own reply, left free for its first `PROBE_TOKENS` tokens
   (greedy, same prompt and adapter; the answer's prefill then reuses its cache). If it opens
-  with the abstention, that is the answer;
+  with the abstention, that is the answer. With `model_abstains: false` (the `grounded`
+  profile) the model is not asked: only the relevance floor (below) abstains;
 - what to quote: every run of one or two consecutive sentences is ranked against the question,
   the collection's embedder and BM25 fused as hybrid retrieval fuses them
   (retrieval.fusion.convex), and the grammar admits the best `quotes` of them, among which the

@@ -149,6 +149,12 @@ class RagOptions(BaseModel):
         "(the model only decides whether to answer); 0: always the first; a large value: the model "
         "always chooses; None: the profile's, else 0.5",
     )
+    model_abstains: bool | None = Field(
+        None,
+        description="extractive grounding with ranked quotations: whether the model's own opening "
+        "(its first few tokens, left free) may make the reply the abstention; false: only the "
+        "relevance floor abstains; None: the profile's, else true",
+    )
     min_similarity: float | None = Field(
         None,
         ge=0.0,

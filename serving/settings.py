@@ -161,6 +161,12 @@ class ProfileSettings(BaseModel):
         "more than this many standard deviations of the ranking's scores, it alone is offered; "
         "None: 0.5 (serving.grounding.QUOTE_LEAD)",
     )
+    model_abstains: bool | None = Field(
+        None,
+        description="extractive grounding with ranked quotations: whether the model's own opening "
+        "may make the reply the abstention; false: only the relevance floor abstains (the "
+        "`grounded` profile); None: true",
+    )
     min_similarity: float | None = Field(
         None,
         ge=0.0,

@@ -37,6 +37,7 @@ def test_a_trained_reader_adds_the_grounded_profile(reader_dir: Path, base_model
     assert (profile.adapter, profile.collection, profile.top_k) == (READER_ADAPTER, None, 4)
     assert profile.grounding == "extractive"
     assert profile.min_similarity == MIN_SIMILARITY  # the relevance floor (bench/results/floor.md)
+    assert profile.model_abstains is False  # the floor decides (bench/results/model-abstains.md)
 
 
 def test_without_a_reader_the_base_model_answers_and_the_log_says_how_to_train_it(

@@ -303,6 +303,11 @@ def test_extractive_grounding_decides_whether_to_answer_apart_from_what_to_quote
     offered = ranked[:1] if ranking.lead > QUOTE_LEAD else ranked
     assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(offered, abstain=False)
 
+    calls.clear()  # `model_abstains: false`: no probe, so the opening cannot abstain
+    opening["text"] = ABSTAIN
+    chat(client, **ask, rag={"grounding": "extractive", "model_abstains": False})
+    assert len(calls) == 1 and calls[0][2].grammar == choice_grammar(offered, abstain=False)
+
     calls.clear()  # quotes 0: the single grammar, no probe
     chat(client, **ask, rag={"grounding": "extractive", "quotes": 0})
     assert len(calls) == 1 and calls[0][2].grammar == extractive_grammar(texts)
