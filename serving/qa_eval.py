@@ -16,15 +16,14 @@ it needs first (only changed documents are re-embedded):
   the corpus remains as distractors). Abstention rate: the answer says the sources do not
   answer. Questions whose answer still appears in a retrieved source are left out.
 
-Answers are kept in a JSONL file as they arrive; a rerun with the same settings resumes from
-it, and an interrupted run reports what it finished.
+serving.qa_score judges the answers. They are kept in a JSONL file as they arrive; a rerun with
+the same settings resumes from it, and an interrupted run reports what it finished.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,20 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 from core.errors import RagtuneError
+from serving.qa_score import load_behaviour_scorer, summarize
 from training.qa import (
-    ABSTAIN,
     QASet,
     Question,
-    cited_numbers,
-    contains,
     counterfactuals,
-    is_abstention,
     load_qa_set,
     split_questions,
-    token_f1,
 )
 
 PHASES = ("answer", "counterfactual", "abstain")
@@ -251,89 +245,6 @@ async def ask(
         "source_texts": [s["text"] for s in data.get("sources") or []],
         "latency_s": round(time.perf_counter() - started, 4),
     }
-
-
-# -- scoring -------------------------------------------------------------------------------------
-
-
-def load_behaviour_scorer(dataset: Path) -> Callable[[str, dict], dict[str, float]] | None:
-    """The dataset's own `score.py` (score(output, expected) -> {"behaviour": ...}), if it has one."""
-    path = dataset / "score.py"
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location(f"ragtune_qa_scorer_{dataset.name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, "score", None)
-
-
-def reader_behaviour(reply: str, n_sources: int) -> float:
-    """The grounded reader's format: the abstention sentence, or a short answer citing real sources."""
-    text = reply.strip()
-    if text == ABSTAIN:
-        return 1.0
-    cites = cited_numbers(text)
-    return float(bool(cites) and all(1 <= n <= n_sources for n in cites) and len(text.split()) <= 60)
-
-
-def score_row(row: dict[str, Any], q: Question, extra: dict, scorer: Callable | None) -> dict[str, float]:
-    reply, sources = row["reply"], row["sources"]
-    cites = cited_numbers(reply)
-    gold_at = [i + 1 for i, d in enumerate(sources) if d == q.doc_id]
-    cite_ok = bool(gold_at) and bool(cites) and all(n in gold_at for n in cites)
-    out: dict[str, float] = {}
-    if row["phase"] == "answer":
-        if not q.answerable:
-            # The passage is on the topic but does not answer: the right reply is the abstention.
-            out["unanswerable_abstain"] = float(is_abstention(reply))
-        else:
-            out["contains"] = float(contains(reply, q.answer))
-            out["f1"] = token_f1(reply, q.answer)
-        if row["rag"]:
-            out["retrieved"] = float(bool(gold_at))
-            if q.answerable:
-                out["citation"] = float(cite_ok)
-            # The answer's words were in a chunk shown (a gold passage's other chunk may not hold
-            # them): abstaining here is a miss, not caution.
-            if q.answerable and any(contains(t, q.answer) for t in row.get("source_texts", [])):
-                out["false_abstain"] = float(is_abstention(reply))
-        if scorer is not None:
-            expected = {**extra, "answer": q.answer, "n_sources": len(sources)}
-            expected.setdefault("cite", gold_at[0] if gold_at else None)
-            out["behaviour"] = float(scorer(reply, expected).get("behaviour", 0.0))
-        else:
-            out["behaviour"] = reader_behaviour(reply, len(sources))
-    elif row["phase"] == "counterfactual":
-        out["grounded"] = float(contains(reply, row["substitute"]) and not contains(reply, q.answer))
-        out["memory"] = float(contains(reply, q.answer))
-    elif row["phase"] == "abstain":
-        if q.answerable and any(contains(t, q.answer) for t in row.get("source_texts", [])):
-            return {}  # another passage still answers it: abstaining would not be right
-        out["abstain"] = float(is_abstention(reply))
-    return out
-
-
-def summarize(rows: list[dict[str, Any]], qa: QASet, scorer: Callable | None) -> dict[str, dict[str, Any]]:
-    by_id = {q.id: q for q in qa.questions}
-    table: dict[str, dict[str, Any]] = {}
-    acc: dict[str, dict[str, list[float]]] = {}
-    for row in rows:
-        q = by_id[row["qid"]]
-        scores = score_row(row, q, qa.extra.get(q.id, {}), scorer)
-        bucket = acc.setdefault(row["config"], {})
-        for k, v in scores.items():
-            bucket.setdefault(k, []).append(v)
-        if row["phase"] == "answer":
-            bucket.setdefault("latency", []).append(row["latency_s"])
-    for label, bucket in acc.items():
-        lat = bucket.pop("latency", [])
-        table[label] = {k: round(sum(v) / len(v), 4) for k, v in bucket.items() if v}
-        counted = ("contains", "grounded", "abstain", "unanswerable_abstain")
-        table[label].update({f"n_{k}": len(v) for k, v in bucket.items() if k in counted})
-        p50, p99 = np.percentile(lat, [50, 99]).tolist() if lat else (None, None)
-        table[label]["latency_p50_s"], table[label]["latency_p99_s"] = p50, p99
-    return table
 
 
 # -- the run -------------------------------------------------------------------------------------

@@ -287,7 +287,7 @@ def test_short_sources_teach_the_marker_on_a_whole_source(tmp_path: Path, base_m
 
 
 def test_an_abstention_counts_against_the_model_only_when_the_answer_was_shown() -> None:
-    from serving.qa_eval import score_row
+    from serving.qa_score import score_row
 
     q = Question(id="q1", text="When did the Vorn bridge open?", answer="1871", doc_id="p1")
     row = {"phase": "answer", "rag": True, "reply": ABSTAIN, "sources": ["p1", "p2"]}
@@ -312,7 +312,7 @@ def test_an_answer_matches_text_stored_with_spaced_punctuation() -> None:
 
 
 def test_unanswerable_questions_are_loaded_and_scored_by_their_abstention(tmp_path: Path) -> None:
-    from serving.qa_eval import score_row
+    from serving.qa_score import score_row
 
     (tmp_path / "qrels").mkdir()
     (tmp_path / "corpus.jsonl").write_text(
