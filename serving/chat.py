@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -325,18 +325,29 @@ class GenerationService:
         self.metrics.tokens.labels(type="prompt").inc(len(prep.prompt_ids))
         started = time.perf_counter()
         first = True
+        generated = self._generate(prep.target, prep.prompt_ids, prep.options, prep.request_id)
+        async with aclosing(generated) as deltas:
+            async for delta in deltas:
+                first = self._observe(delta, first, started, kind)
+                yield delta
+
+    async def _generate(
+        self, target: Target, prompt_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncGenerator[Delta, None]:
+        """The engine's deltas on the target's adapter (or the base model). Stopped early, it
+        aborts the engine request; either way it collects adapters no longer in use. Iterate it
+        under `aclosing`, so that this happens when the caller stops, not when it is collected."""
         finished = False
         try:
-            with self._adapter(prep.target) as ref:
-                async for delta in self.engine.generate(prep.prompt_ids, prep.options, prep.request_id, ref):
-                    first = self._observe(delta, first, started, kind)
+            with self._adapter(target) as ref:
+                async for delta in self.engine.generate(prompt_ids, options, request_id, ref):
                     yield delta
             finished = True
         finally:
             # Shielded: on a client disconnect this runs inside a cancelled scope.
             with anyio.CancelScope(shield=True):
                 if not finished:
-                    await self.engine.abort(prep.request_id)
+                    await self.engine.abort(request_id)
                 await self.adapters.collect()
 
     @contextmanager
@@ -351,19 +362,9 @@ class GenerationService:
     async def _opens_with_abstention(self, target: Target, prompt_ids: list[int]) -> bool:
         """Whether the model, left free, starts its reply with the abstention sentence (its
         first `PROBE_TOKENS` tokens, greedy; serving.grounding)."""
-        request_id = new_id("probe")
         options = SamplingOptions(max_tokens=PROBE_TOKENS, temperature=0.0)
-        text, finished = "", False
-        try:
-            with self._adapter(target) as ref:
-                async for delta in self.engine.generate(prompt_ids, options, request_id, ref):
-                    text += delta.text
-            finished = True
-        finally:
-            with anyio.CancelScope(shield=True):
-                if not finished:
-                    await self.engine.abort(request_id)
-                await self.adapters.collect()
+        async with aclosing(self._generate(target, prompt_ids, options, new_id("probe"))) as deltas:
+            text = "".join([delta.text async for delta in deltas])
         return opens_abstention(text)
 
     async def start(self, prep: Prepared) -> AsyncIterator[Delta]:
