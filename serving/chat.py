@@ -117,17 +117,16 @@ class GenerationService:
         collection = self._collection(target, rag)
         if not collection:
             return []
-        profile = target.profile
-        override = rag if isinstance(rag, RagOptions) else RagOptions()
-        scope.check_collection(collection, param="rag.collection" if override.collection else "model")
+        asked = isinstance(rag, RagOptions) and rag.collection
+        scope.check_collection(collection, param="rag.collection" if asked else "model")
         if not query.strip():
             what = "the last user message" if param == "messages" else f"the {param}"
             raise RagtuneError(f"{what} is empty: there is no question to retrieve for", param=param)
         # Request, then profile, then the server's retrieval settings (RAGTUNE_RETRIEVAL__TOP_K ...).
-        top_k = override.top_k or (profile.top_k if profile else None) or self.library.settings.top_k
-        mode = override.mode or (profile.mode if profile else None) or self.library.settings.mode
-        filt = override.filter if override.filter is not None else (profile.filter if profile else None)
-        fusion = override.fusion or (profile.fusion if profile else None)
+        top_k = _option(rag, target, "top_k", self.library.settings.top_k)
+        mode = _option(rag, target, "mode", self.library.settings.mode)
+        filt = _option(rag, target, "filter", None)
+        fusion = _option(rag, target, "fusion", None)
         coll = await asyncio.to_thread(self.library.open, collection)
         started = time.perf_counter()
         hits = await asyncio.to_thread(coll.search, query, k=top_k, mode=mode, filter=filt, fusion=fusion)
@@ -405,7 +404,8 @@ async def _prepend(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIter
 
 
 def _option(rag: RagOptions | bool | None, target: Target, name: str, default: Any) -> Any:
-    """A grounding option: the request's (`rag.<name>`), else the model's profile's, else `default`."""
+    """A retrieval or grounding option: the request's (`rag.<name>`), else the model's profile's,
+    else `default`."""
     for source in (rag if isinstance(rag, RagOptions) else None, target.profile):
         value = getattr(source, name, None)
         if value is not None:
