@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from core.errors import RagtuneError
-from serving.grounding import MIN_SIMILARITY
+from serving.grounding import MIN_SIMILARITY, QUOTE_WINDOW
 from serving.settings import ProfileSettings, Settings
 
 console = Console()
@@ -60,9 +60,15 @@ def with_grounded(settings: Settings) -> Settings:
         else settings.serving.adapters
     )
     # The floor decides abstention, not the model's opening: measured, a 135M reader's opening
-    # adds little to the floor and costs answers (bench/results/model-abstains.md).
+    # adds little to the floor and costs answers (bench/results/model-abstains.md). The reader
+    # chooses only among quotations close to the ranker's first (bench/results/quote-window.md).
     profile = ProfileSettings(
-        adapter=adapter, top_k=4, grounding="extractive", min_similarity=MIN_SIMILARITY, model_abstains=False
+        adapter=adapter,
+        top_k=4,
+        grounding="extractive",
+        min_similarity=MIN_SIMILARITY,
+        model_abstains=False,
+        quote_window=QUOTE_WINDOW,
     )
     profiles = {**settings.serving.profiles, GROUNDED_PROFILE: profile}
     serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})

@@ -6,6 +6,7 @@ Used by both /v1/chat/completions and /v1/completions; the routes only parse and
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, contextmanager
@@ -186,9 +187,10 @@ class GenerationService:
             probe = _option(rag, target, "model_abstains", True)
             if not ranked.quotes or (probe and await self._opens_with_abstention(target, prompt_ids)):
                 return {"grammar": choice_grammar([])}
-            # A clear lead is quoted as ranked; a close call is the model's to make.
+            # A clear lead is quoted as ranked; a close call is the model's to make, among the close.
             lead = _option(rag, target, "quote_lead", QUOTE_LEAD)
-            offered = ranked.quotes[:1] if ranked.lead > lead else ranked.quotes
+            window = _option(rag, target, "quote_window", math.inf)
+            offered = ranked.quotes[:1] if ranked.lead > lead else ranked.close(window)
             return {"grammar": choice_grammar(offered, abstain=False)}
         allowed = await asyncio.to_thread(allowed_token_ids, self.tokenizer, prompt_ids, texts)
         return {"allowed_token_ids": tuple(allowed)}

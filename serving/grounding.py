@@ -28,7 +28,9 @@ trap: the abstention opens with "The", so the weight of every answer the model w
   the collection's embedder and BM25 fused as hybrid retrieval fuses them
   (retrieval.fusion.convex), and the grammar admits the best `quotes` of them, among which the
   model chooses, unless the first leads the second by more than `quote_lead` (`QUOTE_LEAD`)
-  standard deviations of the fused scores: then it alone is offered. The ranker reads a
+  standard deviations of the fused scores: then it alone is offered. `quote_window` (the
+  `grounded` profile's: `QUOTE_WINDOW`) also keeps a run that far behind the first out of a
+  close call: a reader adapter chooses worse than the base model there. The ranker reads a
   disfluent or wordy question better than a 135M model choosing greedily (the grammar's choice
   falls to the run whose opening token it likes best), the model a close call better ("What
   trains run on the Heron Line?": "... is worked by 4-car Pioneer trains", which the ranker puts
@@ -144,6 +146,9 @@ RANKED_RUN = 2
 # ranking's fused scores, to be quoted without the model's choice (`Ranked.lead`;
 # bench/results/quote-lead.md).
 QUOTE_LEAD = 0.5
+# The `grounded` profile's limit on how far behind the first a quotation offered to the model's
+# choice may be, in the same units (`Ranked.close`; bench/results/quote-window.md).
+QUOTE_WINDOW = 0.5
 # The `grounded` profile's relevance floor (`Ranked.off_topic`): Youden's J on the questions of
 # DisflQA's training passages (`python -m bench.floor`, bench/results/floor.json).
 MIN_SIMILARITY = 0.67
@@ -165,7 +170,16 @@ class Ranked(NamedTuple):
     quotes: list[str]  # cited quotations, best first
     similarity: float  # the closest run's cosine to the question; 0.0 when there is none
     coverage: float  # the largest share of the question's terms one run holds; 0.0 when none
-    lead: float = math.inf  # the first quotation's fused score less the second's (inf: only one)
+    behind: tuple[float, ...] = ()  # each quotation's fused score below the first's (0.0 first)
+
+    @property
+    def lead(self) -> float:
+        """How far the first quotation leads the second (inf: there is one at most)."""
+        return self.behind[1] if len(self.behind) > 1 else math.inf
+
+    def close(self, window: float) -> list[str]:
+        """The quotations within `window` of the first, the first always (`quote_window`)."""
+        return [q for q, gap in zip(self.quotes, self.behind, strict=True) if gap <= window]
 
     def off_topic(self, floor: float) -> bool:
         """Whether the sources are too far from the question to answer it (the relevance floor):
@@ -191,7 +205,7 @@ def rank_quotations(
 ) -> Ranked:
     """The `k` quotations of these sources closest to the question, cited ("... [n]."), best first,
     how close the closest run comes (cosine, and share of the question's terms: the relevance
-    floor's measures, `Ranked.off_topic`), and how far the first leads the second.
+    floor's measures, `Ranked.off_topic`), and how far each falls behind the first.
 
     Dense (the embedder's cosine) and BM25 (the store's tokenizer, the candidates as the corpus)
     rankings, fused by convex z-scores with hybrid retrieval's default weight (0.5, not tuned
@@ -216,9 +230,9 @@ def rank_quotations(
     all_kept = len(kept) == len(texts)  # the usual case: the terms counted above serve the index too
     index.add(counted if all_kept else count(tokenizer, np.arange(len(kept)), [texts[i] for i in kept]))
     sparse = index.search(terms, k=len(kept))
-    fused = convex(list(enumerate(dense[kept].tolist())), sparse, 0.5)
-    lead = fused[0][1] - fused[1][1] if len(fused) > 1 else math.inf
-    return Ranked([cite(*found[kept[j]]) for j, _ in fused[:k]], similarity, coverage, lead)
+    fused = convex(list(enumerate(dense[kept].tolist())), sparse, 0.5)[:k]
+    behind = tuple(fused[0][1] - score for _, score in fused)
+    return Ranked([cite(*found[kept[j]]) for j, _ in fused], similarity, coverage, behind)
 
 
 def choice_grammar(answers: Sequence[str], *, abstain: bool = True) -> str:

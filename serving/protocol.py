@@ -149,6 +149,14 @@ class RagOptions(BaseModel):
         "(the model only decides whether to answer); 0: always the first; a large value: the model "
         "always chooses; None: the profile's, else 0.5",
     )
+    quote_window: float | None = Field(
+        None,
+        ge=0.0,
+        le=100.0,
+        description="extractive grounding with ranked quotations: the model chooses only among the "
+        "runs within this many standard deviations of the ranking's scores of the first, so a run "
+        "far behind a close pair is not offered; None: the profile's, else no limit",
+    )
     model_abstains: bool | None = Field(
         None,
         description="extractive grounding with ranked quotations: whether the model's own opening "

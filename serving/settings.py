@@ -161,6 +161,14 @@ class ProfileSettings(BaseModel):
         "more than this many standard deviations of the ranking's scores, it alone is offered; "
         "None: 0.5 (serving.grounding.QUOTE_LEAD)",
     )
+    quote_window: float | None = Field(
+        None,
+        ge=0.0,
+        le=100.0,
+        description="extractive grounding with ranked quotations: the model chooses only among the "
+        "runs within this many standard deviations of the ranking's scores of the first; None: no "
+        "limit (the `grounded` profile: 0.5, serving.grounding.QUOTE_WINDOW)",
+    )
     model_abstains: bool | None = Field(
         None,
         description="extractive grounding with ranked quotations: whether the model's own opening "

@@ -9,7 +9,7 @@ import pytest
 from conftest import make_lora_adapter
 
 from serving.builtin import GROUNDED_PROFILE, READER_ADAPTER, with_grounded
-from serving.grounding import MIN_SIMILARITY
+from serving.grounding import MIN_SIMILARITY, QUOTE_WINDOW
 from serving.settings import ProfileSettings, Settings
 
 
@@ -38,6 +38,7 @@ def test_a_trained_reader_adds_the_grounded_profile(reader_dir: Path, base_model
     assert profile.grounding == "extractive"
     assert profile.min_similarity == MIN_SIMILARITY  # the relevance floor (bench/results/floor.md)
     assert profile.model_abstains is False  # the floor decides (bench/results/model-abstains.md)
+    assert profile.quote_window == QUOTE_WINDOW  # close calls only (bench/results/quote-window.md)
 
 
 def test_without_a_reader_the_base_model_answers_and_the_log_says_how_to_train_it(

@@ -153,7 +153,8 @@ def test_ranked_quotations_put_the_answering_run_first_whatever_the_source_order
     assert ranked[0] == (
         "The Larch Line runs between Old Mill and Pembury. Trains leave every 20 minutes during the day [2]."
     ), ranked
-    assert rank_quotations("Anything?", [], embedder, k=3) == ([], 0.0, 0.0, math.inf)
+    empty = rank_quotations("Anything?", [], embedder, k=3)
+    assert empty == ([], 0.0, 0.0, ()) and empty.lead == math.inf and empty.close(100) == []
 
 
 def test_the_lead_tells_a_clear_first_quotation_from_a_close_call(embedder) -> None:  # noqa: ANN001
@@ -164,6 +165,24 @@ def test_the_lead_tells_a_clear_first_quotation_from_a_close_call(embedder) -> N
     close = rank_quotations("What trains run on the Heron Line?", notes, embedder, k=3)
     assert close.lead < QUOTE_LEAD and any("Pioneer" in q for q in close.quotes), close
     assert not any("Pioneer" in q for q in close.quotes[:1])
+    assert close.behind[0] == 0 and list(close.behind) == sorted(close.behind)
+    assert any("Pioneer" in q for q in close.close(QUOTE_LEAD))
+    assert clear.close(QUOTE_LEAD) == clear.quotes[:1]
+
+
+def test_the_model_chooses_only_among_the_quotations_close_to_the_first(embedder) -> None:  # noqa: ANN001
+    """A close pair is offered without the run far behind it: both lines' opening times for
+    "When does Pier Street station open?", not the line that merely names the station."""
+    notes = [
+        "Pier Street station on the Harbor Line opens at 5:15 on weekdays and an hour later at weekends.",
+        "Pier Street station on the Falcon Line opens at 5:00 on weekdays and an hour later at weekends.",
+        "The Harbor Line runs between Pier Street and Old Mill. Trains leave every 15 minutes a day.",
+    ]
+    ranked = rank_quotations("When does Pier Street station open on weekdays?", notes, embedder, k=3)
+    assert ranked.lead < QUOTE_LEAD and ranked.behind[2] > QUOTE_LEAD, ranked
+    offered = ranked.close(QUOTE_LEAD)
+    assert len(offered) == 2 and all("opens at" in q for q in offered), offered
+    assert ranked.close(0) == ranked.quotes[:1] and ranked.close(100) == ranked.quotes
 
 
 def test_the_relevance_floor_tells_sources_about_the_question_from_others(embedder) -> None:  # noqa: ANN001

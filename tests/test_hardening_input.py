@@ -94,6 +94,8 @@ CHAT_CASES = [
     ({"rag": {"collection": "notes", "min_similarity": "high"}}, "rag.min_similarity"),
     ({"rag": {"collection": "notes", "quote_lead": -1}}, "rag.quote_lead"),
     ({"rag": {"collection": "notes", "quote_lead": "wide"}}, "rag.quote_lead"),
+    ({"rag": {"collection": "notes", "quote_window": -0.5}}, "rag.quote_window"),
+    ({"rag": {"collection": "notes", "quote_window": 101}}, "rag.quote_window"),
     ({"rag": {"collection": "notes", "model_abstains": "sometimes"}}, "rag.model_abstains"),
 ]
 

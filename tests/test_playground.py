@@ -144,6 +144,9 @@ def test_the_grounded_profile_abstains_below_its_relevance_floor(page: Any) -> N
     with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
         ask(page, "Who wrote the novel Moby-Dick?")
     assert sent.value.post_data_json["rag"]["quote_lead"] == 0
+    # The profile's quotation window is filled in and goes with the request.
+    assert float(page.input_value("#rag-window")) == pytest.approx(0.5)
+    assert sent.value.post_data_json["rag"]["quote_window"] == pytest.approx(0.5)
     # The profile leaves abstaining to its floor; "yes" lets the model's own opening abstain too.
     assert page.input_value("#rag-model-abstains") == "false"
     page.select_option("#rag-model-abstains", "true")

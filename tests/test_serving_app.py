@@ -295,6 +295,7 @@ def test_extractive_grounding_decides_whether_to_answer_apart_from_what_to_quote
     assert "1871" in ranked[0] and 0 < ranking.lead < 100
     assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(ranked, abstain=False)
     # A first quotation that leads the second by more than `quote_lead` is offered alone.
+    assert ranking.lead == ranking.behind[1] > 0 == ranking.behind[0]
     calls.clear()
     chat(client, **ask, rag={"grounding": "extractive", "quote_lead": 0})
     assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(ranked[:1], abstain=False)
@@ -302,6 +303,9 @@ def test_extractive_grounding_decides_whether_to_answer_apart_from_what_to_quote
     chat(client, **ask, rag={"grounding": "extractive"})
     offered = ranked[:1] if ranking.lead > QUOTE_LEAD else ranked
     assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(offered, abstain=False)
+    calls.clear()  # `quote_window`: a close call offers only the runs that near the first
+    chat(client, **ask, rag={"grounding": "extractive", "quote_lead": 100, "quote_window": ranking.lead / 2})
+    assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(ranked[:1], abstain=False)
 
     calls.clear()  # `model_abstains: false`: no probe, so the opening cannot abstain
     opening["text"] = ABSTAIN

@@ -131,6 +131,7 @@ function onModelChange() {
     $("rag-grounding").value = profile.grounding || "free";
     $("rag-floor").value = profile.min_similarity || 0;
     $("rag-lead").value = profile.quote_lead ?? "";
+    $("rag-window").value = profile.quote_window ?? "";
     $("rag-model-abstains").value = profile.model_abstains == null ? "" : String(profile.model_abstains);
     info = "profile: " + (profile.adapter ? "adapter " + profile.adapter : "base model") +
       (profile.collection ? ", collection " + profile.collection : "") +
@@ -202,6 +203,8 @@ function ragOptions() {
   };
   const lead = $("rag-lead").value;
   if (lead !== "") rag.quote_lead = clamp(lead, 0, 100);
+  const quoteWindow = $("rag-window").value;
+  if (quoteWindow !== "") rag.quote_window = clamp(quoteWindow, 0, 100);
   const modelAbstains = $("rag-model-abstains").value;
   if (modelAbstains) rag.model_abstains = modelAbstains === "true";
   const collection = $("rag-collection").value;
