@@ -7,6 +7,7 @@ hands them to every command as `ctx.obj`.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import signal
 import socket
@@ -206,6 +207,15 @@ def chat(
             "source, with its marker); default: the profile's",
         ),
     ] = None,
+    rag_options: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rag",
+            metavar="KEY=VALUE",
+            help="any other field of the request's `rag`, as KEY=VALUE (a JSON value, else text), "
+            "once per field: --rag min_similarity=0.67 --rag quote_window=0.5",
+        ),
+    ] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="longest answer")] = 256,
     temperature: Annotated[float, typer.Option(min=0, max=2, help="0 answers greedily")] = 0.0,
     api_key: Annotated[
@@ -227,6 +237,9 @@ def chat(
     from serving.background import serve_in_background
     from serving.terminal import ChatError, ChatOptions, TerminalChat, input_lines
 
+    extra_rag = _key_values(rag_options or [], flag="--rag")
+    if extra_rag and no_rag:
+        raise fail("--no-rag turns retrieval off: leave out --rag, or --no-rag")
     stop = None
     source = ctx.get_parameter_source("server")  # typer's own click: compare by name
     if in_process and source is not None and source.name == "COMMANDLINE":
@@ -245,6 +258,7 @@ def chat(
         rag=not no_rag,
         top_k=top_k,
         grounding=grounding,
+        extra_rag=extra_rag,
         max_tokens=max_tokens,
         temperature=temperature,
         api_key=api_key,
@@ -254,13 +268,30 @@ def chat(
     interactive = sys.stdin.isatty()
     try:
         lines = input_lines("you> ") if interactive else iter(sys.stdin)
-        session.run(lines, interactive=interactive)
+        code = session.run(lines, interactive=interactive)
     except ChatError as exc:
         raise fail(str(exc)) from None
     finally:
         session.close()
         if stop is not None:
             stop()
+    if code:
+        raise typer.Exit(code)
+
+
+def _key_values(pairs: list[str], *, flag: str) -> dict[str, Any]:
+    """KEY=VALUE pairs as a dict: a VALUE that is JSON (0.67, true, {"lang": "fr"}) is read as
+    JSON, any other as text. The server checks the keys and values (a 400 names the field)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"{flag} {pair!r}: write KEY=VALUE, e.g. {flag} min_similarity=0.67")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def _reload(ctx: typer.Context, config: Path | None, **overrides: dict[str, object]) -> Settings:

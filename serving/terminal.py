@@ -31,6 +31,7 @@ class ChatOptions:
     rag: bool = True
     top_k: int | None = None
     grounding: str | None = None
+    extra_rag: dict[str, Any] = field(default_factory=dict)  # any other `rag` field (--rag KEY=VALUE)
     max_tokens: int = 256
     temperature: float = 0.0
     api_key: str | None = None
@@ -50,6 +51,7 @@ class TerminalChat:
         self.options = options
         self.out = out or sys.stdout
         self.console = Console(file=self.out, highlight=False, soft_wrap=True)
+        self.errors = Console(file=out or sys.stderr, highlight=False, soft_wrap=True)
         headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         self.http = httpx.Client(base_url=options.server.rstrip("/"), headers=headers, timeout=300)
         self.history: list[dict[str, str]] = []
@@ -104,7 +106,7 @@ class TerminalChat:
                 "top_k": self.options.top_k,
                 "grounding": self.options.grounding,
             }
-            rag = {k: v for k, v in wanted.items() if v}
+            rag = {k: v for k, v in wanted.items() if v} | self.options.extra_rag
             if rag:
                 body["rag"] = rag
         return body
@@ -161,7 +163,10 @@ class TerminalChat:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, lines: Iterator[str], *, interactive: bool) -> int:
+        """Ask each line; the exit status: 1 when a question read from a pipe failed (its error
+        is on stderr and the next question is asked all the same), else 0."""
         model = self.pick_model()
+        failed = 0
         where = (
             "no retrieval"
             if not self.options.rag
@@ -189,8 +194,9 @@ class TerminalChat:
             try:
                 self.ask(model, question)
             except ChatError as exc:
-                self.console.print(f"[bold red]error:[/] {_escape(str(exc))}")
-        return 0
+                self.errors.print(f"[bold red]error:[/] {_escape(str(exc))}")
+                failed += 1
+        return 1 if failed and not interactive else 0
 
 
 def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:

@@ -390,6 +390,18 @@ def test_terminal_chat_streams_answers_and_prints_their_sources(live_server) -> 
         )  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert "designed by the architect Ines Varga in 1902 [1]." in r.stdout, r.stdout
+        # Any other `rag` field: --rag KEY=VALUE (here the relevance floor: the source is off topic).
+        r = chat(
+            "--model", BASE, "--collection", "chat-cli", "--grounding", "extractive",
+            "--rag", "min_similarity=0.67", stdin="What is the capital of France?\n",
+        )  # fmt: skip
+        assert r.returncode == 0 and "The sources do not answer this question." in r.stdout, r.stdout
+        # A question that fails is reported on stderr, the next is asked, and a pipe's exit says so.
+        r = chat("--model", BASE, "--collection", "chat-cli", "--rag", "quote_window=-1", stdin="hi\nho\n")
+        assert r.returncode == 1 and r.stderr.count("(field: rag.quote_window)") == 2, r.stderr
+        assert "> ho" in r.stdout, r.stdout
+        r = chat("--rag", "min_similarity", stdin="hi\n")
+        assert r.returncode == 2 and "KEY=VALUE" in r.stderr, r.stderr
         r = chat("--model", BASE, "--no-rag", stdin="What is the capital of France?\n\n/quit\nnot asked\n")
         assert r.returncode == 0 and "Paris" in r.stdout and "sources:" not in r.stdout, r.stdout
         assert "not asked" not in r.stdout
