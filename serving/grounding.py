@@ -29,15 +29,15 @@ trap: the abstention opens with "The", so the weight of every answer the model w
   (retrieval.fusion.convex), and the grammar admits the best `quotes` of them, among which the
   model chooses, unless the first leads the second by more than `quote_lead` (`QUOTE_LEAD`)
   standard deviations of the fused scores: then it alone is offered. `quote_window` (the
-  `grounded` profile's: `QUOTE_WINDOW`) also keeps a run that far behind the first out of a
-  close call: a reader adapter chooses worse than the base model there. The ranker reads a
-  disfluent or wordy question better than a 135M model choosing greedily (the grammar's choice
-  falls to the run whose opening token it likes best), the model a close call better ("What
-  trains run on the Heron Line?": "... is worked by 4-car Pioneer trains", which the ranker puts
-  below "... runs between ... . Trains leave every 12 minutes"). Two sentences, because a
-  sentence often needs the one before it to say what it is about ("The Heron Line runs between
-  ... . Trains leave every 12 minutes"). Runs the reply's token budget cannot hold are left out,
-  unless none fits: cut, they would lose their marker.
+  `grounded` profile's: `QUOTE_WINDOW`) also keeps the runs further than it behind the first
+  out of a close call: there a reader adapter mostly picks wrong, the base model often right.
+  The ranker reads a disfluent or wordy question better than a 135M model choosing greedily
+  (the grammar's choice falls to the run whose opening token it likes best), the model a close
+  call better ("What trains run on the Heron Line?": "... is worked by 4-car Pioneer trains",
+  which the ranker puts below "... runs between ... . Trains leave every 12 minutes"). Two
+  sentences, because a sentence often needs the one before it to say what it is about ("The
+  Heron Line runs between ... . Trains leave every 12 minutes"). Runs the reply's token budget
+  cannot hold are left out, unless none fits: cut, they would lose their marker.
 
 `quotes: 0` keeps the single grammar over every run of up to three sentences, abstention
 included. `bench/results/quotes.md` measures both.
