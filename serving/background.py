@@ -14,7 +14,9 @@ def check_base_model(settings: Settings) -> str | None:
     from core.models import check_model_dir
 
     problem = check_model_dir(settings.base_model_path)
-    return f"base model not usable: {problem}. Run: ragtune models import-default" if problem else None
+    if problem is None:
+        return None
+    return f"base model not usable: {problem}. Run: ragtune models import {settings.base_model}"
 
 
 def serve_in_background(settings: Settings) -> tuple[str, Callable[[], None]]:
