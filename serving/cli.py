@@ -482,9 +482,6 @@ def _mount() -> None:
     from serving.qa_cli import eval_qa_command
 
     eval_app.command("qa")(eval_qa_command)
-    from serving.route_eval import eval_route_command
-
-    eval_app.command("route")(eval_route_command)
 
 
 _mount()
