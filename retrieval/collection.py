@@ -359,6 +359,16 @@ class Collection:
             self._idx.catch_up()
         raise WriterBusy(f"collection {self.name!r} changes faster than it can be searched; try again")
 
+    def nearest_scores(self, query_vector: np.ndarray, k: int) -> np.ndarray:
+        """The k highest inner products (cosines) of a query vector with the collection's chunks,
+        from the in-memory dense index as it stands (no store read: a search brings it up to
+        date); what `model: auto` compares domains by (serving.routing)."""
+        if self._closed:
+            raise RagtuneError(f"collection {self.name!r} is closed")
+        with self._idx.rw.read():
+            scores, _ = self._idx.vectors.search(query_vector, k)
+        return scores
+
     @staticmethod
     def _hits(rows: dict[int, ChunkRow], ranked: Sequence[tuple[int, float]]) -> list[Hit]:
         hits = []

@@ -42,6 +42,7 @@ from serving.protocol import (
     new_id,
 )
 from serving.resolve import ModelResolver, Target
+from serving.routing import AUTO, Route, Router
 from serving.settings import ServingSettings
 
 
@@ -58,6 +59,7 @@ class Prepared:
     prompt_ids: list[int]
     options: SamplingOptions
     sources: list[Source]
+    route: Route | None = None  # where `model: auto` sent the request (serving.routing)
 
 
 @dataclass
@@ -98,6 +100,14 @@ class GenerationService:
         self.library = library
         self.settings = settings
         self.metrics = metrics
+        self.router = Router(
+            library=library,
+            profiles=resolver.profiles,
+            base_name=resolver.base_name,
+            adapters=adapters,
+            settings=settings.routing,
+            metrics=metrics,
+        )
 
     # -- preparation -------------------------------------------------------------------
 
@@ -234,8 +244,13 @@ class GenerationService:
             )
         return target
 
+    async def _route(self, model: str, turns: list[str], scope: Scope) -> Route | None:
+        """For `model: auto`, the model serving.routing chooses from the user turns; else None."""
+        return await asyncio.to_thread(self.router.route, turns, scope) if model == AUTO else None
+
     async def prepare_chat(self, req: ChatCompletionRequest, scope: Scope = UNLIMITED) -> Prepared:
-        target = self._target(req.model, scope)
+        route = await self._route(req.model, [m.text() for m in req.messages if m.role == "user"], scope)
+        target = self._target(route.chosen if route else req.model, scope)
         messages = [
             {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages
         ]
@@ -248,7 +263,9 @@ class GenerationService:
             self._chat_prompt, messages, system_prompt, hits, req.token_limit
         )
         constraint = await self._constraint(target, req.rag, query, prompt_ids, kept, req.token_limit)
-        return self._finish(req, target, prompt_ids, hits, kept, constraint)
+        prepared = self._finish(req, target, prompt_ids, hits, kept, constraint)
+        prepared.route = route
+        return prepared
 
     def _chat_prompt(
         self,
@@ -267,12 +284,15 @@ class GenerationService:
         return self._encode_chat(apply_context(messages, kept, system_prompt=system_prompt)), kept
 
     async def prepare_completion(self, req: CompletionRequest, scope: Scope = UNLIMITED) -> Prepared:
-        target = self._target(req.model, scope)
+        route = await self._route(req.model, [req.prompt_text], scope)
+        target = self._target(route.chosen if route else req.model, scope)
         prompt = req.prompt_text
         hits = await self.retrieve(target, req.rag, prompt, param="prompt", scope=scope)
         prompt_ids, kept = await asyncio.to_thread(self._completion_prompt, prompt, hits, req.token_limit)
         constraint = await self._constraint(target, req.rag, prompt, prompt_ids, kept, req.token_limit)
-        return self._finish(req, target, prompt_ids, hits, kept, constraint)
+        prepared = self._finish(req, target, prompt_ids, hits, kept, constraint)
+        prepared.route = route
+        return prepared
 
     def _completion_prompt(
         self, prompt: str, hits: list[Hit], requested: int | None

@@ -39,6 +39,18 @@ class Metrics:
         self.model_use = Counter(
             "ragtune_model_requests", "generation requests per model", ["kind", "model"], registry=r
         )
+        self.routes = Counter(
+            "ragtune_route_requests",
+            "model: auto requests per model chosen; fallback: no profile fitted clearly",
+            ["model", "fallback"],
+            registry=r,
+        )
+        self.route_seconds = Histogram(
+            "ragtune_route_seconds",
+            "time model: auto takes to choose",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1),
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

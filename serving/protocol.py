@@ -326,7 +326,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=now)
     owned_by: str = "ragtune"
-    kind: Literal["base", "adapter", "profile"]
+    kind: Literal["base", "adapter", "profile", "auto"]
     parent: str | None = None
     root: str | None = None
 

@@ -71,6 +71,13 @@ class ModelResolver:
         return self._profiles[name]
 
     def check_profile_name(self, name: str) -> None:
+        if name == "auto":  # what `model: auto` asks for (serving.routing)
+            raise RagtuneError(
+                "'auto' is reserved: `model: auto` lets the server choose among the profiles; "
+                "pick another profile name",
+                param="name",
+                code="name_taken",
+            )
         if name == self.base_name or self._adapters.get(name) is not None:
             raise RagtuneError(
                 f"{name!r} already names the base model or an adapter; pick another profile name",

@@ -136,6 +136,12 @@ class ProfileSettings(BaseModel):
 
     adapter: str | None = None
     collection: str | None = None
+    description: str | None = Field(
+        None,
+        max_length=2000,
+        description="what this profile knows, in a sentence or two: `model: auto` weighs it with "
+        "the collection's documents and the adapter's training questions (serving.routing)",
+    )
     top_k: int | None = Field(None, ge=1, le=100, description="None: retrieval.top_k")
     mode: SearchMode | None = Field(None, description="None: retrieval.mode")
     fusion: Fusion | None = Field(None, description="hybrid fusion; None: retrieval.fusion")
@@ -203,6 +209,22 @@ class ProfileSettings(BaseModel):
             raise ValueError(exc.message) from None
 
 
+class RoutingSettings(BaseModel):
+    """`model: auto` (serving.routing): a profile is chosen only when its score clears `min_score`
+    and leads the next by `min_margin`; otherwise the request goes to `fallback`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fallback: str | None = Field(
+        None,
+        description="the model, adapter or profile a request goes to when no profile clearly fits; "
+        "None: the base model, without retrieval",
+    )
+    # Calibrated once on the dev split of examples/route-mix (bench/results/routing.md).
+    min_score: float = Field(0.34, ge=-1.0, le=1.0, description="the best profile's cosine floor")
+    min_margin: float = Field(0.02, ge=0.0, le=2.0, description="its lead over the second")
+
+
 class ServingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -213,6 +235,7 @@ class ServingSettings(BaseModel):
         default_factory=dict, description="adapters loaded at start: name -> folder"
     )
     profiles: dict[str, ProfileSettings] = Field(default_factory=dict)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     max_request_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="larger request bodies get 413 (counted as read, chunked too)"
     )
@@ -233,6 +256,13 @@ class ServingSettings(BaseModel):
         gt=0,
         description="seconds between reads of the store for adapter and profile changes (other replicas')",
     )
+
+    @field_validator("profiles")
+    @classmethod
+    def _not_auto(cls, v: dict[str, ProfileSettings]) -> dict[str, ProfileSettings]:
+        if "auto" in v:
+            raise ValueError("'auto' is reserved for `model: auto` (serving.routing); rename that profile")
+        return v
 
 
 def _bad_key(key: str) -> bool:

@@ -12,9 +12,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from core.errors import RagtuneError
-from serving.auth import AdminOrLoopback, ScopeDep, UserKey
+from serving.auth import AdminOrLoopback, Scope, ScopeDep, UserKey
 from serving.canary import HEALTH_TTL_S
-from serving.chat import Prepared, Result
+from serving.chat import GenerationService, Prepared, Result
 from serving.deps import CanaryDep, EngineDep, GenerationDep, LibraryDep, MetricsDep, ResolverDep
 from serving.engine import Delta
 from serving.protocol import (
@@ -26,6 +26,7 @@ from serving.protocol import (
     new_id,
     now,
 )
+from serving.routing import AUTO
 
 STORE_PING_S = 2.0  # /health waits this long for the document store, then says it is lost
 router = APIRouter()
@@ -34,6 +35,16 @@ log = logging.getLogger("ragtune.serving")
 
 def _sources(prep: Prepared) -> list[dict[str, Any]]:
     return [s.model_dump() for s in prep.sources]
+
+
+def _model(prep: Prepared, requested: str) -> str:
+    """The model a response names: for `auto`, the one chosen (serving.routing)."""
+    return prep.route.chosen if prep.route else requested
+
+
+def _route(prep: Prepared) -> dict[str, Any]:
+    """The `ragtune` extension field saying where `model: auto` went, with its scores."""
+    return {"ragtune": {"route": prep.route.to_json()}} if prep.route else {}
 
 
 @router.post("/v1/chat/completions", response_model=None, dependencies=[UserKey])
@@ -47,7 +58,7 @@ async def chat_completions(req: ChatCompletionRequest, gen: GenerationDep, scope
             "id": new_id("chatcmpl"),
             "object": "chat.completion",
             "created": now(),
-            "model": req.model,
+            "model": _model(prep, req.model),
             "choices": [
                 {
                     "index": i,
@@ -59,6 +70,7 @@ async def chat_completions(req: ChatCompletionRequest, gen: GenerationDep, scope
             ],
             "usage": result.usage.model_dump(),
             "sources": _sources(prep),
+            **_route(prep),
         }
     )
 
@@ -74,13 +86,14 @@ async def completions(req: CompletionRequest, gen: GenerationDep, scope: ScopeDe
             "id": new_id("cmpl"),
             "object": "text_completion",
             "created": now(),
-            "model": req.model,
+            "model": _model(prep, req.model),
             "choices": [
                 {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
                 for i, c in enumerate(result.choices)
             ],
             "usage": result.usage.model_dump(),
             "sources": _sources(prep),
+            **_route(prep),
         }
     )
 
@@ -105,7 +118,8 @@ def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
 async def _chat_chunks(
     deltas: AsyncIterator[Delta], prep: Prepared, req: ChatCompletionRequest
 ) -> AsyncIterator[dict[str, Any]]:
-    head = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": req.model}
+    head = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now()}
+    head["model"] = _model(prep, req.model)
     result = Result(prep)
     for i in range(prep.options.n):
         first: dict[str, Any] = {
@@ -114,6 +128,7 @@ async def _chat_chunks(
         }
         if i == 0:
             first["sources"] = _sources(prep)
+            first.update(_route(prep))
         yield first
     completion = 0
     async for d in deltas:
@@ -134,7 +149,8 @@ async def _chat_chunks(
 async def _completion_chunks(
     deltas: AsyncIterator[Delta], prep: Prepared, req: CompletionRequest
 ) -> AsyncIterator[dict[str, Any]]:
-    head = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": req.model}
+    head = {"id": new_id("cmpl"), "object": "text_completion", "created": now()}
+    head["model"] = _model(prep, req.model)
     completion = 0
     sent_sources = False
     async for d in deltas:
@@ -147,6 +163,7 @@ async def _completion_chunks(
         }
         if not sent_sources:
             event["sources"] = _sources(prep)
+            event.update(_route(prep))
             sent_sources = True
         yield event
     if req.include_usage:
@@ -160,12 +177,20 @@ async def _completion_chunks(
 
 
 @router.get("/v1/models", dependencies=[UserKey])
-async def list_models(resolver: ResolverDep, scope: ScopeDep) -> ModelList:
-    return ModelList(data=[card for card in resolver.cards() if scope.allows_model(card.id)])
+async def list_models(resolver: ResolverDep, scope: ScopeDep, gen: GenerationDep) -> ModelList:
+    cards = [card for card in resolver.cards() if scope.allows_model(card.id)]
+    return ModelList(data=cards + _auto_card(gen, scope))
+
+
+def _auto_card(gen: GenerationService, scope: Scope) -> list[ModelCard]:
+    """`auto` (serving.routing), for a key with profiles to choose among."""
+    return [ModelCard(id=AUTO, kind="auto")] if gen.router.lists_auto(scope) else []
 
 
 @router.get("/v1/models/{model:path}", dependencies=[UserKey])
-async def get_model(model: str, resolver: ResolverDep, scope: ScopeDep) -> ModelCard:
+async def get_model(model: str, resolver: ResolverDep, scope: ScopeDep, gen: GenerationDep) -> ModelCard:
+    if model == AUTO and _auto_card(gen, scope):
+        return _auto_card(gen, scope)[0]
     scope.check_model(model)
     resolver.resolve(model)  # 404 model_not_found for an unknown name
     return next(card for card in resolver.cards() if card.id == model)
