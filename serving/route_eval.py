@@ -135,27 +135,46 @@ def calibrate(
 
 
 def latency(
-    router: Router, questions: Sequence[dict[str, Any]], embedders: Sequence[Any]
+    router: Router, questions: Sequence[dict[str, Any]], embedders: Sequence[Any], *, top_k: int = 5
 ) -> dict[str, float]:
     """Routing time per question (ms): `cached`, the question's embedding already made (a routed
     request's retrieval reuses it, so this is what routing adds); `cold`, embedding included
-    (what a fallback without retrieval adds)."""
-    cold, cached = [], []
-    for q in questions:
+    (what a fallback without retrieval adds). `paired`, for in-domain questions: the time to a
+    request's prompt (routing, then the chosen profile's hybrid search) less the same search for
+    the profile named, caches emptied before each: what `auto` adds before the first token."""
+    cold, cached, paired = [], [], []
+
+    def fresh() -> float:
         for e in embedders:
             e.clear_cache()
-        started = time.perf_counter()
-        router.route([q["text"]], UNLIMITED)
+        return time.perf_counter()
+
+    for q in questions:
+        started = fresh()
+        route = router.route([q["text"]], UNLIMITED)
         cold.append((time.perf_counter() - started) * 1000)
         started = time.perf_counter()
         router.route([q["text"]], UNLIMITED)
         cached.append((time.perf_counter() - started) * 1000)
-    pct: Callable[[list[float], int], float] = lambda xs, p: round(float(np.percentile(xs, p)), 3)  # noqa: E731
+        if q.get("domain") and not route.fallback:
+            started = fresh()
+            router.library.open(q["domain"]).search(q["text"], k=top_k)
+            named = time.perf_counter() - started
+            started = fresh()
+            chosen = router.route([q["text"]], UNLIMITED).chosen
+            router.library.open(chosen).search(q["text"], k=top_k)
+            paired.append((time.perf_counter() - started - named) * 1000)
+
+    def pct(xs: list[float], p: int) -> float:
+        return round(float(np.percentile(xs, p)), 3) if xs else float("nan")
+
     return {
         "added_p50_ms": pct(cached, 50),
         "added_p99_ms": pct(cached, 99),
         "with_embedding_p50_ms": pct(cold, 50),
         "with_embedding_p99_ms": pct(cold, 99),
+        "to_prompt_added_p50_ms": pct(paired, 50),
+        "to_prompt_added_p99_ms": pct(paired, 99),
     }
 
 
@@ -208,7 +227,8 @@ def run_route_eval(
         result["without_descriptions"] = summarize(bare, chosen, score_all(bare, chosen))
         progress("timing ...")
         embedders = [library.open(d).embedder for d in domains] + [library.embedder()]
-        result["latency"] = latency(router, chosen, list({id(e): e for e in embedders}.values()))
+        unique = list({id(e): e for e in embedders}.values())
+        result["latency"] = latency(router, chosen, unique, top_k=settings.retrieval.top_k)
         result["questions"] = [
             {"id": q["id"], "domain": q.get("domain"), **router.decide(s).to_json()}
             for q, s in zip(chosen, score_all(router, chosen), strict=True)
@@ -242,6 +262,10 @@ def render(result: dict[str, Any]) -> Any:
         (
             "with embedding p50 / p99",
             f"{lat['with_embedding_p50_ms']:.2f} / {lat['with_embedding_p99_ms']:.2f} ms",
+        ),
+        (
+            "added before the prompt, p50 / p99",
+            f"{lat['to_prompt_added_p50_ms']:.2f} / {lat['to_prompt_added_p99_ms']:.2f} ms",
         ),
     ]
     rows += [(f"  accuracy: {d}", f"{a:.3f}") for d, a in s["per_domain"].items()]

@@ -44,6 +44,7 @@ class Answer:
     sources: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
+    route: dict[str, Any] | None = None  # where `model: auto` went (the `ragtune` extension)
 
 
 class TerminalChat:
@@ -66,7 +67,7 @@ class TerminalChat:
         names = [c["id"] for c in cards]
         wanted = self.options.model
         if wanted is not None:
-            if wanted not in names:
+            if wanted not in names and wanted != "auto":  # auto is unlisted to a key with one model
                 raise ChatError(f"the server has no model {wanted!r}; it has: {', '.join(names)}")
             return wanted
         profiles = [c["id"] for c in cards if c.get("kind") == "profile"]
@@ -124,6 +125,9 @@ class TerminalChat:
                         raise ChatError(event["error"].get("message", "the server ended the answer"))
                     if "sources" in event:
                         answer.sources = event["sources"]
+                    if (event.get("ragtune") or {}).get("route"):
+                        answer.route = event["ragtune"]["route"]
+                        self.console.print(f"[dim]{_escape(route_line(answer.route))}[/]")
                     if event.get("usage"):
                         answer.usage = event["usage"]
                     for choice in event.get("choices", []):
@@ -216,6 +220,14 @@ def _error_message(resp: httpx.Response) -> str:
         return message + (f" (field: {err['param']})" if err.get("param") else "")
     except (ValueError, KeyError, TypeError):
         return f"HTTP {resp.status_code}: {resp.text[:200]}"
+
+
+def route_line(route: dict[str, Any]) -> str:
+    """`model: auto`'s choice in one line: "auto -> demo (demo 0.61, world 0.22)"."""
+    scores = ", ".join(f"{k} {v:.2f}" for k, v in list((route.get("scores") or {}).items())[:3])
+    why = {"below_floor": "no profile fitted", "close_call": "too close to call"}.get(route.get("reason", ""))
+    detail = "; ".join(x for x in (why, scores) if x)
+    return f"auto -> {route['chosen']}" + (f" ({detail})" if detail else "")
 
 
 def _escape(text: str) -> str:

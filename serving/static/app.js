@@ -76,7 +76,8 @@ async function loadModels() {
   const select = $("model");
   const previous = select.value;
   select.replaceChildren();
-  for (const [kind, label] of [["profile", "Profiles"], ["adapter", "Adapters"], ["base", "Base model"]]) {
+  const kinds = [["auto", "Automatic"], ["profile", "Profiles"], ["adapter", "Adapters"], ["base", "Base model"]];
+  for (const [kind, label] of kinds) {
     const cards = state.models.filter((m) => m.kind === kind);
     if (!cards.length) continue;
     const group = el("optgroup", { label });
@@ -136,6 +137,9 @@ function onModelChange() {
     info = "profile: " + (profile.adapter ? "adapter " + profile.adapter : "base model") +
       (profile.collection ? ", collection " + profile.collection : "") +
       (profile.system_prompt ? ", a system prompt" : "");
+  } else if (card && card.kind === "auto") {
+    info = "the server chooses a profile for each question, with that profile's retrieval settings, " +
+      "or falls back when none clearly fits";
   } else if (card) {
     info = card.kind === "adapter" ? "LoRA adapter on " + card.parent : "the base model, no adapter";
   }
@@ -212,6 +216,13 @@ function ragOptions() {
   return rag;
 }
 
+function routeLabel(route) {
+  // Where `model: auto` sent the question, with the best score: "auto → demo (0.61)".
+  const best = Object.values(route.scores || {})[0];
+  const score = best === undefined ? "" : " (" + best.toFixed(2) + ")";
+  return "auto → " + route.chosen + (route.fallback ? ", no profile fitted" : "") + score;
+}
+
 function renderAnswerText(node, text) {
   // Escape, then mark citations like [2] so they can be matched with their source.
   node.replaceChildren();
@@ -264,7 +275,8 @@ async function ask(question) {
   const body = {
     model, messages, stream: true, stream_options: { include_usage: true },
     temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value) || 160,
-    rag: ragOptions(),
+    // auto: the chosen profile's own retrieval settings (unless retrieval is switched off).
+    rag: model === "auto" ? ($("rag-on").checked ? undefined : false) : ragOptions(),
   };
   state.abort = new AbortController();
   setBusy(true);
@@ -273,6 +285,7 @@ async function ask(question) {
   let text = "";
   let usage = null;
   let finish = null;
+  let route = null;
   try {
     const resp = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers({ "Content-Type": "application/json" }),
@@ -305,6 +318,11 @@ async function ask(question) {
             row.classList.toggle("no-sources", event.sources.length === 0);
           }
           if (event.usage) usage = event.usage;
+          if (event.ragtune && event.ragtune.route) {
+            route = event.ragtune.route;
+            turn.dataset.route = route.chosen;
+            meta.textContent = routeLabel(route) + " · waiting for the first token…";
+          }
           for (const choice of event.choices || []) {
             if (choice.delta && choice.delta.content) {
               if (firstAt === null) firstAt = performance.now();
@@ -321,7 +339,7 @@ async function ask(question) {
       turn.scrollIntoView({ block: "end" });
     }
     const total = performance.now() - started;
-    const parts = [model];
+    const parts = [route ? routeLabel(route) : model];
     if (firstAt !== null) parts.push("first token " + Math.round(firstAt - started) + " ms");
     parts.push("total " + (total / 1000).toFixed(1) + " s");
     if (usage) parts.push(usage.prompt_tokens + " prompt + " + usage.completion_tokens + " answer tokens");
