@@ -28,7 +28,7 @@ import typer
 from core.errors import RagtuneError
 from retrieval import Document, Library
 from serving.auth import UNLIMITED
-from serving.routing import Router
+from serving.routing import CHUNKS, Router
 from serving.settings import ProfileSettings, RoutingSettings, Settings
 
 BASE = "base"  # the fallback's name in this evaluation
@@ -64,14 +64,24 @@ def index_domains(library: Library, path: Path, domains: Sequence[str]) -> dict[
 
 
 def router_for(
-    library: Library, domains: dict[str, str], settings: RoutingSettings, *, descriptions: bool = True
+    library: Library,
+    domains: dict[str, str],
+    settings: RoutingSettings,
+    *,
+    descriptions: bool = True,
+    chunks: int = CHUNKS,
 ) -> Router:
     profiles = {
         name: ProfileSettings(collection=name, description=desc if descriptions else None)
         for name, desc in domains.items()
     }
     return Router(
-        library=library, profiles=lambda: profiles, base_name=BASE, adapters=None, settings=settings
+        library=library,
+        profiles=lambda: profiles,
+        base_name=BASE,
+        adapters=None,
+        settings=settings,
+        chunks=chunks,
     )
 
 
@@ -194,6 +204,7 @@ def run_route_eval(
     *,
     split: str,
     calibrate_on: str | None,
+    chunks: int = CHUNKS,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     domains, questions = load_route_set(dataset)
@@ -201,17 +212,18 @@ def run_route_eval(
     library = Library(indexes, settings.retrieval)
     try:
         progress(f"indexing {len(domains)} domains into {indexes} ...")
-        chunks = index_domains(library, dataset, list(domains))
+        counts = index_domains(library, dataset, list(domains))
         routing = settings.serving.routing.model_copy()
-        router = router_for(library, domains, routing)
+        router = router_for(library, domains, routing, chunks=chunks)
         result: dict[str, Any] = {
             "dataset": str(dataset),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "cpu": cpu_model(),
             "embedder": library.embedder().label,
             "profiles": len(domains),
-            "chunks": chunks,
+            "chunks": counts,
             "split": split,
+            "chunks_averaged": chunks,
         }
         if calibrate_on:
             dev = [q for q in questions if q.get("split") == calibrate_on]
@@ -223,7 +235,7 @@ def run_route_eval(
         progress(f"routing {len(chosen)} {split} questions ...")
         result["summary"] = summarize(router, chosen, score_all(router, chosen))
         # Without descriptions: what the collections' documents alone decide.
-        bare = router_for(library, domains, routing, descriptions=False)
+        bare = router_for(library, domains, routing, descriptions=False, chunks=chunks)
         result["without_descriptions"] = summarize(bare, chosen, score_all(bare, chosen))
         progress("timing ...")
         embedders = [library.open(d).embedder for d in domains] + [library.embedder()]
@@ -287,6 +299,9 @@ def eval_route_command(
         str | None, typer.Option("--calibrate", help="also search the floor and margin on this split")
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="write the result as JSON here")] = None,
+    chunks: Annotated[
+        int, typer.Option("--chunks", min=1, help="nearest chunks averaged per collection")
+    ] = CHUNKS,
 ) -> None:
     """Routing accuracy, off-domain fallback and added latency of `model: auto`."""
     from rich.console import Console
@@ -300,6 +315,7 @@ def eval_route_command(
             dataset,
             split=split,
             calibrate_on=calibrate_on,
+            chunks=chunks,
             progress=lambda m: err_console.print(m, highlight=False),
         )
     except RagtuneError as exc:

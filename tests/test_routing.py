@@ -117,6 +117,43 @@ def test_description_alone_routes_a_profile_without_documents(library: Library) 
     assert route.chosen == "chef", route
 
 
+class _Adapters:
+    """The one AdapterRegistry method routing reads (`get`): a loaded adapter whose manifest names
+    its training data. A real registry needs an engine and a trained adapter (minutes here)."""
+
+    def __init__(self, path: Path, data: Path):
+        from types import SimpleNamespace
+
+        self.entry = SimpleNamespace(
+            ref=SimpleNamespace(path=path), info=SimpleNamespace(manifest={"data": str(data)})
+        )
+
+    def get(self, name: str) -> Any:
+        return self.entry if name == "cook" else None
+
+
+def test_an_adapter_s_training_questions_route_to_its_profile(library: Library, tmp_path: Path) -> None:
+    data = tmp_path / "cooking.jsonl"
+    questions = ["How long do I knead bread dough?", "What oven temperature for a sponge cake?"]
+    chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": "..."}] for q in questions]
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in chats))
+    parsed = {name: ProfileSettings(**p) for name, p in PROFILES.items()} | {
+        "chef": ProfileSettings(adapter="cook"),  # no collection, no description: only its data
+        "ghost": ProfileSettings(adapter="not-loaded", description="Baking bread and cakes."),
+    }
+    r = Router(
+        library=library,
+        profiles=lambda: parsed,
+        base_name=BASE,
+        adapters=_Adapters(tmp_path, data),  # type: ignore[arg-type]
+        settings=RoutingSettings(),
+    )
+    assert "ghost" not in r.candidates(UNLIMITED)  # its adapter is not loaded: it cannot answer
+    route = r.route(["How long should bread dough be kneaded?"], UNLIMITED)
+    assert route.chosen == "chef", route
+    assert r.route([RAIL_Q], UNLIMITED).chosen == "rail"
+
+
 def test_training_questions_drop_the_context_block(tmp_path: Path) -> None:
     data = tmp_path / "train.jsonl"
     with_sources = "Use the numbered sources below ...\n\n[1] Heron\nText.\n\nQuestion: How late is it?"
