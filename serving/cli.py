@@ -148,9 +148,8 @@ def models_available(ctx: typer.Context) -> None:
     from core.models import check_model_dir
 
     settings = settings_of(ctx)
-    table = Table(
-        "name", "parameters", "download", "on disk", "license", "source", "tok/s 1 / 8 streams", "here"
-    )
+    table = Table("name", "params", "GGUF", "on disk", "license", "PyPI packages", "tok/s 1/8", "here")
+    table.columns[0].no_wrap = True
     cpus: set[str] = set()
     for entry in CATALOGUE.values():
         m = entry.measured
@@ -164,8 +163,8 @@ def models_available(ctx: typer.Context) -> None:
             f"{entry.imported_mb:,} MB",
             entry.license,
             entry.source,
-            f"{m.tok_s_1:g} / {m.tok_s_8:g}" if m else "",
-            "[green]imported[/]" if here else "",
+            f"{m.tok_s_1:g}/{m.tok_s_8:g}" if m else "",
+            "[green]yes[/]" if here else "",
         )
     console.print(table)
     for cpu in sorted(cpus):

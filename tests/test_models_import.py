@@ -258,4 +258,4 @@ def test_cli_models_available_lists_the_catalogue() -> None:
     assert result.exit_code == 0, result.output
     for name in CATALOGUE:
         assert name in result.output
-    assert "Apache-2.0" in result.output and "7.5 / 57" in result.output
+    assert "Apache-2.0" in result.output and "7.5/57" in result.output
