@@ -3,7 +3,8 @@
 Each profile the request's key may use is scored by the cosine of the question's embedding to
 what the profile knows: the mean of its collection's `chunks` nearest chunks (the collection's
 own dense index answers that), its `description`, and the questions its adapter was trained on
-(the adapter manifest's `data`); the profile's score is the best of these. The best profile is
+(the adapter manifest's `data`); the profile's score is the best of these. A profile with
+neither a collection nor a description is not a candidate. The best profile is
 chosen when it clears `routing.min_score` and leads the second by `routing.min_margin`; otherwise
 the request goes to `routing.fallback` (the base model without retrieval unless set), never to
 a guess. When the last question alone is not enough, the conversation's recent user turns
@@ -93,10 +94,14 @@ class Router:
 
     def candidates(self, scope: Scope) -> dict[str, ProfileSettings]:
         """The profiles `auto` may choose for this key: those it may name, whose collection it may
-        read and whose adapter is loaded. Nothing else is looked at, so nothing else can leak."""
+        read and whose adapter is loaded. Nothing else is looked at, so nothing else can leak.
+        A profile needs a collection or a description: one with neither (the built-in `grounded`,
+        which reads the collection a request names) knows nothing of its own to be chosen for."""
         out = {}
         for name, profile in sorted(self.profiles().items()):
             if name == AUTO or not scope.allows_model(name):
+                continue
+            if not (profile.collection or profile.description):
                 continue
             if profile.collection and not scope.allows_collection(profile.collection):
                 continue

@@ -137,8 +137,11 @@ def test_an_adapter_s_training_questions_route_to_its_profile(library: Library, 
     questions = ["How long do I knead bread dough?", "What oven temperature for a sponge cake?"]
     chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": "..."}] for q in questions]
     data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in chats))
+    vague = "Help in the kitchen."
     parsed = {name: ProfileSettings(**p) for name, p in PROFILES.items()} | {
-        "chef": ProfileSettings(adapter="cook"),  # no collection, no description: only its data
+        "chef": ProfileSettings(adapter="cook", description=vague),  # its data says more than this
+        "kitchen": ProfileSettings(description=vague),
+        "cook-only": ProfileSettings(adapter="cook"),  # nothing of its own to be chosen for
         "ghost": ProfileSettings(adapter="not-loaded", description="Baking bread and cakes."),
     }
     r = Router(
@@ -148,9 +151,11 @@ def test_an_adapter_s_training_questions_route_to_its_profile(library: Library, 
         adapters=_Adapters(tmp_path, data),  # type: ignore[arg-type]
         settings=RoutingSettings(),
     )
-    assert "ghost" not in r.candidates(UNLIMITED)  # its adapter is not loaded: it cannot answer
+    candidates = r.candidates(UNLIMITED)
+    assert "ghost" not in candidates  # its adapter is not loaded: it cannot answer
+    assert "cook-only" not in candidates and "chef" in candidates
     route = r.route(["How long should bread dough be kneaded?"], UNLIMITED)
-    assert route.chosen == "chef", route
+    assert route.chosen == "chef" and route.scores["chef"] > route.scores["kitchen"] + 0.1, route
     assert r.route([RAIL_Q], UNLIMITED).chosen == "rail"
 
 
