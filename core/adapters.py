@@ -38,6 +38,20 @@ class AdapterError(RagtuneError):
     code = "invalid_adapter"
 
 
+class BaseModelMismatch(AdapterError):
+    """The adapter was trained for another base model: unavailable with this one, not broken."""
+
+    code = "adapter_base_mismatch"
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """An adapter listed but not servable with the current base model, and why."""
+
+    reason: str
+    trained_on: str | None
+
+
 @dataclass(frozen=True)
 class AdapterInfo:
     name: str
@@ -270,12 +284,43 @@ def _inspect(
         problem = check_model_dir(base_model_path)
         if problem is not None:
             raise AdapterError(f"adapter '{name}': its base model is unusable: {problem}")
+    # The base it was trained on is checked before its modules and shapes: an adapter of another
+    # base is unavailable here, not damaged.
+    manifest = None
+    manifest_path = path / MANIFEST
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            if not isinstance(manifest, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise AdapterError(f"adapter '{name}': {manifest_path} is corrupt ({exc}); retrain it") from None
+    base_name = manifest.get("base_model_name") if manifest else None
+    base_fp = manifest.get("base_fingerprint") if manifest else None
+    if base_model_path is not None and manifest is not None:
+        actual = model_fingerprint(base_model_path)
+        if base_fp != actual:
+            raise BaseModelMismatch(
+                f"adapter '{name}' was trained on base model '{base_name}' (fingerprint {base_fp}); "
+                f"the server's base {base_model_path.name} has fingerprint {actual}; "
+                "serve it with its own base or retrain it on this one"
+            )
+    elif base_model_path is not None:
+        declared = cfg.get("base_model_name_or_path")
+        if declared:
+            base_name = Path(str(declared)).name
+            if base_name != base_model_path.name:
+                raise BaseModelMismatch(
+                    f"adapter '{name}' declares base model '{base_name}' but the server's base is "
+                    f"'{base_model_path.name}'; serve it with its own base or retrain it"
+                )
+    if base_model_path is not None:
         try:
             missing = _targets_present(targets, base_module_names(base_model_path))
         except (OSError, ValueError) as exc:
             raise AdapterError(f"adapter '{name}': cannot read the base model's weights ({exc})") from None
         if missing:
-            raise AdapterError(
+            raise BaseModelMismatch(
                 f"adapter '{name}': target modules {missing} do not exist in the base model "
                 f"{base_model_path.name}; it was trained for another architecture"
             )
@@ -293,34 +338,6 @@ def _inspect(
             f"adapter '{name}': {weights} is unreadable or corrupt ({exc}); retrain it"
         ) from None
 
-    manifest = None
-    manifest_path = path / MANIFEST
-    if manifest_path.exists():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            if not isinstance(manifest, dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise AdapterError(f"adapter '{name}': {manifest_path} is corrupt ({exc}); retrain it") from None
-    base_name = manifest.get("base_model_name") if manifest else None
-    base_fp = manifest.get("base_fingerprint") if manifest else None
-    if base_model_path is not None and manifest is not None:
-        actual = model_fingerprint(base_model_path)
-        if base_fp != actual:
-            raise AdapterError(
-                f"adapter '{name}' was trained on base model '{base_name}' (fingerprint {base_fp}); "
-                f"the server's base {base_model_path.name} has fingerprint {actual}; "
-                "serve it with its own base or retrain it on this one"
-            )
-    elif base_model_path is not None:
-        declared = cfg.get("base_model_name_or_path")
-        if declared:
-            base_name = Path(str(declared)).name
-            if base_name != base_model_path.name:
-                raise AdapterError(
-                    f"adapter '{name}' declares base model '{base_name}' but the server's base is "
-                    f"'{base_model_path.name}'; serve it with its own base or retrain it"
-                )
     alpha = cfg.get("lora_alpha")
     return AdapterInfo(
         name=name,
@@ -349,17 +366,32 @@ def adapter_fingerprint(path: Path) -> str:
 
 def list_adapters(
     adapters_dir: Path, *, base_model_path: Path | None = None, max_lora_rank: int = 512
-) -> list[tuple[str, AdapterInfo | str]]:
-    """Every adapter folder (hidden ones, like temp folders and .runs, skipped): its info or problem.
+) -> list[tuple[str, AdapterInfo | Unavailable | str]]:
+    """Every adapter folder (hidden ones, like temp folders and .runs, skipped): its info, or
+    `Unavailable` when it was trained for another base model, or its problem.
 
     With `base_model_path` the checks against the base model run too (as in inspect_adapter).
     """
     if not adapters_dir.is_dir():
         return []
-    out: list[tuple[str, AdapterInfo | str]] = []
+    out: list[tuple[str, AdapterInfo | Unavailable | str]] = []
     for path in sorted(p for p in adapters_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
             out.append((path.name, _inspect(path, base_model_path, max_lora_rank)))
+        except BaseModelMismatch as exc:
+            out.append((path.name, Unavailable(exc.message, _trained_on(path))))
         except AdapterError as exc:
             out.append((path.name, exc.message))
     return out
+
+
+def _trained_on(path: Path) -> str | None:
+    """The base model an adapter names: its manifest's, else its PEFT config's."""
+    for file, key in ((MANIFEST, "base_model_name"), (PEFT_CONFIG, "base_model_name_or_path")):
+        try:
+            value = json.loads((path / file).read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if value:
+            return Path(str(value)).name
+    return None

@@ -184,7 +184,7 @@ def train_command(
 @adapters_app.command("list")
 def adapters_list(ctx: typer.Context) -> None:
     """Show each adapter, its rank, base model, metrics and whether it is servable."""
-    from core.adapters import list_adapters
+    from core.adapters import Unavailable, list_adapters
 
     settings = _settings(ctx)
     found = list_adapters(
@@ -201,6 +201,10 @@ def adapters_list(ctx: typer.Context) -> None:
     for name, info in found:
         if isinstance(info, str):
             table.add_row(name, "", "", "", "", f"[red]invalid[/]: {info}")
+            continue
+        if isinstance(info, Unavailable):  # trained for another base model
+            status = f"[yellow]unavailable with {settings.base_model_path.name}[/]: {info.reason}"
+            table.add_row(name, "", info.trained_on or "?", "", "", status)
             continue
         m = info.manifest or {}
         loss = (m.get("eval_metrics") or {}).get("eval_loss")
