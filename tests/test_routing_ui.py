@@ -45,7 +45,12 @@ def make_app(root: Path, base_model: Path, tokenizer: Any) -> tuple[Any, Library
 
 
 def test_route_line_says_where_and_why() -> None:
-    chosen = {"chosen": "rail", "fallback": False, "reason": "confident", "scores": {"rail": 0.61, "tax": 0.2}}
+    chosen = {
+        "chosen": "rail",
+        "fallback": False,
+        "reason": "confident",
+        "scores": {"rail": 0.61, "tax": 0.2},
+    }
     assert route_line(chosen) == "auto -> rail (rail 0.61, tax 0.20)"
     fell = {"chosen": BASE, "fallback": True, "reason": "below_floor", "scores": {"rail": 0.12}}
     assert route_line(fell) == f"auto -> {BASE} (no profile fitted; rail 0.12)"
