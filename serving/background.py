@@ -16,7 +16,15 @@ def check_base_model(settings: Settings) -> str | None:
     problem = check_model_dir(settings.base_model_path)
     if problem is None:
         return None
-    return f"base model not usable: {problem}. Run: ragtune models import {settings.base_model}"
+    from core.catalogue import CATALOGUE
+
+    fix = (
+        f"Run: ragtune models import {settings.base_model}"
+        if settings.base_model in CATALOGUE
+        else f"Import it: ragtune models import SOURCE --name {settings.base_model_path.name} "
+        "(a .gguf file, a model folder, or a name from `ragtune models available`)"
+    )
+    return f"base model not usable: {problem}. {fix}"
 
 
 def serve_in_background(settings: Settings) -> tuple[str, Callable[[], None]]:

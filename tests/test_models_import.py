@@ -259,3 +259,24 @@ def test_cli_models_available_lists_the_catalogue() -> None:
     for name in CATALOGUE:
         assert name in result.output
     assert "Apache-2.0" in result.output and "7.5/57" in result.output
+
+
+def test_cli_serve_model_not_imported_says_how_to_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from serving.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {"RAGTUNE_MODELS_DIR": str(tmp_path / "models"), "COLUMNS": "300"}
+    result = CliRunner().invoke(
+        app, ["serve", "--model", "qwen2.5-coder-1.5b-instruct", "--port", port], env=env
+    )
+    assert result.exit_code != 0
+    assert "Run: ragtune models import qwen2.5-coder-1.5b-instruct" in result.output
+    result = CliRunner().invoke(app, ["serve", "--model", "mine", "--port", port], env=env)
+    assert "ragtune models import SOURCE --name mine" in result.output
