@@ -45,7 +45,7 @@ async def measure(dtype: str, lora: bool, executor: str, quick: bool) -> dict[st
     from serving.app import _start_canary
     from serving.canary import EngineMismatch
     from serving.engine import SamplingOptions, VllmEngine
-    from serving.protocol import new_id
+    from serving.responses import new_id
     from serving.settings import load_settings
 
     settings = load_settings(engine={"dtype": dtype, "enable_lora": lora, "executor": executor})

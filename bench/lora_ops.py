@@ -55,7 +55,7 @@ def make_adapter(base: Path, dest: Path) -> Path:
 
 async def run_batch(engine: Any, prompts: list[list[int]], tokens: int, adapter: Any) -> float:
     from serving.engine import SamplingOptions
-    from serving.protocol import new_id
+    from serving.responses import new_id
 
     options = SamplingOptions(max_tokens=tokens, temperature=0.0, ignore_eos=True)
 

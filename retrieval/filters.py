@@ -11,6 +11,7 @@ which is a document field, not metadata) is an error, not an empty result: `chec
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 from typing import Any, Literal, Protocol
@@ -22,6 +23,8 @@ _COMPARE = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte
 OPERATORS = (*_COMPARE, "$in", "$nin", "$exists")
 Scalar = str | int | float | bool | None
 DOCUMENT_FIELDS = ("id", "title", "source", "text")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_FILTER_TERMS = 64  # fields, operators and list values of one filter together
 
 
 def parse_filter(text: str) -> dict[str, Any]:
@@ -236,3 +239,46 @@ def _operator(sql: _Sqlite | _Postgres, name: str, op: Any, arg: Any, params: li
             raise InvalidFilter(f"{where}: needs true or false")
         return sql.exists(name, params, yes=arg)
     raise InvalidFilter(f"field {name!r}: unknown operator {op!r}; use one of {', '.join(OPERATORS)}")
+
+
+def _terms(value: Any) -> int:
+    if isinstance(value, dict):
+        return sum(1 + _terms(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(1 + _terms(v) for v in value)
+    return 0
+
+
+def _check_filter_values(value: Any) -> None:
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise InvalidFilter(f"filter value {value} does not fit a 64-bit integer")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidFilter("filter values must be finite numbers")
+    if isinstance(value, dict):
+        for v in value.values():
+            _check_filter_values(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_filter_values(v)
+
+
+def check_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A metadata filter checked the way the store will use it: size, 64-bit numbers, syntax.
+
+    Raises InvalidFilter, which pydantic passes through (it is no ValueError), so the error keeps
+    its code whichever request carried the filter."""
+    if value is None:
+        return None
+    if _terms(value) > MAX_FILTER_TERMS:
+        raise InvalidFilter(
+            f"the filter has more than {MAX_FILTER_TERMS} fields, operators and values", param="filter"
+        )
+    try:
+        _check_filter_values(value)
+        compile_filter(value)
+    except InvalidFilter as exc:
+        exc.param = "filter"
+        raise
+    return value

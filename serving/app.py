@@ -29,9 +29,9 @@ from serving.chat import GenerationService
 from serving.converge import Converger
 from serving.engine import Engine, resolved_dtype, resolved_executor
 from serving.metrics import Metrics
-from serving.protocol import error_body
 from serving.records import open_records
 from serving.resolve import ModelResolver
+from serving.responses import error_body
 from serving.routes import admin, documents, files, openai, playground
 from serving.settings import Settings
 

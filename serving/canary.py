@@ -20,7 +20,7 @@ from typing import Any
 
 from serving.engine import AdapterRef, Engine, SamplingOptions
 from serving.errors import EngineUnhealthy
-from serving.protocol import new_id
+from serving.responses import new_id
 
 log = logging.getLogger("ragtune.serving")
 

@@ -20,7 +20,7 @@ from core.prompt import ContextChunk, apply_context, fit_chunks, with_context
 from retrieval import Hit, Library
 from serving.adapters import AdapterNotFound, AdapterRegistry
 from serving.auth import UNLIMITED, Scope
-from serving.engine import AdapterRef, Delta, Engine, SamplingOptions
+from serving.engine import AdapterRef, Delta, Engine, SamplingOptions, TokenLogprob
 from serving.grounding import (
     PROBE_TOKENS,
     QUOTE_LEAD,
@@ -33,17 +33,23 @@ from serving.grounding import (
     rank_quotations,
 )
 from serving.metrics import Metrics
-from serving.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    RagOptions,
-    Source,
-    Usage,
-    new_id,
-)
+from serving.protocol import ChatCompletionRequest, CompletionRequest, RagOptions
 from serving.resolve import ModelResolver, Target
+from serving.responses import Source, Usage, new_id
 from serving.routing import AUTO, Route, Router
 from serving.settings import ServingSettings
+from serving.structured import (
+    Plan,
+    ToolsUnsupported,
+    instruct,
+    load_parser,
+    plan,
+    template_formats_tools,
+    template_message,
+    template_parser,
+    tools_for_template,
+    with_instruction,
+)
 
 
 class ContextLengthExceeded(RagtuneError):
@@ -60,6 +66,7 @@ class Prepared:
     options: SamplingOptions
     sources: list[Source]
     route: Route | None = None  # where `model: auto` sent the request (serving.routing)
+    plan: Plan = field(default_factory=Plan)  # structured output and tool calls (serving.structured)
 
 
 @dataclass
@@ -67,6 +74,7 @@ class Choice:
     text: str = ""
     tokens: int = 0
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -100,6 +108,10 @@ class GenerationService:
         self.library = library
         self.settings = settings
         self.metrics = metrics
+        template = getattr(tokenizer, "chat_template", None)
+        self.formats_tools = template_formats_tools(template)
+        self.parser_name = settings.tool_parser or template_parser(template)
+        self._parser: Any = None
         self.router = Router(
             library=library,
             profiles=resolver.profiles,
@@ -227,8 +239,12 @@ class GenerationService:
         )
         return max(limit - base_len - reserve, 0)
 
-    def _encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    def _encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            list(messages), tools=tools, tokenize=False, add_generation_prompt=True
+        )
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _target(self, model: str, scope: Scope) -> Target:
@@ -251,21 +267,65 @@ class GenerationService:
     async def prepare_chat(self, req: ChatCompletionRequest, scope: Scope = UNLIMITED) -> Prepared:
         route = await self._route(req.model, [m.text() for m in req.messages if m.role == "user"], scope)
         target = self._target(route.chosen if route else req.model, scope)
+        shape = plan(req.response_format, req.tools, req.tool_choice, req.parallel_tool_calls)
+        self._check_shape(shape, target, req.rag)
         messages = [
-            {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages
+            template_message(
+                "system" if m.role == "developer" else m.role,
+                m.text(),
+                m.tool_calls,
+                m.tool_call_id,
+                formats_tools=self.formats_tools,
+            )
+            for m in req.messages
         ]
         system_prompt = target.profile.system_prompt if target.profile else None
+        tools = tools_for_template(req.tools) if req.tools and self.formats_tools else None
+        # What the template cannot show (tools), and the schema a reply must fit, go in the system turn.
+        instruction = instruct(req.response_format, None if self.formats_tools else req.tools)
         query = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         hits = await self.retrieve(target, req.rag, query, scope=scope)
 
         # Tokenising runs in a thread: a prompt of megabytes would otherwise stall every request.
         prompt_ids, kept = await asyncio.to_thread(
-            self._chat_prompt, messages, system_prompt, hits, req.token_limit
+            self._chat_prompt, messages, system_prompt, hits, req.token_limit, tools, instruction
         )
         constraint = await self._constraint(target, req.rag, query, prompt_ids, kept, req.token_limit)
-        prepared = self._finish(req, target, prompt_ids, hits, kept, constraint)
+        prepared = self._finish(req, target, prompt_ids, hits, kept, constraint | _shaped(shape))
         prepared.route = route
+        prepared.plan = shape
         return prepared
+
+    def _check_shape(self, shape: Plan, target: Target, rag: RagOptions | bool | None) -> None:
+        """Refuse what cannot be done as asked: `auto` tool calls on a model whose reply format for
+        them is unknown; a schema or tool call under grounding that holds the reply to its
+        sources (quotations, their words, or the abstention sentence)."""
+        if shape.tools == "auto" and self.parser_name is None:
+            raise ToolsUnsupported(
+                "tool_choice 'auto' needs a model whose chat template has a tool-call format with a "
+                "parser; this model's has none: send tool_choice 'required' or a named function "
+                "(constrained to the tools' schemas on any model), or set serving.tool_parser",
+                param="tool_choice",
+            )
+        if not (shape.constrained or shape.tools) or self._collection(target, rag) is None:
+            return
+        grounding = _option(rag, target, "grounding", "free")
+        floor = _option(rag, target, "min_similarity", 0.0)
+        if grounding != "free" or floor:
+            what = "tool calls" if shape.tools else "response_format"
+            held = f"rag.grounding {grounding!r}" if grounding != "free" else f"rag.min_similarity {floor}"
+            raise RagtuneError(
+                f"{what} cannot combine with {held} (from the request or the model's profile): "
+                "grounding holds the reply to its sources, a schema to JSON; send rag.grounding 'free' "
+                "and rag.min_similarity 0, or leave out the schema",
+                param="tool_choice" if shape.tools else "response_format",
+            )
+
+    def tool_parser(self) -> Any:
+        """vLLM's tool parser for this model's `auto` replies, built on first use."""
+        if self._parser is None and self.parser_name is not None:
+            self._parser = load_parser(self.parser_name, self.tokenizer)
+        return self._parser
 
     def _chat_prompt(
         self,
@@ -273,24 +333,32 @@ class GenerationService:
         system_prompt: str | None,
         hits: list[Hit],
         requested: int | None,
+        tools: list[dict[str, Any]] | None = None,
+        instruction: str | None = None,
     ) -> tuple[list[int], list[ContextChunk]]:
-        base_ids = self._encode_chat(apply_context(messages, [], system_prompt=system_prompt))
+        def encode(chunks: list[ContextChunk]) -> list[int]:
+            turns = apply_context(messages, chunks, system_prompt=system_prompt)
+            return self._encode_chat(with_instruction(turns, instruction) if instruction else turns, tools)
+
+        base_ids = encode([])
         budget = self._context_budget(len(base_ids), requested)
         chunks = [ContextChunk(h.text, h.title, h.source) for h in hits]
         # The context block's own cost is measured in the user turn it lands in.
         kept = fit_chunks(chunks, budget, self.count_tokens) if chunks else []
         if not kept:
             return base_ids, kept
-        return self._encode_chat(apply_context(messages, kept, system_prompt=system_prompt)), kept
+        return encode(kept), kept
 
     async def prepare_completion(self, req: CompletionRequest, scope: Scope = UNLIMITED) -> Prepared:
         route = await self._route(req.model, [req.prompt_text], scope)
         target = self._target(route.chosen if route else req.model, scope)
+        shape = plan(req.response_format, None, None, None)
+        self._check_shape(shape, target, req.rag)
         prompt = req.prompt_text
         hits = await self.retrieve(target, req.rag, prompt, param="prompt", scope=scope)
         prompt_ids, kept = await asyncio.to_thread(self._completion_prompt, prompt, hits, req.token_limit)
         constraint = await self._constraint(target, req.rag, prompt, prompt_ids, kept, req.token_limit)
-        prepared = self._finish(req, target, prompt_ids, hits, kept, constraint)
+        prepared = self._finish(req, target, prompt_ids, hits, kept, constraint | _shaped(shape))
         prepared.route = route
         return prepared
 
@@ -332,10 +400,27 @@ class GenerationService:
             n=req.n,
             ignore_eos=req.ignore_eos,
             min_tokens=req.min_tokens,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            logit_bias=self._logit_bias(req.logit_bias),
+            logprobs=_logprobs_asked(req),
             **constraint,
         )
         sources = [Source.of(i, h, c.text) for i, (h, c) in enumerate(zip(hits, kept, strict=False), start=1)]
         return Prepared(new_id("req"), target, prompt_ids, options, sources)
+
+    def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...] | None:
+        """`logit_bias` with token ids checked against the vocabulary (a 400 naming the id)."""
+        if not bias:
+            return None
+        vocab = len(self.tokenizer)
+        for token in bias:
+            if int(token) >= vocab:
+                raise RagtuneError(
+                    f"logit_bias names token {token}; this model's vocabulary has {vocab} tokens",
+                    param="logit_bias",
+                )
+        return tuple((int(t), b) for t, b in bias.items())
 
     # -- generation ----------------------------------------------------------------------
 
@@ -414,6 +499,7 @@ class GenerationService:
             choice.text += delta.text
             choice.tokens += delta.tokens
             choice.finish_reason = delta.finish_reason or choice.finish_reason
+            choice.logprobs.extend(delta.logprobs)
         return result
 
 
@@ -423,6 +509,25 @@ async def _prepend(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIter
     yield first
     async for delta in rest:
         yield delta
+
+
+def _shaped(shape: Plan) -> dict[str, Any]:
+    """A plan's SamplingOptions fields: its schema, and special tokens kept for a tool parser."""
+    fields: dict[str, Any] = {}
+    if shape.schema is not None:
+        fields["json_schema"] = shape.schema
+    if shape.json_object:
+        fields["json_object"] = True
+    if shape.tools == "auto":  # tool-call markers are special tokens in some vocabularies
+        fields["skip_special_tokens"] = False
+    return fields
+
+
+def _logprobs_asked(req: ChatCompletionRequest | CompletionRequest) -> int | None:
+    """How many alternatives per token the request wants (None: no logprobs)."""
+    if isinstance(req, ChatCompletionRequest):
+        return (req.top_logprobs or 0) if req.logprobs else None
+    return req.logprobs
 
 
 def _option(rag: RagOptions | bool | None, target: Target, name: str, default: Any) -> Any:

@@ -29,8 +29,34 @@ class SamplingOptions:
     n: int = 1
     ignore_eos: bool = False
     min_tokens: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] | None = None
+    logprobs: int | None = None  # per generated token: its logprob and this many alternatives
     allowed_token_ids: tuple[int, ...] | None = None  # strict grounding (serving.grounding)
     grammar: str | None = None  # extractive grounding: vLLM structured outputs (serving.grounding)
+    json_schema: str | None = None  # response_format / tool calls (serving.structured), JSON text
+    json_object: bool = False  # response_format json_object
+    skip_special_tokens: bool = True  # False where a tool parser reads markers the tokenizer marks special
+
+    def structured_outputs(self) -> dict[str, Any] | None:
+        """vLLM's structured-outputs constraint (StructuredOutputsParams' fields), or None."""
+        if self.grammar:
+            return {"grammar": self.grammar}
+        if self.json_schema:
+            return {"json": self.json_schema}
+        if self.json_object:
+            return {"json_object": True}
+        return None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text, logprob, and the most likely tokens at its place."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,6 +67,7 @@ class Delta:
     text: str
     tokens: int
     finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +156,10 @@ def engine_args(model_path: Path, settings: EngineSettings) -> dict[str, Any]:
         "tensor_parallel_size": settings.tensor_parallel_size,
         "data_parallel_size": settings.data_parallel_size,
         "gpu_memory_utilization": settings.gpu_memory_utilization,
+        # JSON without free whitespace: the 135M model, left to choose, drifted into blank lines
+        # between tokens ('{\n\n"country"\n\n:'), spending its token budget on them.
+        # (vLLM allows that only with a named backend; xgrammar was "auto"'s choice here too.)
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
     if settings.enable_lora:
         args |= {
@@ -197,7 +228,7 @@ class VllmEngine:
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        grammar = options.grammar
+        structured = options.structured_outputs()
         try:
             params = SamplingParams(
                 n=options.n,
@@ -208,8 +239,13 @@ class VllmEngine:
                 seed=options.seed,
                 ignore_eos=options.ignore_eos,
                 min_tokens=options.min_tokens,
+                presence_penalty=options.presence_penalty,
+                frequency_penalty=options.frequency_penalty,
+                logit_bias=dict(options.logit_bias) if options.logit_bias else None,
+                logprobs=options.logprobs,
                 allowed_token_ids=list(options.allowed_token_ids) if options.allowed_token_ids else None,
-                structured_outputs=StructuredOutputsParams(grammar=grammar) if grammar else None,
+                structured_outputs=StructuredOutputsParams(**structured) if structured else None,
+                skip_special_tokens=options.skip_special_tokens,
                 output_kind=RequestOutputKind.DELTA,
             )
             lora = self._lora(adapter) if adapter else None
@@ -219,7 +255,8 @@ class VllmEngine:
             async for out in stream:
                 for c in out.outputs:
                     if c.text or c.token_ids or c.finish_reason:
-                        yield Delta(c.index, c.text, len(c.token_ids), c.finish_reason)
+                        logprobs = _logprobs(c.token_ids, c.logprobs, options.logprobs)
+                        yield Delta(c.index, c.text, len(c.token_ids), c.finish_reason, logprobs)
         except VLLMClientError as exc:  # vLLM's own split: its client errors are the request's fault
             raise EngineRejected(
                 f"the engine refused the request: {exc}", param=getattr(exc, "parameter", None)
@@ -254,3 +291,27 @@ class VllmEngine:
         # Dropped now, while Python is whole: AsyncLLM.__del__ shuts down again, and at
         # interpreter exit it printed a TypeError traceback after every in-process run.
         del llm
+
+
+def _logprobs(token_ids: Any, entries: Any, k: int | None) -> tuple[TokenLogprob, ...]:
+    """vLLM's per-token logprob maps (token id -> Logprob: the `k` most likely, and the sampled
+    token whatever its rank) as TokenLogprobs with their `k` alternatives by rank."""
+    if k is None:
+        return ()
+    out = []
+    for token_id, entry in zip(token_ids, entries or (), strict=False):
+        chosen = entry[token_id]
+        top = sorted(entry.values(), key=lambda lp: lp.rank)[:k]
+        out.append(
+            TokenLogprob(
+                chosen.decoded_token or "",
+                _finite(chosen.logprob),
+                tuple((lp.decoded_token or "", _finite(lp.logprob)) for lp in top),
+            )
+        )
+    return tuple(out)
+
+
+def _finite(x: float) -> float:
+    """JSON has no -inf: a token the constraint ruled out gets the lowest float instead."""
+    return x if x > -1e30 else -9999.0

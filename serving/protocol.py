@@ -1,14 +1,13 @@
-"""OpenAI request/response schemas, plus ragtune's extensions (`rag`, `sources`, `kind`).
+"""OpenAI request schemas, plus ragtune's extensions (`rag`, `ignore_eos`, `min_tokens`).
 
-Requests forbid nothing OpenAI clients send (unknown fields are ignored, as OpenAI-compatible
-servers do), but every field we read is validated so errors name the field.
+Every field of OpenAI's chat and completions requests is either honoured or refused with a 400
+that names it, and a field that is no part of the API is refused: a client never gets a 200 for
+a request that was not done as asked (docs/openai.md lists each field). The response schemas
+are in serving/responses.py.
 """
 
 from __future__ import annotations
 
-import math
-import time
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -21,15 +20,12 @@ from pydantic import (
     model_validator,
 )
 
-from core.errors import InvalidFilter
+from core.errors import RagtuneError
 from core.names import NAME_PATTERN
-from retrieval import Hit
-from retrieval.filters import compile_filter
+from retrieval.filters import INT64_MAX, INT64_MIN, check_filter
 from retrieval.settings import Fusion, IndexType, SearchMode
 from serving.grounding import Grounding
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-MAX_FILTER_TERMS = 64  # fields, operators and list values of one filter together
+from serving.structured import ResponseFormat, ToolCall, ToolChoice, ToolDef
 
 
 def _unencodable(value: Any, where: str = "") -> str | None:
@@ -69,49 +65,6 @@ class Body(BaseModel):
     @classmethod
     def _text_only(cls, data: Any) -> Any:
         return text_only(data)
-
-
-def _terms(value: Any) -> int:
-    if isinstance(value, dict):
-        return sum(1 + _terms(v) for v in value.values())
-    if isinstance(value, list):
-        return sum(1 + _terms(v) for v in value)
-    return 0
-
-
-def _check_filter_values(value: Any) -> None:
-    if isinstance(value, bool) or value is None:
-        return
-    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
-        raise InvalidFilter(f"filter value {value} does not fit a 64-bit integer")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidFilter("filter values must be finite numbers")
-    if isinstance(value, dict):
-        for v in value.values():
-            _check_filter_values(v)
-    elif isinstance(value, list):
-        for v in value:
-            _check_filter_values(v)
-
-
-def check_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A metadata filter checked the way the store will use it: size, 64-bit numbers, syntax.
-
-    Raises InvalidFilter, which pydantic passes through (it is no ValueError), so the error keeps
-    its code whichever request carried the filter."""
-    if value is None:
-        return None
-    if _terms(value) > MAX_FILTER_TERMS:
-        raise InvalidFilter(
-            f"the filter has more than {MAX_FILTER_TERMS} fields, operators and values", param="filter"
-        )
-    try:
-        _check_filter_values(value)
-        compile_filter(value)
-    except InvalidFilter as exc:
-        exc.param = "filter"
-        raise
-    return value
 
 
 Filter = Annotated[dict[str, Any] | None, AfterValidator(check_filter)]
@@ -179,14 +132,23 @@ class StreamOptions(BaseModel):
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls, sent back in the conversation
+    tool_call_id: str | None = None  # a tool message: the call it answers
+    refusal: str | None = None  # as the assistant message of a response carries it
+    # Fields of an assistant message a client may send back as it got it; only empty ones.
+    annotations: list[Any] | None = Field(None, max_length=0)
+    audio: None = None
+    function_call: None = None
 
     def text(self) -> str:
         """Text of the message; OpenAI's content-part lists are joined by their text parts."""
         if self.content is None:
-            return ""
+            return self.refusal or ""
         if isinstance(self.content, str):
             return self.content
         parts = []
@@ -197,18 +159,61 @@ class ChatMessage(BaseModel):
         return "".join(parts)
 
 
+# OpenAI request fields ragtune does not implement, with the values that ask for nothing more
+# than what it does anyway; any other value is refused, naming the field.
+_ONLY_AS: dict[str, tuple[Any, ...]] = {
+    "store": (None, False),
+    "metadata": (None, {}),
+    "service_tier": (None, "auto", "default"),
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "prediction": (None,),
+    "reasoning_effort": (None,),
+    "verbosity": (None,),
+    "web_search_options": (None,),
+    "functions": (None,),
+    "function_call": (None,),
+    "prompt_cache_key": (None,),
+    "suffix": (None, ""),
+}
+
+
+class NotSupported(RagtuneError):
+    code = "unsupported_parameter"
+
+
+def _refuse_unsupported(data: Any, fields: tuple[str, ...]) -> Any:
+    if not isinstance(data, dict):
+        return data
+    for name in fields:
+        if name in data and data[name] not in _ONLY_AS[name]:
+            hint = " (use tools and tool_choice)" if name.startswith("function") else ""
+            raise NotSupported(f"{name} is not supported by ragtune{hint}; leave it out", param=name)
+    return {k: v for k, v in data.items() if k not in fields}
+
+
+LogitBias = dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]]
+
+
 class _SamplingRequest(Body):
+    model_config = ConfigDict(extra="forbid")
+
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: LogitBias | None = Field(None, description="token id (as text) -> bias, -100 to 100")
+    response_format: ResponseFormat | None = None
     stop: str | list[str] | None = None
     seed: Seed | None = None
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: str | None = Field(None, max_length=256, description="accepted; ragtune keeps no per-user record")
+    safety_identifier: str | None = Field(None, max_length=256, description="as `user`")
     # vLLM's extensions, for fixed-length benchmarks and tests
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
@@ -256,6 +261,23 @@ class _SamplingRequest(Body):
 
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[ToolDef] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _refuse_unsupported(data, tuple(n for n in _ONLY_AS if n != "suffix"))
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return v
 
     @field_validator("messages")
     @classmethod
@@ -269,6 +291,20 @@ class ChatCompletionRequest(_SamplingRequest):
 
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
+    best_of: int | None = Field(None, ge=1, le=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _refuse_unsupported(data, ("suffix",))
+
+    @model_validator(mode="after")
+    def _best_of(self) -> CompletionRequest:
+        if self.best_of is not None and self.best_of != self.n:
+            raise NotSupported("best_of other than n is not supported; leave it out", param="best_of")
+        return self
 
     @field_validator("prompt")
     @classmethod
@@ -282,58 +318,6 @@ class CompletionRequest(_SamplingRequest):
     @property
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-
-
-class Source(BaseModel):
-    index: int
-    document_id: str
-    chunk_id: str
-    title: str | None = None
-    source: str | None = None
-    score: float
-    text: str
-
-    @classmethod
-    def of(cls, index: int, hit: Hit, text: str | None = None) -> Source:
-        """The source object for a hit; `text` when the prompt carried a cut version of it."""
-        return cls(
-            index=index,
-            document_id=hit.document_id,
-            chunk_id=hit.chunk_id,
-            title=hit.title,
-            source=hit.source,
-            score=hit.score,
-            text=hit.text if text is None else text,
-        )
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def now() -> int:
-    return int(time.time())
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=now)
-    owned_by: str = "ragtune"
-    kind: Literal["base", "adapter", "profile", "auto"]
-    parent: str | None = None
-    root: str | None = None
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
 
 
 class AdapterLoadRequest(Body):
@@ -376,7 +360,3 @@ class SearchBody(Body):
     mode: SearchMode | None = None  # None: the retrieval.mode setting
     fusion: Fusion | None = None  # None: the retrieval.fusion setting
     filter: Filter = None
-
-
-def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from retrieval.storage import hide_password
-from serving.engine import AdapterRef, Delta, SamplingOptions
+from serving.engine import AdapterRef, Delta, SamplingOptions, TokenLogprob
 from serving.errors import EngineRejected, EngineUnhealthy
 from serving.settings import EngineSettings
 
@@ -122,8 +122,20 @@ class RemoteEngine:
         }
         if options.allowed_token_ids:
             body["allowed_token_ids"] = list(options.allowed_token_ids)
-        if options.grammar:
-            body["structured_outputs"] = {"grammar": options.grammar}
+        structured = options.structured_outputs()
+        if structured:
+            body["structured_outputs"] = structured
+        if options.presence_penalty or options.frequency_penalty:
+            body |= {
+                "presence_penalty": options.presence_penalty,
+                "frequency_penalty": options.frequency_penalty,
+            }
+        if options.logit_bias:
+            body["logit_bias"] = {str(t): b for t, b in options.logit_bias}
+        if options.logprobs is not None:
+            body["logprobs"] = options.logprobs
+        if not options.skip_special_tokens:
+            body["skip_special_tokens"] = False
         for attempt in (1, 2):
             try:
                 async with self._client.stream("POST", "/completions", json=body) as resp:
@@ -173,7 +185,10 @@ class RemoteEngine:
             for c in chunk.get("choices", []):
                 ids = c.get("token_ids") or []
                 if c.get("text") or ids or c.get("finish_reason"):
-                    yield Delta(int(c["index"]), c.get("text") or "", len(ids), c.get("finish_reason"))
+                    logprobs = _logprobs(c.get("logprobs"))
+                    yield Delta(
+                        int(c["index"]), c.get("text") or "", len(ids), c.get("finish_reason"), logprobs
+                    )
 
     def _error(self, status: int, error: dict[str, Any]) -> Exception:
         message = str(error.get("message") or error)
@@ -256,3 +271,22 @@ def _error_of(resp: httpx.Response) -> dict[str, Any]:
         return {"message": resp.text[:500]}
     error = body.get("error", body) if isinstance(body, dict) else body
     return error if isinstance(error, dict) else {"message": str(error)}
+
+
+def _logprobs(block: dict[str, Any] | None) -> tuple[TokenLogprob, ...]:
+    """A completions chunk's legacy logprobs (parallel lists) as TokenLogprobs."""
+    if not block:
+        return ()
+    tops = block.get("top_logprobs") or []
+    return tuple(
+        TokenLogprob(
+            token,
+            float(lp if lp is not None else -9999.0),
+            tuple(sorted(((t, float(v)) for t, v in (tops[i] or {}).items()), key=lambda kv: -kv[1]))
+            if i < len(tops)
+            else (),
+        )
+        for i, (token, lp) in enumerate(
+            zip(block.get("tokens") or [], block.get("token_logprobs") or [], strict=False)
+        )
+    )

@@ -7,7 +7,7 @@ from typing import Literal
 
 from core.errors import NotFoundError, RagtuneError
 from serving.adapters import AdapterRegistry
-from serving.protocol import ModelCard
+from serving.responses import ModelCard
 from serving.settings import ProfileSettings
 
 

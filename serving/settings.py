@@ -201,7 +201,7 @@ class ProfileSettings(BaseModel):
     @classmethod
     def _filter(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         from core.errors import InvalidFilter
-        from serving.protocol import check_filter
+        from retrieval.filters import check_filter
 
         try:
             return check_filter(v)
@@ -250,6 +250,11 @@ class ServingSettings(BaseModel):
     )
     context_reserve_tokens: int = Field(
         256, ge=0, description="tokens kept free for the answer when fitting retrieved context"
+    )
+    tool_parser: str | None = Field(
+        None,
+        description="vLLM's tool parser for `tool_choice: auto` (e.g. hermes, llama3_json); None: "
+        "found from the chat template (hermes for Qwen2.5), else `auto` is refused",
     )
     registry_poll_s: float = Field(
         1.0,

@@ -10,10 +10,12 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from retrieval import Document
+from retrieval.filters import INT64_MAX
 from serving.auth import AdminKey, ScopeDep, UserKey
 from serving.deps import LibraryDep, SettingsDep
 from serving.errors import DocumentTooLarge
-from serving.protocol import INT64_MAX, CollectionCreate, SearchBody, Source, UpsertBody
+from serving.protocol import CollectionCreate, SearchBody, UpsertBody
+from serving.responses import Source
 
 router = APIRouter(prefix="/v1/collections")
 

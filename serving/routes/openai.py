@@ -14,18 +14,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from core.errors import RagtuneError
 from serving.auth import AdminOrLoopback, Scope, ScopeDep, UserKey
 from serving.canary import HEALTH_TTL_S
-from serving.chat import GenerationService, Prepared, Result
+from serving.chat import GenerationService
 from serving.deps import CanaryDep, EngineDep, GenerationDep, LibraryDep, MetricsDep, ResolverDep
-from serving.engine import Delta
-from serving.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    ModelCard,
-    ModelList,
-    error_body,
-    new_id,
-    now,
-)
+from serving.protocol import ChatCompletionRequest, CompletionRequest
+from serving.replies import chat_events, chat_response, completion_events, completion_response, model_name
+from serving.responses import ChatCompletionResponse, CompletionResponse, ModelCard, ModelList, error_body
 from serving.routing import AUTO
 
 STORE_PING_S = 2.0  # /health waits this long for the document store, then says it is lost
@@ -33,69 +26,28 @@ router = APIRouter()
 log = logging.getLogger("ragtune.serving")
 
 
-def _sources(prep: Prepared) -> list[dict[str, Any]]:
-    return [s.model_dump() for s in prep.sources]
-
-
-def _model(prep: Prepared, requested: str) -> str:
-    """The model a response names: for `auto`, the one chosen (serving.routing)."""
-    return prep.route.chosen if prep.route else requested
-
-
-def _route(prep: Prepared) -> dict[str, Any]:
-    """The `ragtune` extension field saying where `model: auto` went, with its scores."""
-    return {"ragtune": {"route": prep.route.to_json()}} if prep.route else {}
-
-
-@router.post("/v1/chat/completions", response_model=None, dependencies=[UserKey])
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, dependencies=[UserKey])
 async def chat_completions(req: ChatCompletionRequest, gen: GenerationDep, scope: ScopeDep) -> Response:
     prep = await gen.prepare_chat(req, scope)
+    model, parser = model_name(prep, req.model), gen.tool_parser()
     if req.stream:
-        return _sse(_chat_chunks(await gen.start(prep), prep, req))
-    result = await gen.run(prep)
-    return JSONResponse(
-        {
-            "id": new_id("chatcmpl"),
-            "object": "chat.completion",
-            "created": now(),
-            "model": _model(prep, req.model),
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": c.text},
-                    "finish_reason": c.finish_reason,
-                    "logprobs": None,
-                }
-                for i, c in enumerate(result.choices)
-            ],
-            "usage": result.usage.model_dump(),
-            "sources": _sources(prep),
-            **_route(prep),
-        }
-    )
+        events = chat_events(
+            await gen.start(prep), prep, model=model, include_usage=req.include_usage, parser=parser
+        )
+        return _sse(events)
+    return JSONResponse(chat_response(await gen.run(prep), model, parser))
 
 
-@router.post("/v1/completions", response_model=None, dependencies=[UserKey])
+@router.post("/v1/completions", response_model=CompletionResponse, dependencies=[UserKey])
 async def completions(req: CompletionRequest, gen: GenerationDep, scope: ScopeDep) -> Response:
     prep = await gen.prepare_completion(req, scope)
+    model, echo = model_name(prep, req.model), req.prompt_text if req.echo else None
     if req.stream:
-        return _sse(_completion_chunks(await gen.start(prep), prep, req))
-    result = await gen.run(prep)
-    return JSONResponse(
-        {
-            "id": new_id("cmpl"),
-            "object": "text_completion",
-            "created": now(),
-            "model": _model(prep, req.model),
-            "choices": [
-                {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
-                for i, c in enumerate(result.choices)
-            ],
-            "usage": result.usage.model_dump(),
-            "sources": _sources(prep),
-            **_route(prep),
-        }
-    )
+        events = completion_events(
+            await gen.start(prep), prep, model=model, include_usage=req.include_usage, echo=echo
+        )
+        return _sse(events)
+    return JSONResponse(completion_response(await gen.run(prep), model, echo))
 
 
 def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
@@ -113,67 +65,6 @@ def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-async def _chat_chunks(
-    deltas: AsyncIterator[Delta], prep: Prepared, req: ChatCompletionRequest
-) -> AsyncIterator[dict[str, Any]]:
-    head = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now()}
-    head["model"] = _model(prep, req.model)
-    result = Result(prep)
-    for i in range(prep.options.n):
-        first: dict[str, Any] = {
-            **head,
-            "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-        }
-        if i == 0:
-            first["sources"] = _sources(prep)
-            first.update(_route(prep))
-        yield first
-    completion = 0
-    async for d in deltas:
-        completion += d.tokens
-        if d.text:
-            yield {
-                **head,
-                "choices": [{"index": d.index, "delta": {"content": d.text}, "finish_reason": None}],
-            }
-        if d.finish_reason:
-            yield {**head, "choices": [{"index": d.index, "delta": {}, "finish_reason": d.finish_reason}]}
-    if req.include_usage:
-        usage = result.usage.model_copy(update={"completion_tokens": completion})
-        usage.total_tokens = usage.prompt_tokens + completion
-        yield {**head, "choices": [], "usage": usage.model_dump()}
-
-
-async def _completion_chunks(
-    deltas: AsyncIterator[Delta], prep: Prepared, req: CompletionRequest
-) -> AsyncIterator[dict[str, Any]]:
-    head = {"id": new_id("cmpl"), "object": "text_completion", "created": now()}
-    head["model"] = _model(prep, req.model)
-    completion = 0
-    sent_sources = False
-    async for d in deltas:
-        completion += d.tokens
-        event: dict[str, Any] = {
-            **head,
-            "choices": [
-                {"index": d.index, "text": d.text, "finish_reason": d.finish_reason, "logprobs": None}
-            ],
-        }
-        if not sent_sources:
-            event["sources"] = _sources(prep)
-            event.update(_route(prep))
-            sent_sources = True
-        yield event
-    if req.include_usage:
-        prompt = len(prep.prompt_ids)
-        usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-        yield {**head, "choices": [], "usage": usage}
 
 
 @router.get("/v1/models", dependencies=[UserKey])
