@@ -8,15 +8,16 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import anyio
 
 from core.errors import RagtuneError
-from core.prompt import ContextChunk, apply_context, fit_chunks, with_context
+from core.prompt import ContextChunk
 from retrieval import Hit, Library
 from serving.adapters import AdapterNotFound, AdapterRegistry
 from serving.auth import UNLIMITED, Scope
@@ -33,14 +34,16 @@ from serving.grounding import (
     rank_quotations,
 )
 from serving.metrics import Metrics
+from serving.prompts import ContextLengthExceeded, PromptBuilder
 from serving.protocol import ChatCompletionRequest, CompletionRequest, RagOptions
 from serving.resolve import ModelResolver, Target
 from serving.responses import Source, Usage, new_id
 from serving.routing import AUTO, Route, Router
+from serving.sampling import sampling_options
 from serving.settings import ServingSettings
 from serving.structured import (
     Plan,
-    ToolsUnsupported,
+    check_shape,
     instruct,
     load_parser,
     plan,
@@ -48,12 +51,7 @@ from serving.structured import (
     template_message,
     template_parser,
     tools_for_template,
-    with_instruction,
 )
-
-
-class ContextLengthExceeded(RagtuneError):
-    code = "context_length_exceeded"
 
 
 @dataclass
@@ -108,6 +106,9 @@ class GenerationService:
         self.library = library
         self.settings = settings
         self.metrics = metrics
+        self.prompts = PromptBuilder(
+            tokenizer, max_model_len=engine.max_model_len, reserve_tokens=settings.context_reserve_tokens
+        )
         template = getattr(tokenizer, "chat_template", None)
         self.formats_tools = template_formats_tools(template)
         self.parser_name = settings.tool_parser or template_parser(template)
@@ -122,9 +123,6 @@ class GenerationService:
         )
 
     # -- preparation -------------------------------------------------------------------
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     async def retrieve(
         self,
@@ -194,7 +192,7 @@ class GenerationService:
             budget = max_tokens or self.engine.max_model_len - len(prompt_ids)
 
             def fits(answer: str) -> bool:
-                return self.count_tokens(answer) < budget  # and the end of the turn
+                return self.prompts.count_tokens(answer) < budget  # and the end of the turn
 
             ranked = await asyncio.to_thread(
                 rank_quotations, query, texts, coll.embedder, k=max(quotes, 1), fits=fits
@@ -216,36 +214,6 @@ class GenerationService:
             return {"grammar": choice_grammar(offered, abstain=False)}
         allowed = await asyncio.to_thread(allowed_token_ids, self.tokenizer, prompt_ids, texts)
         return {"allowed_token_ids": tuple(allowed)}
-
-    def _context_budget(self, base_len: int, requested: int | None) -> int:
-        """Tokens left for retrieved context once the prompt and the answer's share are counted."""
-        limit = self.engine.max_model_len
-        if base_len >= limit:
-            raise ContextLengthExceeded(
-                f"the prompt has {base_len} tokens; this model's context is {limit} tokens. "
-                "Shorten the messages.",
-                param="messages",
-            )
-        if requested is not None and base_len + requested > limit:
-            raise ContextLengthExceeded(
-                f"max_tokens={requested} plus the prompt's {base_len} tokens exceeds the "
-                f"model's context of {limit} tokens; use max_tokens <= {limit - base_len}",
-                param="max_tokens",
-            )
-        reserve = (
-            requested
-            if requested is not None
-            else min(self.settings.context_reserve_tokens, limit - base_len)
-        )
-        return max(limit - base_len - reserve, 0)
-
-    def _encode_chat(
-        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
-    ) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            list(messages), tools=tools, tokenize=False, add_generation_prompt=True
-        )
-        return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _target(self, model: str, scope: Scope) -> Target:
         """The model a request names, refused before any work if its adapter is not loaded (the
@@ -288,66 +256,30 @@ class GenerationService:
 
         # Tokenising runs in a thread: a prompt of megabytes would otherwise stall every request.
         prompt_ids, kept = await asyncio.to_thread(
-            self._chat_prompt, messages, system_prompt, hits, req.token_limit, tools, instruction
+            partial(self.prompts.chat, tools=tools, instruction=instruction),
+            messages,
+            system_prompt,
+            hits,
+            req.token_limit,
         )
         constraint = await self._constraint(target, req.rag, query, prompt_ids, kept, req.token_limit)
-        prepared = self._finish(req, target, prompt_ids, hits, kept, constraint | _shaped(shape))
+        prepared = self._finish(req, target, prompt_ids, hits, kept, shape, constraint)
         prepared.route = route
         prepared.plan = shape
         return prepared
 
     def _check_shape(self, shape: Plan, target: Target, rag: RagOptions | bool | None) -> None:
-        """Refuse what cannot be done as asked: `auto` tool calls on a model whose reply format for
-        them is unknown; a schema or tool call under grounding that holds the reply to its
-        sources (quotations, their words, or the abstention sentence)."""
-        if shape.tools == "auto" and self.parser_name is None:
-            raise ToolsUnsupported(
-                "tool_choice 'auto' needs a model whose chat template has a tool-call format with a "
-                "parser; this model's has none: send tool_choice 'required' or a named function "
-                "(constrained to the tools' schemas on any model), or set serving.tool_parser",
-                param="tool_choice",
-            )
-        if not (shape.constrained or shape.tools) or self._collection(target, rag) is None:
-            return
-        grounding = _option(rag, target, "grounding", "free")
-        floor = _option(rag, target, "min_similarity", 0.0)
-        if grounding != "free" or floor:
-            what = "tool calls" if shape.tools else "response_format"
-            held = f"rag.grounding {grounding!r}" if grounding != "free" else f"rag.min_similarity {floor}"
-            raise RagtuneError(
-                f"{what} cannot combine with {held} (from the request or the model's profile): "
-                "grounding holds the reply to its sources, a schema to JSON; send rag.grounding 'free' "
-                "and rag.min_similarity 0, or leave out the schema",
-                param="tool_choice" if shape.tools else "response_format",
-            )
+        """serving.structured.check_shape, with the grounding this request retrieves under."""
+        retrieves = self._collection(target, rag) is not None
+        grounding = _option(rag, target, "grounding", "free") if retrieves else "free"
+        floor = _option(rag, target, "min_similarity", 0.0) if retrieves else 0.0
+        check_shape(shape, parser=self.parser_name, grounding=grounding, floor=floor)
 
     def tool_parser(self) -> Any:
         """vLLM's tool parser for this model's `auto` replies, built on first use."""
         if self._parser is None and self.parser_name is not None:
             self._parser = load_parser(self.parser_name, self.tokenizer)
         return self._parser
-
-    def _chat_prompt(
-        self,
-        messages: list[dict[str, Any]],
-        system_prompt: str | None,
-        hits: list[Hit],
-        requested: int | None,
-        tools: list[dict[str, Any]] | None = None,
-        instruction: str | None = None,
-    ) -> tuple[list[int], list[ContextChunk]]:
-        def encode(chunks: list[ContextChunk]) -> list[int]:
-            turns = apply_context(messages, chunks, system_prompt=system_prompt)
-            return self._encode_chat(with_instruction(turns, instruction) if instruction else turns, tools)
-
-        base_ids = encode([])
-        budget = self._context_budget(len(base_ids), requested)
-        chunks = [ContextChunk(h.text, h.title, h.source) for h in hits]
-        # The context block's own cost is measured in the user turn it lands in.
-        kept = fit_chunks(chunks, budget, self.count_tokens) if chunks else []
-        if not kept:
-            return base_ids, kept
-        return encode(kept), kept
 
     async def prepare_completion(self, req: CompletionRequest, scope: Scope = UNLIMITED) -> Prepared:
         route = await self._route(req.model, [req.prompt_text], scope)
@@ -356,19 +288,11 @@ class GenerationService:
         self._check_shape(shape, target, req.rag)
         prompt = req.prompt_text
         hits = await self.retrieve(target, req.rag, prompt, param="prompt", scope=scope)
-        prompt_ids, kept = await asyncio.to_thread(self._completion_prompt, prompt, hits, req.token_limit)
+        prompt_ids, kept = await asyncio.to_thread(self.prompts.completion, prompt, hits, req.token_limit)
         constraint = await self._constraint(target, req.rag, prompt, prompt_ids, kept, req.token_limit)
-        prepared = self._finish(req, target, prompt_ids, hits, kept, constraint | _shaped(shape))
+        prepared = self._finish(req, target, prompt_ids, hits, kept, shape, constraint)
         prepared.route = route
         return prepared
-
-    def _completion_prompt(
-        self, prompt: str, hits: list[Hit], requested: int | None
-    ) -> tuple[list[int], list[ContextChunk]]:
-        budget = self._context_budget(self.count_tokens(prompt), requested)
-        chunks = [ContextChunk(h.text, h.title, h.source) for h in hits]
-        kept = fit_chunks(chunks, budget, self.count_tokens) if chunks else []
-        return self.tokenizer.encode(with_context(prompt, kept), add_special_tokens=False), kept
 
     def _finish(
         self,
@@ -377,6 +301,7 @@ class GenerationService:
         prompt_ids: list[int],
         hits: list[Hit],
         kept: list[ContextChunk],
+        shape: Plan,
         constraint: dict[str, Any],
     ) -> Prepared:
         limit = self.engine.max_model_len
@@ -391,36 +316,11 @@ class GenerationService:
                 "of the model's context",
                 param="min_tokens",
             )
-        options = SamplingOptions(
-            max_tokens=max_tokens,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            stop=req.stop_list,
-            seed=req.seed,
-            n=req.n,
-            ignore_eos=req.ignore_eos,
-            min_tokens=req.min_tokens,
-            presence_penalty=req.presence_penalty or 0.0,
-            frequency_penalty=req.frequency_penalty or 0.0,
-            logit_bias=self._logit_bias(req.logit_bias),
-            logprobs=_logprobs_asked(req),
-            **constraint,
+        options = sampling_options(
+            req, max_tokens=max_tokens, vocab_size=len(self.tokenizer), shape=shape, constraint=constraint
         )
         sources = [Source.of(i, h, c.text) for i, (h, c) in enumerate(zip(hits, kept, strict=False), start=1)]
         return Prepared(new_id("req"), target, prompt_ids, options, sources)
-
-    def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...] | None:
-        """`logit_bias` with token ids checked against the vocabulary (a 400 naming the id)."""
-        if not bias:
-            return None
-        vocab = len(self.tokenizer)
-        for token in bias:
-            if int(token) >= vocab:
-                raise RagtuneError(
-                    f"logit_bias names token {token}; this model's vocabulary has {vocab} tokens",
-                    param="logit_bias",
-                )
-        return tuple((int(t), b) for t, b in bias.items())
 
     # -- generation ----------------------------------------------------------------------
 
@@ -509,25 +409,6 @@ async def _prepend(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIter
     yield first
     async for delta in rest:
         yield delta
-
-
-def _shaped(shape: Plan) -> dict[str, Any]:
-    """A plan's SamplingOptions fields: its schema, and special tokens kept for a tool parser."""
-    fields: dict[str, Any] = {}
-    if shape.schema is not None:
-        fields["json_schema"] = shape.schema
-    if shape.json_object:
-        fields["json_object"] = True
-    if shape.tools == "auto":  # tool-call markers are special tokens in some vocabularies
-        fields["skip_special_tokens"] = False
-    return fields
-
-
-def _logprobs_asked(req: ChatCompletionRequest | CompletionRequest) -> int | None:
-    """How many alternatives per token the request wants (None: no logprobs)."""
-    if isinstance(req, ChatCompletionRequest):
-        return (req.top_logprobs or 0) if req.logprobs else None
-    return req.logprobs
 
 
 def _option(rag: RagOptions | bool | None, target: Target, name: str, default: Any) -> Any:

@@ -157,6 +157,29 @@ def plan(
     return Plan(schema=_checked(response_format.json_schema.schema_ or {"type": "object"}, "response_format"))
 
 
+def check_shape(shape: Plan, *, parser: str | None, grounding: str, floor: float) -> None:
+    """Refuse what cannot be done as asked: `auto` tool calls on a model whose reply format for
+    them is unknown (no `parser`); a schema or tool call under grounding that holds the reply to
+    its sources (quotations, their words, or the abstention sentence below the relevance floor)."""
+    if shape.tools == "auto" and parser is None:
+        raise ToolsUnsupported(
+            "tool_choice 'auto' needs a model whose chat template has a tool-call format with a "
+            "parser; this model's has none: send tool_choice 'required' or a named function "
+            "(constrained to the tools' schemas on any model), or set serving.tool_parser",
+            param="tool_choice",
+        )
+    if not (shape.constrained or shape.tools) or (grounding == "free" and not floor):
+        return
+    what = "tool calls" if shape.tools else "response_format"
+    held = f"rag.grounding {grounding!r}" if grounding != "free" else f"rag.min_similarity {floor}"
+    raise RagtuneError(
+        f"{what} cannot combine with {held} (from the request or the model's profile): grounding "
+        "holds the reply to its sources, a schema to JSON; send rag.grounding 'free' and "
+        "rag.min_similarity 0, or leave out the schema",
+        param="tool_choice" if shape.tools else "response_format",
+    )
+
+
 def _parameters(function: FunctionDef) -> dict[str, Any]:
     return function.parameters or _EMPTY_OBJECT
 

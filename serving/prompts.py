@@ -1,0 +1,86 @@
+"""Prompts as token ids: the chat template or the plain prompt, with as much retrieved context
+(core.prompt's block) as the model's context leaves once the answer's share is kept."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from core.errors import RagtuneError
+from core.prompt import ContextChunk, apply_context, fit_chunks, with_context
+from retrieval import Hit
+from serving.structured import with_instruction
+
+
+class ContextLengthExceeded(RagtuneError):
+    code = "context_length_exceeded"
+
+
+class PromptBuilder:
+    def __init__(self, tokenizer: Any, *, max_model_len: int, reserve_tokens: int):
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.reserve_tokens = reserve_tokens
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def context_budget(self, base_len: int, requested: int | None) -> int:
+        """Tokens left for retrieved context once the prompt and the answer's share are counted."""
+        limit = self.max_model_len
+        if base_len >= limit:
+            raise ContextLengthExceeded(
+                f"the prompt has {base_len} tokens; this model's context is {limit} tokens. "
+                "Shorten the messages.",
+                param="messages",
+            )
+        if requested is not None and base_len + requested > limit:
+            raise ContextLengthExceeded(
+                f"max_tokens={requested} plus the prompt's {base_len} tokens exceeds the "
+                f"model's context of {limit} tokens; use max_tokens <= {limit - base_len}",
+                param="max_tokens",
+            )
+        reserve = requested if requested is not None else min(self.reserve_tokens, limit - base_len)
+        return max(limit - base_len - reserve, 0)
+
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            list(messages), tools=tools, tokenize=False, add_generation_prompt=True
+        )
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        system_prompt: str | None,
+        hits: list[Hit],
+        requested: int | None,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        instruction: str | None = None,
+    ) -> tuple[list[int], list[ContextChunk]]:
+        """The chat prompt with the context that fits, and the chunks it kept; `instruction` ends
+        the system turn (serving.structured), `tools` go to the template."""
+
+        def encode(chunks: list[ContextChunk]) -> list[int]:
+            turns = apply_context(messages, chunks, system_prompt=system_prompt)
+            return self.encode_chat(with_instruction(turns, instruction) if instruction else turns, tools)
+
+        base_ids = encode([])
+        budget = self.context_budget(len(base_ids), requested)
+        chunks = [ContextChunk(h.text, h.title, h.source) for h in hits]
+        # The context block's own cost is measured in the user turn it lands in.
+        kept = fit_chunks(chunks, budget, self.count_tokens) if chunks else []
+        if not kept:
+            return base_ids, kept
+        return encode(kept), kept
+
+    def completion(
+        self, prompt: str, hits: list[Hit], requested: int | None
+    ) -> tuple[list[int], list[ContextChunk]]:
+        budget = self.context_budget(self.count_tokens(prompt), requested)
+        chunks = [ContextChunk(h.text, h.title, h.source) for h in hits]
+        kept = fit_chunks(chunks, budget, self.count_tokens) if chunks else []
+        return self.tokenizer.encode(with_context(prompt, kept), add_special_tokens=False), kept
