@@ -109,6 +109,7 @@ class Plan:
     json_object: bool = False
     tools: Literal["named", "required", "auto"] | None = None
     function: str | None = None  # the named function
+    names: tuple[str, ...] = ()  # "auto": the tools' names, for replies that call one bare
 
     @property
     def constrained(self) -> bool:
@@ -148,7 +149,7 @@ def plan(
             schema=_checked(calls_schema(tools or [], parallel_tool_calls), "tools"), tools="required"
         )
     if choice == "auto":
-        return Plan(tools="auto")
+        return Plan(tools="auto", names=tuple(t.function.name for t in tools or []))
     if response_format is None or response_format.type == "text":
         return Plan()
     if response_format.type == "json_object":
@@ -336,7 +337,33 @@ def read_calls(plan: Plan, text: str, parser: Any | None) -> tuple[str | None, l
                 for c in info.tool_calls
             ]
             return (info.content or None), calls
+        bare = _bare_calls(text, plan.names)
+        if bare:
+            return None, bare
     return text, []
+
+
+def _bare_calls(text: str, names: tuple[str, ...]) -> list[ToolCall]:
+    """A reply that is nothing but a call (or a list of calls) without the family's markers:
+    Qwen2.5-Coder-0.5B answers `{"name": "get_weather", "arguments": {...}}` bare, where its
+    template asks for <tool_call> tags. Only a listed tool's name with object arguments counts."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return []
+    items = value if isinstance(value, list) else [value]
+    ok = all(
+        isinstance(i, dict) and i.get("name") in names and isinstance(i.get("arguments"), dict) for i in items
+    )
+    if not items or not ok:
+        return []
+    return [
+        ToolCall(
+            id=new_call_id(),
+            function=FunctionCall(name=i["name"], arguments=json.dumps(i["arguments"], ensure_ascii=False)),
+        )
+        for i in items
+    ]
 
 
 def _is_json(text: str) -> bool:
@@ -350,7 +377,8 @@ def _is_json(text: str) -> bool:
 class AutoStream:
     """Streams an `auto` reply's text as content until the family's tool-call marker appears;
     from there the rest is held and read as calls when the reply ends. Text that could still be
-    the start of the marker is held back until it cannot."""
+    the start of the marker is held back until it cannot, and so is a reply that opens with "{"
+    or "[" (a call without its markers, `_bare_calls`): it is content or calls once it ends."""
 
     def __init__(self, marker: str = HERMES_START):
         self.marker = marker
@@ -362,6 +390,9 @@ class AutoStream:
         """The content that may go out now."""
         self.text += new
         if self.calling:
+            return ""
+        if not self.sent and self.text.lstrip()[:1] in ("{", "["):
+            self.calling = True
             return ""
         at = self.text.find(self.marker, self.sent)
         if at >= 0:

@@ -166,3 +166,20 @@ def test_the_system_turn_carries_the_schema_and_the_tools() -> None:
     turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     assert with_instruction(turns, "JSON.")[0]["content"] == "Be brief.\n\nJSON."
     assert with_instruction(turns[1:], "JSON.")[0] == {"role": "system", "content": "JSON."}
+
+
+def test_a_bare_call_to_a_listed_tool_is_a_call(base_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    parser = load_parser("hermes", AutoTokenizer.from_pretrained(base_model))
+    auto = Plan(tools="auto", names=("get_weather",))
+    content, calls = read_calls(auto, '{"name": "get_weather", "arguments": {"city": "Paris"}}', parser)
+    assert content is None and [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
+    # Not a listed tool, or not a call's shape: the JSON is the answer.
+    assert read_calls(auto, '{"name": "send_mail", "arguments": {}}', parser)[1] == []
+    assert read_calls(auto, '{"name": "get_weather", "arguments": "Paris"}', parser)[1] == []
+    assert read_calls(auto, '{"city": "Paris"}', parser) == ('{"city": "Paris"}', [])
+    held = AutoStream()
+    assert [held.feed(p) for p in [" {", '"name": ', "1}"]] == ["", "", ""] and held.calling
