@@ -11,6 +11,7 @@ found from the template, or `serving.tool_parser`) turns its reply into `tool_ca
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -343,12 +344,17 @@ def read_calls(plan: Plan, text: str, parser: Any | None) -> tuple[str | None, l
     return text, []
 
 
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
+
+
 def _bare_calls(text: str, names: tuple[str, ...]) -> list[ToolCall]:
     """A reply that is nothing but a call (or a list of calls) without the family's markers:
     Qwen2.5-Coder-0.5B answers `{"name": "get_weather", "arguments": {...}}` bare, where its
-    template asks for <tool_call> tags. Only a listed tool's name with object arguments counts."""
+    template asks for <tool_call> tags, and the 1.5B in a ```json fence. Only a listed tool's name
+    with object arguments counts."""
+    fenced = _FENCE.fullmatch(text.strip())
     try:
-        value = json.loads(text)
+        value = json.loads(fenced.group(1) if fenced else text)
     except ValueError:
         return []
     items = value if isinstance(value, list) else [value]
@@ -377,8 +383,9 @@ def _is_json(text: str) -> bool:
 class AutoStream:
     """Streams an `auto` reply's text as content until the family's tool-call marker appears;
     from there the rest is held and read as calls when the reply ends. Text that could still be
-    the start of the marker is held back until it cannot, and so is a reply that opens with "{"
-    or "[" (a call without its markers, `_bare_calls`): it is content or calls once it ends."""
+    the start of the marker is held back until it cannot, and so is a reply that opens with "{",
+    "[" or a code fence (a call without its markers, `_bare_calls`): it is content or calls once
+    it ends."""
 
     def __init__(self, marker: str = HERMES_START):
         self.marker = marker
@@ -391,7 +398,7 @@ class AutoStream:
         self.text += new
         if self.calling:
             return ""
-        if not self.sent and self.text.lstrip()[:1] in ("{", "["):
+        if not self.sent and self.text.lstrip()[:1] in ("{", "[", "`"):
             self.calling = True
             return ""
         at = self.text.find(self.marker, self.sent)

@@ -177,6 +177,8 @@ def test_a_bare_call_to_a_listed_tool_is_a_call(base_model: Path) -> None:
     assert content is None and [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
         ("get_weather", {"city": "Paris"})
     ]
+    fenced = '```json\n{\n  "name": "get_weather",\n  "arguments": {"city": "Oslo"}\n}\n```'
+    assert [c.function.name for c in read_calls(auto, fenced, parser)[1]] == ["get_weather"]
     # Not a listed tool, or not a call's shape: the JSON is the answer.
     assert read_calls(auto, '{"name": "send_mail", "arguments": {}}', parser)[1] == []
     assert read_calls(auto, '{"name": "get_weather", "arguments": "Paris"}', parser)[1] == []
