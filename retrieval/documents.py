@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from typing import Any
 
 from core.errors import InvalidDocument, RagtuneError
 from retrieval.types import Document
 
 MAX_ID_CHARS = 1024
+# Bidi controls change how an id reads (U+202E shows "gpj.exe" as "exe.jpg"); C0 and C1 controls
+# (NUL first) break terminals, logs and PostgreSQL. Ids stored before this rule are left as they are.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def id_problem(doc_id: str) -> str | None:
+    """Why `doc_id` cannot name a new document (a control character), or None."""
+    for ch in doc_id:
+        if ch in _BIDI_CONTROLS or unicodedata.category(ch) == "Cc":
+            return f"document id {doc_id!r} holds the control character U+{ord(ch):04X}; use printable text"
+    return None
 
 
 def content_hash(doc: Document) -> str:
@@ -24,6 +36,9 @@ def validate_document(doc: Any, max_chars: int) -> None:
         raise InvalidDocument("a document needs a non-empty string id", param="id")
     if len(doc.id) > MAX_ID_CHARS:
         raise InvalidDocument(f"document id is {len(doc.id)} characters; at most {MAX_ID_CHARS}", param="id")
+    problem = id_problem(doc.id)
+    if problem:
+        raise InvalidDocument(problem, param="id")
     if not isinstance(doc.text, str) or not doc.text.strip():
         raise InvalidDocument(f"document {doc.id!r} has no text", param="text")
     if len(doc.text) > max_chars:

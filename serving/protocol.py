@@ -22,6 +22,7 @@ from pydantic import (
 
 from core.errors import RagtuneError
 from core.names import NAME_PATTERN
+from retrieval.documents import id_problem
 from retrieval.filters import INT64_MAX, INT64_MIN, check_filter
 from retrieval.settings import Fusion, IndexType, SearchMode
 from serving.grounding import Grounding
@@ -344,6 +345,14 @@ class DocumentIn(Body):
     title: str | None = None
     source: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _printable_id(cls, value: str) -> str:
+        problem = id_problem(value)  # the store refuses it too: this names the field in the 400
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class UpsertBody(Body):
