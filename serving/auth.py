@@ -7,6 +7,10 @@ adapters and profiles cannot be changed with them. Keys come as `Authorization: 
 compared in constant time and are never logged. With no keys set the server is open, and only a loopback
 address may be bound (`check_exposure`). `/health` and the playground stay open; `/metrics`
 takes an admin key or a loopback client.
+
+What a key may use is also all it sees: lists leave out, and single routes answer 404 for, the
+profiles and models outside its scope (as if they did not exist); only unscoped admin keys
+(and any caller of a server with no keys) see the server's paths and adapter manifests.
 """
 
 from __future__ import annotations
@@ -20,17 +24,20 @@ from typing import Annotated, Literal
 from fastapi import Depends, Request
 
 from serving.errors import Forbidden, Unauthorized
-from serving.settings import Settings, SettingsError
+from serving.settings import ProfileSettings, Settings, SettingsError
 
 Role = Literal["user", "admin"]
 
 
 @dataclass(frozen=True)
 class Scope:
-    """The collections and models a key may reach; None: all of them."""
+    """The collections and models a key may reach (None: all of them). `sees_server`: the key may
+    see the server's own paths and adapter manifests (an admin key limited to nothing, or any
+    caller of a server with no keys); other keys see names, ranks and fingerprints."""
 
     collections: frozenset[str] | None = None
     models: frozenset[str] | None = None
+    sees_server: bool = False
 
     @property
     def limited(self) -> bool:
@@ -42,6 +49,13 @@ class Scope:
     def allows_model(self, name: str) -> bool:
         return self.models is None or name in self.models
 
+    def allows_profile(self, name: str, profile: ProfileSettings) -> bool:
+        """The one rule for profiles, in lists, on their routes and for `model: auto`: the key may
+        name the profile and read the collection it is bound to."""
+        return self.allows_model(name) and (
+            not profile.collection or self.allows_collection(profile.collection)
+        )
+
     def check_collection(self, name: str, param: str | None = "name") -> None:
         if not self.allows_collection(name):
             raise Forbidden(f"this API key may not use collection {name!r}", param=param)
@@ -52,6 +66,7 @@ class Scope:
 
 
 UNLIMITED = Scope()
+FULL = Scope(sees_server=True)  # admin keys; and with no keys set, every (loopback) caller
 
 
 def _digest(key: str) -> bytes:
@@ -62,7 +77,7 @@ def _digest(key: str) -> bytes:
 class KeyChecker:
     def __init__(self, settings: Settings):
         self._keys: list[tuple[bytes, Role, Scope]] = [
-            (_digest(k.get_secret_value()), "admin", UNLIMITED) for k in settings.admin_keys
+            (_digest(k.get_secret_value()), "admin", FULL) for k in settings.admin_keys
         ]
         self._keys += [(_digest(k.get_secret_value()), "user", UNLIMITED) for k in settings.api_keys]
         for sk in settings.scoped_keys:
@@ -87,9 +102,10 @@ class KeyChecker:
 
     def check(self, request: Request, need: Role) -> None:
         """Raise unless the request's key may do `need` here; its scope goes on `request.state`."""
-        request.state.scope = UNLIMITED
+        request.state.scope = FULL
         if not self.enabled:
             return
+        request.state.scope = UNLIMITED
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():

@@ -7,6 +7,7 @@ from typing import Literal
 
 from core.errors import NotFoundError, RagtuneError
 from serving.adapters import AdapterRegistry
+from serving.auth import UNLIMITED, Scope
 from serving.responses import ModelCard
 from serving.settings import ProfileSettings
 
@@ -41,34 +42,54 @@ class ModelResolver:
             return Target("profile", model, profile.adapter, profile)
         if self._adapters.get(model) is not None:
             return Target("adapter", model, model, None)
-        raise ModelNotFound(
+        raise self._not_found(model)
+
+    @staticmethod
+    def _not_found(model: str) -> ModelNotFound:
+        return ModelNotFound(
             f"model {model!r} does not exist; GET /v1/models lists the base model, adapters and profiles",
             param="model",
         )
 
-    def cards(self) -> list[ModelCard]:
-        cards = [ModelCard(id=self.base_name, kind="base", root=self.base_name)]
+    def cards(self, scope: Scope) -> list[ModelCard]:
+        """The models `scope` may use, as `/v1/models` lists them; an adapter's folder (`root`)
+        only for a key that sees the server's paths."""
+        cards = []
+        if scope.allows_model(self.base_name):
+            cards.append(ModelCard(id=self.base_name, kind="base", root=self.base_name))
         for entry in self._adapters.entries():
-            cards.append(
-                ModelCard(
-                    id=entry.name,
-                    kind="adapter",
-                    parent=self.base_name,
-                    root=str(entry.ref.path),
-                    created=int(entry.loaded_at),
+            if scope.allows_model(entry.name):
+                root = str(entry.ref.path) if scope.sees_server else None
+                cards.append(
+                    ModelCard(
+                        id=entry.name,
+                        kind="adapter",
+                        parent=self.base_name,
+                        root=root,
+                        created=int(entry.loaded_at),
+                    )
                 )
-            )
-        for name, profile in sorted(self._profiles.items()):
+        for name, profile in sorted(self.profiles(scope).items()):
             cards.append(ModelCard(id=name, kind="profile", parent=profile.adapter or self.base_name))
         return cards
 
-    def profiles(self) -> dict[str, ProfileSettings]:
-        return dict(self._profiles)
+    def card(self, model: str, scope: Scope) -> ModelCard:
+        """One model's card; a model outside `scope` is a 404, as if it did not exist."""
+        found = next((card for card in self.cards(scope) if card.id == model), None)
+        if found is None:
+            raise self._not_found(model)
+        return found
 
-    def get_profile(self, name: str) -> ProfileSettings:
-        if name not in self._profiles:
+    def profiles(self, scope: Scope = UNLIMITED) -> dict[str, ProfileSettings]:
+        """The profiles `scope` may use (all by default)."""
+        return {n: p for n, p in self._profiles.items() if scope.allows_profile(n, p)}
+
+    def get_profile(self, name: str, scope: Scope = UNLIMITED) -> ProfileSettings:
+        """A profile outside `scope` is a 404 with the same message as one that does not exist."""
+        profile = self._profiles.get(name)
+        if profile is None or not scope.allows_profile(name, profile):
             raise ProfileNotFound(f"profile {name!r} does not exist", param="name")
-        return self._profiles[name]
+        return profile
 
     def check_profile_name(self, name: str) -> None:
         if name == "auto":  # what `model: auto` asks for (serving.routing)

@@ -99,11 +99,9 @@ class Router:
         which reads the collection a request names) knows nothing of its own to be chosen for."""
         out = {}
         for name, profile in sorted(self.profiles().items()):
-            if name == AUTO or not scope.allows_model(name):
+            if name == AUTO or not scope.allows_profile(name, profile):
                 continue
             if not (profile.collection or profile.description):
-                continue
-            if profile.collection and not scope.allows_collection(profile.collection):
                 continue
             if profile.adapter and (self.adapters is None or self.adapters.get(profile.adapter) is None):
                 continue
@@ -152,7 +150,8 @@ class Router:
         """A key limited to one profile: `auto` is that profile, as if it were named."""
         if scope.models is not None and len(scope.models) == 1:
             (name,) = scope.models
-            if name in self.profiles():
+            profile = self.profiles().get(name)
+            if profile is not None and scope.allows_profile(name, profile):
                 return name
         return None
 

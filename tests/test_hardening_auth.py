@@ -207,12 +207,12 @@ def test_a_scoped_key_reaches_only_its_domain(domains: TestClient) -> None:
         ("GET", "/v1/collections/medical/documents", None),
         ("GET", "/v1/collections/medical/documents/medical-1", None),
         ("POST", "/v1/collections/medical/search", {"query": "dosage"}),
-        ("GET", "/v1/models/medical", None),
-        ("GET", "/v1/profiles/medical", None),
     ]:
         resp = call(domains, method, path, body, LEGAL)
         error(resp, 403, "permission_error")
         assert "5 mg" not in resp.text
+    for path in ("/v1/models/medical", "/v1/profiles/medical"):  # out of scope: as if it did not exist
+        error(call(domains, "GET", path, None, LEGAL), 404, "not_found_error")
     assert call(domains, "POST", "/v1/collections/legal/search", {"query": "years"}, LEGAL).status_code == 200
     # Unscoped keys still see everything.
     assert len(call(domains, "GET", "/v1/collections", None, ADMIN).json()["data"]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
@@ -11,7 +12,7 @@ from core.errors import RagtuneError
 from core.names import NAME_PATTERN
 from retrieval import Library
 from serving.adapters import AdapterNotFound, LoadedAdapter
-from serving.auth import AdminKey, ScopeDep, UserKey
+from serving.auth import FULL, AdminKey, Scope, ScopeDep, UserKey
 from serving.deps import AdaptersDep, ConvergerDep, LibraryDep, ResolverDep
 from serving.protocol import AdapterLoadRequest
 from serving.settings import ProfileSettings
@@ -19,27 +20,31 @@ from serving.settings import ProfileSettings
 router = APIRouter()
 
 
-def _adapter_json(entry: LoadedAdapter) -> dict[str, Any]:
+def _adapter_json(entry: LoadedAdapter, scope: Scope) -> dict[str, Any]:
+    """An adapter as served: its folder and manifest (training data, base model and collection
+    paths) only to a key that sees the server's paths."""
     info = entry.info
-    return {
+    base = info.base_model_name
+    data: dict[str, Any] = {
         "name": entry.name,
-        "path": str(entry.ref.path),
         "version": entry.ref.version,
         "fingerprint": entry.ref.fingerprint,
         "rank": info.rank,
         "alpha": info.alpha,
         "target_modules": info.target_modules,
-        "base_model": info.base_model_name,
+        # a hand-written manifest may name the base model by its folder: the name alone
+        "base_model": PurePath(base).name if base and not scope.sees_server else base,
         "loaded_at": int(entry.loaded_at),
-        "in_flight": entry.in_flight,
-        "manifest": info.manifest,
     }
+    if scope.sees_server:
+        data |= {"path": str(entry.ref.path), "in_flight": entry.in_flight, "manifest": info.manifest}
+    return data
 
 
 @router.get("/v1/adapters", dependencies=[UserKey])
 async def list_adapters(adapters: AdaptersDep, scope: ScopeDep) -> dict[str, Any]:
     entries = [e for e in adapters.entries() if scope.allows_model(e.name)]
-    return {"object": "list", "data": [_adapter_json(e) for e in entries]}
+    return {"object": "list", "data": [_adapter_json(e, scope) for e in entries]}
 
 
 @router.post("/v1/adapters", response_model=None, dependencies=[AdminKey])
@@ -53,7 +58,8 @@ async def load_adapter(
             code="name_taken",
         )
     entry, replaced = await converger.load_adapter(body.name, body.path)  # recorded, or not loaded
-    return JSONResponse({**_adapter_json(entry), "replaced": replaced}, status_code=200 if replaced else 201)
+    shown = _adapter_json(entry, FULL)  # only unscoped admin keys reach this route
+    return JSONResponse({**shown, "replaced": replaced}, status_code=200 if replaced else 201)
 
 
 @router.delete("/v1/adapters/{name}", dependencies=[AdminKey])
@@ -72,7 +78,7 @@ def _profile_json(name: str, profile: ProfileSettings, library: Library) -> dict
 
 @router.get("/v1/profiles", dependencies=[UserKey])
 async def list_profiles(resolver: ResolverDep, scope: ScopeDep, library: LibraryDep) -> dict[str, Any]:
-    profiles = sorted((n, p) for n, p in resolver.profiles().items() if scope.allows_model(n))
+    profiles = sorted(resolver.profiles(scope).items())
     return {"object": "list", "data": [_profile_json(n, p, library) for n, p in profiles]}
 
 
@@ -80,8 +86,7 @@ async def list_profiles(resolver: ResolverDep, scope: ScopeDep, library: Library
 async def get_profile(
     name: str, resolver: ResolverDep, scope: ScopeDep, library: LibraryDep
 ) -> dict[str, Any]:
-    scope.check_model(name)
-    return _profile_json(name, resolver.get_profile(name), library)
+    return _profile_json(name, resolver.get_profile(name, scope), library)
 
 
 @router.put("/v1/profiles/{name}", response_model=None, dependencies=[AdminKey])

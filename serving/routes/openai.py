@@ -69,8 +69,7 @@ def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
 
 @router.get("/v1/models", dependencies=[UserKey])
 async def list_models(resolver: ResolverDep, scope: ScopeDep, gen: GenerationDep) -> ModelList:
-    cards = [card for card in resolver.cards() if scope.allows_model(card.id)]
-    return ModelList(data=cards + _auto_card(gen, scope))
+    return ModelList(data=resolver.cards(scope) + _auto_card(gen, scope))
 
 
 def _auto_card(gen: GenerationService, scope: Scope) -> list[ModelCard]:
@@ -82,9 +81,7 @@ def _auto_card(gen: GenerationService, scope: Scope) -> list[ModelCard]:
 async def get_model(model: str, resolver: ResolverDep, scope: ScopeDep, gen: GenerationDep) -> ModelCard:
     if model == AUTO and _auto_card(gen, scope):
         return _auto_card(gen, scope)[0]
-    scope.check_model(model)
-    resolver.resolve(model)  # 404 model_not_found for an unknown name
-    return next(card for card in resolver.cards() if card.id == model)
+    return resolver.card(model, scope)  # 404 model_not_found, also for a model outside the key's scope
 
 
 @router.get("/health", response_model=None)

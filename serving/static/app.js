@@ -152,9 +152,11 @@ async function loadAdapters() {
   list.replaceChildren();
   if (!data.data.length) list.append(el("li", { class: "empty-item" }, "no adapter loaded"));
   for (const a of data.data) {
+    // only admin keys see an adapter's folder; others see its fingerprint
+    const where = a.path ? a.path.split("/").slice(-1)[0] : a.fingerprint.slice(0, 12);
     list.append(el("li", { "data-adapter": a.name },
       el("span", { class: "title" }, a.name),
-      el("span", { class: "sub" }, "rank " + a.rank + " · " + a.path.split("/").slice(-1)[0] + " · v" + a.version),
+      el("span", { class: "sub" }, "rank " + a.rank + " · " + where + " · v" + a.version),
       el("button", { type: "button", class: "danger", onclick: () => unloadAdapter(a.name) }, "Unload")));
   }
 }
