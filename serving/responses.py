@@ -108,17 +108,22 @@ class ChatChoice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletionResponse(BaseModel):
+class _Response(BaseModel):
+    """What chat and completion responses share, ragtune's extensions among it."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=now)
     model: str
-    choices: list[ChatChoice]
     usage: Usage
     sources: list[Source] = Field(description="the retrieved passages the prompt carried, numbered as cited")
     ragtune: dict[str, Any] | None = Field(
         None, description="where `model: auto` went: {'route': {'chosen', 'scores', 'fallback', ...}}"
     )
+
+
+class ChatCompletionResponse(_Response):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
 
 
 class CompletionChoice(BaseModel):
@@ -128,17 +133,9 @@ class CompletionChoice(BaseModel):
     logprobs: CompletionLogprobs | None = None
 
 
-class CompletionResponse(BaseModel):
-    id: str
+class CompletionResponse(_Response):
     object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=now)
-    model: str
     choices: list[CompletionChoice]
-    usage: Usage
-    sources: list[Source] = Field(description="the retrieved passages the prompt carried, numbered as cited")
-    ragtune: dict[str, Any] | None = Field(
-        None, description="where `model: auto` went: {'route': {'chosen', 'scores', 'fallback', ...}}"
-    )
 
 
 def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict:

@@ -159,29 +159,21 @@ def test_streamed_named_call_matches_the_plain_one(live_server: LiveServer) -> N
 
 def test_required_tool_choice_calls_listed_tools(live_server: LiveServer) -> None:
     client = live_server.client()
-    reply = client.chat.completions.create(
-        model=BASE,
-        messages=[{"role": "user", "content": "What time is it in Lima?"}],
-        tools=[WEATHER, TIME],
-        tool_choice="required",
-        parallel_tool_calls=False,
-        temperature=0,
-        max_tokens=80,
-    )
+    ask = {
+        "model": BASE,
+        "messages": [{"role": "user", "content": "What time is it in Lima?"}],
+        "tools": [WEATHER, TIME],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "temperature": 0,
+        "max_tokens": 80,
+    }
+    reply = client.chat.completions.create(**ask)
     calls = reply.choices[0].message.tool_calls
     assert len(calls) == 1 and reply.choices[0].finish_reason == "tool_calls"  # parallel_tool_calls=False
     tool = {"get_weather": WEATHER, "get_time": TIME}[calls[0].function.name]
     jsonschema.validate(json.loads(calls[0].function.arguments), tool["function"]["parameters"])
-    streamed = client.chat.completions.create(
-        model=BASE,
-        messages=[{"role": "user", "content": "What time is it in Lima?"}],
-        tools=[WEATHER, TIME],
-        tool_choice="required",
-        parallel_tool_calls=False,
-        temperature=0,
-        max_tokens=80,
-        stream=True,
-    )
+    streamed = client.chat.completions.create(**ask, stream=True)
     got = [c for chunk in streamed for choice in chunk.choices for c in choice.delta.tool_calls or []]
     assert [(c.function.name, c.function.arguments) for c in got] == [
         (calls[0].function.name, calls[0].function.arguments)
