@@ -50,7 +50,7 @@ $(MODEL_READY): $(STAMP)
 PORT_FLAG = $(if $(PORT),--port $(PORT))
 
 demo: model
-	$(BIN)/ragtune demo $(MODEL_FLAG) $(PORT_FLAG)
+	$(BIN)/ragtune demo $(strip $(MODEL_FLAG) $(PORT_FLAG))
 
 # The demo's behaviour adapter (bench/results/training.md has its held-out score).
 demo-adapter: model
@@ -90,7 +90,7 @@ eval: model
 	done
 
 serve: model
-	$(BIN)/ragtune serve $(MODEL_FLAG) $(PORT_FLAG)
+	$(BIN)/ragtune serve $(strip $(MODEL_FLAG) $(PORT_FLAG))
 
 test: model chromium
 	$(BIN)/pytest -q
