@@ -45,13 +45,13 @@ from serving.structured import (
     Plan,
     check_shape,
     instruct,
-    load_parser,
     plan,
     template_formats_tools,
     template_message,
     template_parser,
     tools_for_template,
 )
+from serving.toolcalls import load_parser
 
 
 @dataclass

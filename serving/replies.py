@@ -23,7 +23,8 @@ from serving.responses import (
     now,
 )
 from serving.responses import TokenLogprob as TokenLogprobOut
-from serving.structured import AutoStream, ToolCall, new_call_id, read_calls
+from serving.structured import ToolCall
+from serving.toolcalls import AutoStream, new_call_id, read_calls
 
 
 def model_name(prep: Prepared, requested: str) -> str:

@@ -11,7 +11,6 @@ import pytest
 
 from core.errors import RagtuneError
 from serving.structured import (
-    AutoStream,
     FunctionCall,
     Plan,
     ResponseFormat,
@@ -19,13 +18,12 @@ from serving.structured import (
     ToolDef,
     calls_schema,
     instruct,
-    load_parser,
     plan,
-    read_calls,
     template_message,
     template_parser,
     with_instruction,
 )
+from serving.toolcalls import AutoStream, load_parser, read_calls
 
 WEATHER = ToolDef.model_validate(
     {
