@@ -42,11 +42,11 @@ async def measure(dtype: str, lora: bool, executor: str, quick: bool) -> dict[st
     """One configuration, in this process: start, self-check, decode speed, stop."""
     from transformers import AutoTokenizer
 
-    from serving.app import _start_canary
-    from serving.canary import EngineMismatch
-    from serving.engine import SamplingOptions, VllmEngine
-    from serving.responses import new_id
-    from serving.settings import load_settings
+    from ragtune.serving.app import _start_canary
+    from ragtune.serving.canary import EngineMismatch
+    from ragtune.serving.engine import SamplingOptions, VllmEngine
+    from ragtune.serving.responses import new_id
+    from ragtune.serving.settings import load_settings
 
     settings = load_settings(engine={"dtype": dtype, "enable_lora": lora, "executor": executor})
     tokenizer = AutoTokenizer.from_pretrained(settings.base_model_path)

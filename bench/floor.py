@@ -30,10 +30,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.machine import machine  # noqa: E402
-from retrieval import Document, Library  # noqa: E402
-from retrieval.settings import RetrievalSettings  # noqa: E402
-from serving.grounding import Ranked, rank_quotations  # noqa: E402
-from training.qa import load_qa_set, split_questions  # noqa: E402
+from ragtune.retrieval import Document, Library  # noqa: E402
+from ragtune.retrieval.settings import RetrievalSettings  # noqa: E402
+from ragtune.serving.grounding import Ranked, rank_quotations  # noqa: E402
+from ragtune.training.qa import load_qa_set, split_questions  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 FLOORS = np.round(np.arange(0.30, 0.801, 0.01), 2)

@@ -88,7 +88,7 @@ def start_server(root: Path) -> tuple[subprocess.Popen, str]:
         [
             sys.executable,
             "-m",
-            "serving",
+            "ragtune",
             "serve",
             "--port",
             str(port),
@@ -215,8 +215,8 @@ async def load(url: str, seconds: float, chats: int) -> dict[str, Any]:
 
 def writer(indexes: str, round_: int) -> None:
     """The crash loop's victim: upsert batches forever, print each acknowledged batch's ids."""
-    from retrieval import Document, Library
-    from serving.settings import load_settings
+    from ragtune.retrieval import Document, Library
+    from ragtune.serving.settings import load_settings
 
     library = Library(Path(indexes), load_settings().retrieval)
     coll = library.open("kb") if "kb" in library.names() else library.create("kb")

@@ -54,8 +54,8 @@ def make_adapter(base: Path, dest: Path) -> Path:
 
 
 async def run_batch(engine: Any, prompts: list[list[int]], tokens: int, adapter: Any) -> float:
-    from serving.engine import SamplingOptions
-    from serving.responses import new_id
+    from ragtune.serving.engine import SamplingOptions
+    from ragtune.serving.responses import new_id
 
     options = SamplingOptions(max_tokens=tokens, temperature=0.0, ignore_eos=True)
 
@@ -72,8 +72,8 @@ async def measure(ops: str, adapter_dir: Path, quick: bool) -> dict[str, Any]:
     """One engine start with `ops` ("vllm" or "ragtune") in this process."""
     from transformers import AutoTokenizer
 
-    from serving.engine import AdapterRef, VllmEngine
-    from serving.settings import load_settings
+    from ragtune.serving.engine import AdapterRef, VllmEngine
+    from ragtune.serving.settings import load_settings
 
     settings = load_settings(
         engine={
@@ -121,7 +121,7 @@ def main() -> None:
         print(json.dumps(asyncio.run(measure(args.one, args.adapter, args.quick))))
         return
 
-    from serving.settings import load_settings
+    from ragtune.serving.settings import load_settings
 
     started = time.perf_counter()
     runs = []

@@ -42,10 +42,10 @@ from bench.retrieval import (  # noqa: E402
     settings,
     synthetic_texts,
 )
-from retrieval import Library  # noqa: E402
-from retrieval.embedder import DEFAULT_EMBEDDER  # noqa: E402
-from retrieval.evaluate import evaluate, load_dataset  # noqa: E402
-from retrieval.ingest import load_beir, upsert_batches  # noqa: E402
+from ragtune.retrieval import Library  # noqa: E402
+from ragtune.retrieval.embedder import DEFAULT_EMBEDDER  # noqa: E402
+from ragtune.retrieval.evaluate import evaluate, load_dataset  # noqa: E402
+from ragtune.retrieval.ingest import load_beir, upsert_batches  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PRECISIONS = ("fp32", "fp16", "bf16")

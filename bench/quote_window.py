@@ -28,12 +28,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.machine import machine  # noqa: E402
-from core.prompt import ABSTAIN  # noqa: E402
-from retrieval import Library  # noqa: E402
-from retrieval.settings import RetrievalSettings  # noqa: E402
-from serving.grounding import QUOTES, Ranked, rank_quotations  # noqa: E402
-from serving.qa_score import contains  # noqa: E402
-from training.qa import Question, load_qa_set  # noqa: E402
+from ragtune.core.prompt import ABSTAIN  # noqa: E402
+from ragtune.retrieval import Library  # noqa: E402
+from ragtune.retrieval.settings import RetrievalSettings  # noqa: E402
+from ragtune.serving.grounding import QUOTES, Ranked, rank_quotations  # noqa: E402
+from ragtune.serving.qa_score import contains  # noqa: E402
+from ragtune.training.qa import Question, load_qa_set  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

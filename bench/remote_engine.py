@@ -26,7 +26,7 @@ from bench.serving import DEFAULT_DATASET, RESULTS, git_commit, load, machine, u
 from bench.serving_data import load_questions
 from bench.serving_load import merge
 from bench.serving_servers import KV_CACHE_GIB, REPO, Server, ragtune, raw_vllm
-from serving.settings import EngineSettings
+from ragtune.serving.settings import EngineSettings
 
 MODEL = REPO / "models" / "smollm2-135m-instruct"
 FULL = {"levels": {1: 8, 8: 32, 32: 64}, "max_tokens": 64}

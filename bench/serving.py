@@ -34,7 +34,7 @@ from bench.serving_data import load_questions, make_adapters, make_chunks
 from bench.serving_load import merge
 from bench.serving_report import render_markdown, summarize_run
 from bench.serving_servers import KV_CACHE_GIB, REPO, Server, ragtune, raw_vllm
-from serving.settings import EngineSettings
+from ragtune.serving.settings import EngineSettings
 
 RESULTS = REPO / "bench" / "results"
 DEFAULT_DATASET = REPO.parent / "shared" / "data" / "disflqa"

@@ -142,7 +142,7 @@ def make_adapters(base: Path, dest: Path, names: list[str], *, rank: int = 8) ->
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from core.models import model_fingerprint
+    from ragtune.core.models import model_fingerprint
 
     fingerprint = model_fingerprint(base)
     out = []

@@ -119,7 +119,7 @@ async def rag_latency(
     server: Server, questions: Questions, *, n: int, top_k: int, max_tokens: int
 ) -> dict[str, Any]:
     """TTFT p50 at concurrency 1: rag off / rag on / context pasted by the client (rag off)."""
-    from core.prompt import ContextChunk, apply_context
+    from ragtune.core.prompt import ContextChunk, apply_context
 
     rag = {"collection": "bench", "top_k": top_k}
     q_off, q_on, q_paste = questions.take(n), questions.take(n), questions.take(n)

@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from serving.engine import resolved_dtype, resolved_executor
-from serving.settings import EngineSettings
+from ragtune.serving.engine import resolved_dtype, resolved_executor
+from ragtune.serving.settings import EngineSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,7 +174,7 @@ def ragtune(
     models_dir: Path, *, workdir: Path, adapters_dir: Path, indexes_dir: Path, model_name: str
 ) -> Server:
     port = free_port()
-    cmd = [sys.executable, "-m", "serving", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "ragtune", "serve", "--host", "127.0.0.1", "--port", str(port)]
     env = {
         **base_env(),
         "RAGTUNE_MODELS_DIR": str(models_dir),

@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 
 from bench.machine import cpu_model, mem_gib
-from retrieval import Collection, Document, Library
-from retrieval.embed_backends import load_embedder
-from retrieval.embedder import Embedder
-from retrieval.ingest import load_beir
-from retrieval.settings import RetrievalSettings
+from ragtune.retrieval import Collection, Document, Library
+from ragtune.retrieval.embed_backends import load_embedder
+from ragtune.retrieval.embedder import Embedder
+from ragtune.retrieval.ingest import load_beir
+from ragtune.retrieval.settings import RetrievalSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import pg_server  # noqa: E402  (the tests' throwaway server)

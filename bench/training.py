@@ -58,8 +58,8 @@ def peak_rss_mb() -> float:
 
 
 def worker_ragtune(n: int, workdir: Path) -> dict:
-    from training.settings import TrainingSettings
-    from training.train import train
+    from ragtune.training.settings import TrainingSettings
+    from ragtune.training.train import train
 
     data = workdir / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in load_rows(n)))
@@ -183,7 +183,7 @@ def machine() -> dict:
 
 
 def behaviour(adapter: Path, limit: int | None) -> dict:
-    from training.evaluate import eval_behaviour
+    from ragtune.training.evaluate import eval_behaviour
 
     started = time.time()
     res = eval_behaviour(HELDOUT, base_model=BASE, adapter=adapter, limit=limit)
@@ -198,7 +198,7 @@ def score_adapter(args: argparse.Namespace) -> dict:
     if not adapter.is_dir() and not args.quick and args.adapter == "house-style":
         print(f"training the demo adapter: {DEMO_TRAIN}", flush=True)
         started = time.time()
-        subprocess.run([sys.executable, "-m", "serving", *DEMO_TRAIN.split()[1:]], cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-m", "ragtune", *DEMO_TRAIN.split()[1:]], cwd=REPO, check=True)
         adapter_train = {"wall_s": round(time.time() - started, 1)}
     if not adapter.is_dir():
         return {"note": f"adapters/{args.adapter} does not exist; train it with `{DEMO_TRAIN}`"}
@@ -329,8 +329,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from training.data import load_examples, tokenize_examples
-    from training.train import pick_hardware
+    from ragtune.training.data import load_examples, tokenize_examples
+    from ragtune.training.train import pick_hardware
 
     tok = AutoTokenizer.from_pretrained(BASE)
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import RagtuneError
-from core.models import check_model_dir, model_fingerprint
+from ragtune.core.errors import RagtuneError
+from ragtune.core.models import check_model_dir, model_fingerprint
 
 MANIFEST = "ragtune-adapter.json"
 CONFIG_FILE = "training-config.yaml"

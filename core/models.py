@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from core.catalogue import CATALOGUE, DEFAULT, Entry, Part
-from core.errors import RagtuneError
+from ragtune.core.catalogue import CATALOGUE, DEFAULT, Entry, Part
+from ragtune.core.errors import RagtuneError
 
 DEFAULT_MODEL_NAME = DEFAULT
 DEFAULT_PACKAGE = CATALOGUE[DEFAULT].parts[0].spec
@@ -162,7 +162,7 @@ def import_model(
 
 
 def _destination(models_dir: Path, name: str) -> Path:
-    from core.names import NAME_PATTERN
+    from ragtune.core.names import NAME_PATTERN
 
     if not re.match(NAME_PATTERN, name):
         raise ModelError(f"model name {name!r} must match {NAME_PATTERN}; choose one with --name")

@@ -10,7 +10,7 @@ import tarfile
 import uuid
 from pathlib import Path
 
-from core.adapters import AdapterError
+from ragtune.core.adapters import AdapterError
 
 STORE_COPIES = ".store"  # adapters/.store/FINGERPRINT/: adapters unpacked from the document store
 

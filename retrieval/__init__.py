@@ -10,16 +10,16 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from retrieval.collection import Collection
-    from retrieval.library import Library
-    from retrieval.types import Document, Hit, UpsertResult
+    from ragtune.retrieval.collection import Collection
+    from ragtune.retrieval.library import Library
+    from ragtune.retrieval.types import Document, Hit, UpsertResult
 
 _WHERE = {
-    "Collection": "retrieval.collection",
-    "Library": "retrieval.library",
-    "Document": "retrieval.types",
-    "Hit": "retrieval.types",
-    "UpsertResult": "retrieval.types",
+    "Collection": "ragtune.retrieval.collection",
+    "Library": "ragtune.retrieval.library",
+    "Document": "ragtune.retrieval.types",
+    "Hit": "ragtune.retrieval.types",
+    "UpsertResult": "ragtune.retrieval.types",
 }
 __all__ = ["Collection", "Document", "Hit", "Library", "UpsertResult"]
 
@@ -27,4 +27,4 @@ __all__ = ["Collection", "Document", "Hit", "Library", "UpsertResult"]
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
         return getattr(import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'retrieval' has no attribute {name!r}")
+    raise AttributeError(f"module 'ragtune.retrieval' has no attribute {name!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from retrieval.embedder import Embedder
+from ragtune.retrieval.embedder import Embedder
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from core.console import err_console, fail
-from core.errors import RagtuneError
-from retrieval.settings import RetrievalSettings
+from ragtune.core.console import err_console, fail
+from ragtune.core.errors import RagtuneError
+from ragtune.retrieval.settings import RetrievalSettings
 
 if TYPE_CHECKING:
-    from retrieval.library import Library
+    from ragtune.retrieval.library import Library
 
 console = Console()
 collections_app = typer.Typer(help="Document collections under indexes/.", no_args_is_help=True)
@@ -51,7 +51,7 @@ def _library(ctx: typer.Context) -> Iterator[Library]:
     """A library for one command; any RagtuneError becomes a clear message and exit code 2."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from retrieval.library import Library
+    from ragtune.retrieval.library import Library
 
     settings, root = _settings(ctx)
     try:
@@ -80,7 +80,7 @@ def _progress() -> Progress:
 def _parse_filter(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
-    from retrieval.filters import compile_filter, parse_filter
+    from ragtune.retrieval.filters import compile_filter, parse_filter
 
     try:
         value = parse_filter(text)
@@ -243,7 +243,7 @@ def delete_command(
 
 
 def _has_document(collection: Any, doc_id: str) -> bool:
-    from core.errors import DocumentNotFound
+    from ragtune.core.errors import DocumentNotFound
 
     try:
         collection.get(doc_id)
@@ -254,7 +254,7 @@ def _has_document(collection: Any, doc_id: str) -> bool:
 
 # -- ingest, sync, search ----------------------------------------------------------------
 def _open_or_create(library: Library, name: str) -> Any:
-    from core.errors import CollectionNotFound
+    from ragtune.core.errors import CollectionNotFound
 
     try:
         return library.open(name)
@@ -270,7 +270,7 @@ def ingest_command(
     batch_size: Annotated[int, Opt("--batch-size", min=1, help="documents per atomic batch")] = 64,
 ) -> None:
     """Add or update documents from files (unchanged ones are skipped; created if missing)."""
-    from retrieval.ingest import collect, upsert_batches
+    from ragtune.retrieval.ingest import collect, upsert_batches
 
     with _library(ctx) as library:
         docs = collect(paths)
@@ -292,7 +292,7 @@ def sync_command(
     batch_size: Annotated[int, Opt("--batch-size", min=1)] = 64,
 ) -> None:
     """Mirror a folder: re-embed only changed files, delete documents whose files are gone."""
-    from retrieval.ingest import plan_sync, sync_documents, upsert_batches
+    from ragtune.retrieval.ingest import plan_sync, sync_documents, upsert_batches
 
     with _library(ctx) as library:
         c = _open_or_create(library, collection)
@@ -387,10 +387,10 @@ def eval_retrieval_command(
     """Ingest a BEIR data set (only what changed) and report nDCG@10, R@10, R@100, MRR@10, latency."""
     import time
 
-    from core.errors import CollectionNotFound
-    from retrieval.evaluate import evaluate, load_dataset
-    from retrieval.fusion import FUSIONS
-    from retrieval.ingest import load_beir, upsert_batches
+    from ragtune.core.errors import CollectionNotFound
+    from ragtune.retrieval.evaluate import evaluate, load_dataset
+    from ragtune.retrieval.fusion import FUSIONS
+    from ragtune.retrieval.ingest import load_beir, upsert_batches
 
     settings, _ = _settings(ctx)
     modes = list(MODES) if compare else list(dict.fromkeys(mode or MODES))

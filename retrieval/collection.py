@@ -23,7 +23,7 @@ from typing import Any, get_args
 
 import numpy as np
 
-from core.errors import (
+from ragtune.core.errors import (
     DimensionMismatch,
     DocumentNotFound,
     EmbedderMismatch,
@@ -32,16 +32,16 @@ from core.errors import (
     RagtuneError,
     WriterBusy,
 )
-from retrieval.chunking import Chunk, split_document
-from retrieval.derived import TOKENIZER, DerivedIndexes
-from retrieval.documents import content_hash, validate_document
-from retrieval.embedder import Embedder
-from retrieval.filters import compile_filter
-from retrieval.fusion import FUSIONS, fuse
-from retrieval.settings import RetrievalSettings, SearchMode
-from retrieval.sparse import count, fts_text
-from retrieval.storage import ChunkRow, DocumentStore, Txn
-from retrieval.types import Document, Hit, UpsertResult
+from ragtune.retrieval.chunking import Chunk, split_document
+from ragtune.retrieval.derived import TOKENIZER, DerivedIndexes
+from ragtune.retrieval.documents import content_hash, validate_document
+from ragtune.retrieval.embedder import Embedder
+from ragtune.retrieval.filters import compile_filter
+from ragtune.retrieval.fusion import FUSIONS, fuse
+from ragtune.retrieval.settings import RetrievalSettings, SearchMode
+from ragtune.retrieval.sparse import count, fts_text
+from ragtune.retrieval.storage import ChunkRow, DocumentStore, Txn
+from ragtune.retrieval.types import Document, Hit, UpsertResult
 
 MAX_K = 1000
 

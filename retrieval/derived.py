@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 
-from retrieval.locks import RWLock
-from retrieval.settings import RetrievalSettings
-from retrieval.sparse import SparseIndex, Tokenizer, count
-from retrieval.storage import DocumentStore, Txn
-from retrieval.vectors import INDEX_TYPES, VectorIndex
+from ragtune.retrieval.locks import RWLock
+from ragtune.retrieval.settings import RetrievalSettings
+from ragtune.retrieval.sparse import SparseIndex, Tokenizer, count
+from ragtune.retrieval.storage import DocumentStore, Txn
+from ragtune.retrieval.vectors import INDEX_TYPES, VectorIndex
 
 INDEX_FILE = "vectors.faiss"
 SPARSE_FILE = "sparse.npz"

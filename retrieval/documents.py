@@ -7,8 +7,8 @@ import json
 import unicodedata
 from typing import Any
 
-from core.errors import InvalidDocument, RagtuneError
-from retrieval.types import Document
+from ragtune.core.errors import InvalidDocument, RagtuneError
+from ragtune.retrieval.types import Document
 
 MAX_ID_CHARS = 1024
 # Bidi controls change how an id reads (U+202E shows "gpj.exe" as "exe.jpg"); C0 and C1 controls

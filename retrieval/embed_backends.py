@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from retrieval.embedder import (
+from ragtune.retrieval.embedder import (
     Dtype,
     Embedder,
     EmbedderError,
@@ -35,7 +35,7 @@ from retrieval.embedder import (
     model_fingerprint,
     resolve_model_path,
 )
-from retrieval.onnx_embedder import default_cache, load_onnx
+from ragtune.retrieval.onnx_embedder import default_cache, load_onnx
 
 logger = logging.getLogger(__name__)
 Backend = Literal["auto", "torch", "onnx", "onnx-int8"]

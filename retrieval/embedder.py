@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core.errors import RagtuneError
+from ragtune.core.errors import RagtuneError
 
 logger = logging.getLogger(__name__)
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"

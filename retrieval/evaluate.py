@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import RagtuneError
-from retrieval.collection import Collection
+from ragtune.core.errors import RagtuneError
+from ragtune.retrieval.collection import Collection
 
 
 class DatasetError(RagtuneError):

@@ -16,7 +16,7 @@ import re
 import sqlite3
 from typing import Any, Literal, Protocol
 
-from core.errors import InvalidFilter
+from ragtune.core.errors import InvalidFilter
 
 _FIELD = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _COMPARE = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}

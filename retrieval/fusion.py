@@ -22,7 +22,7 @@ from typing import get_args
 
 import numpy as np
 
-from retrieval.settings import Fusion
+from ragtune.retrieval.settings import Fusion
 
 Ranking = list[tuple[int, float]]
 FUSIONS: tuple[str, ...] = get_args(Fusion)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import InvalidDocument
-from retrieval.collection import Collection
-from retrieval.types import Document
+from ragtune.core.errors import InvalidDocument
+from ragtune.retrieval.collection import Collection
+from ragtune.retrieval.types import Document
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 HTML_SUFFIXES = (".html", ".htm")

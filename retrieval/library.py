@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import get_args
 
-from core.errors import CollectionNotFound, RagtuneError
-from core.names import NAME_PATTERN
-from retrieval.collection import Collection
-from retrieval.documents import check_chunking
-from retrieval.embed_backends import load_embedder
-from retrieval.embedder import Embedder
-from retrieval.settings import IndexType, RetrievalSettings
-from retrieval.storage import Backend, hide_password
+from ragtune.core.errors import CollectionNotFound, RagtuneError
+from ragtune.core.names import NAME_PATTERN
+from ragtune.retrieval.collection import Collection
+from ragtune.retrieval.documents import check_chunking
+from ragtune.retrieval.embed_backends import load_embedder
+from ragtune.retrieval.embedder import Embedder
+from ragtune.retrieval.settings import IndexType, RetrievalSettings
+from ragtune.retrieval.storage import Backend, hide_password
 
 _NAME = re.compile(NAME_PATTERN)
 
@@ -31,11 +31,11 @@ def open_backend(root: Path, store_url: str | None, *, timeout: float = 5.0) -> 
     """SQLite under `root` when `store_url` is unset, else the database it names (`timeout`:
     how long PostgreSQL connections are waited for)."""
     if not store_url:
-        from retrieval.store import SqliteBackend
+        from ragtune.retrieval.store import SqliteBackend
 
         return SqliteBackend(root)
     if store_url.startswith(("postgresql://", "postgres://")):
-        from retrieval.store_pg import PostgresBackend
+        from ragtune.retrieval.store_pg import PostgresBackend
 
         return PostgresBackend(store_url, snapshots=root / SNAPSHOTS, timeout=timeout)
     raise RagtuneError(

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from retrieval.embedder import EmbedderError, SentenceTransformerEmbedder
+from ragtune.retrieval.embedder import EmbedderError, SentenceTransformerEmbedder
 
 logger = logging.getLogger(__name__)
 VARIANTS = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}

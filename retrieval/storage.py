@@ -18,9 +18,9 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from retrieval.chunking import Chunk
-from retrieval.sparse import SparseIndex, Tokenizer
-from retrieval.types import Document
+from ragtune.retrieval.chunking import Chunk
+from ragtune.retrieval.sparse import SparseIndex, Tokenizer
+from ragtune.retrieval.types import Document
 
 
 class ChunkRow(NamedTuple):

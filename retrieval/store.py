@@ -26,12 +26,12 @@ from typing import Any
 import filelock
 import numpy as np
 
-from core.errors import CollectionExists, CollectionNotFound, StoreUnavailable, WriterBusy
-from retrieval.chunking import Chunk
-from retrieval.filters import SqliteFields, check_fields, compile_filter
-from retrieval.sparse import SparseIndex, Tokenizer, fts_text
-from retrieval.storage import Changes, ChunkRow
-from retrieval.types import Document
+from ragtune.core.errors import CollectionExists, CollectionNotFound, StoreUnavailable, WriterBusy
+from ragtune.retrieval.chunking import Chunk
+from ragtune.retrieval.filters import SqliteFields, check_fields, compile_filter
+from ragtune.retrieval.sparse import SparseIndex, Tokenizer, fts_text
+from ragtune.retrieval.storage import Changes, ChunkRow
+from ragtune.retrieval.types import Document
 
 # Ordered migrations: index i brings the schema from user_version i to i + 1. Append only.
 MIGRATIONS: list[str] = [

@@ -29,10 +29,16 @@ from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from core.errors import CollectionExists, CollectionNotFound, RagtuneError, StoreUnavailable, WriterBusy
-from retrieval.filters import compile_filter
-from retrieval.storage import ChunkRow, hide_password
-from retrieval.store_pg_txn import PgTxn
+from ragtune.core.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    RagtuneError,
+    StoreUnavailable,
+    WriterBusy,
+)
+from ragtune.retrieval.filters import compile_filter
+from ragtune.retrieval.storage import ChunkRow, hide_password
+from ragtune.retrieval.store_pg_txn import PgTxn
 
 # Ordered migrations: index i brings the schema from version i to i + 1. Append only.
 MIGRATIONS: list[str] = [

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from core.errors import InvalidDocument
-from retrieval.chunking import Chunk
-from retrieval.filters import check_fields, compile_filter
-from retrieval.sparse import SparseIndex, Tokenizer, count, fts_text
-from retrieval.storage import Changes, ChunkRow
-from retrieval.types import Document
+from ragtune.core.errors import InvalidDocument
+from ragtune.retrieval.chunking import Chunk
+from ragtune.retrieval.filters import check_fields, compile_filter
+from ragtune.retrieval.sparse import SparseIndex, Tokenizer, count, fts_text
+from ragtune.retrieval.storage import Changes, ChunkRow
+from ragtune.retrieval.types import Document
 
 SPARSE_BATCH = 5000  # chunks tokenised per BM25 segment on a cold build
 

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Protocol
 import faiss
 import numpy as np
 
-from retrieval.settings import RetrievalSettings
+from ragtune.retrieval.settings import RetrievalSettings
 
 _faiss: Any = faiss  # the bundled type stubs lack the SearchParameters* keyword arguments
 # One query searches on one OpenMP thread: on this 2-core machine with other jobs running, a flat

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.adapters import AdapterInfo, inspect_adapter
-from core.errors import ConflictError, NotFoundError, RagtuneError
-from serving.canary import Canary
-from serving.engine import AdapterRef, Engine
-from serving.errors import AdapterRejected, EngineUnhealthy
+from ragtune.core.adapters import AdapterInfo, inspect_adapter
+from ragtune.core.errors import ConflictError, NotFoundError, RagtuneError
+from ragtune.serving.canary import Canary
+from ragtune.serving.engine import AdapterRef, Engine
+from ragtune.serving.errors import AdapterRejected, EngineUnhealthy
 
 log = logging.getLogger("ragtune.serving")
 

@@ -19,21 +19,21 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import RagtuneError
-from retrieval import Library
-from retrieval.storage import hide_password
-from serving.adapters import AdapterRegistry
-from serving.auth import AdminKey, KeyChecker, check_exposure
-from serving.canary import Canary, EngineMismatch, reference_answer
-from serving.chat import GenerationService
-from serving.converge import Converger
-from serving.engine import Engine, resolved_dtype, resolved_executor
-from serving.metrics import Metrics
-from serving.records import open_records
-from serving.resolve import ModelResolver
-from serving.responses import error_body
-from serving.routes import admin, documents, files, openai, playground
-from serving.settings import Settings
+from ragtune.core.errors import RagtuneError
+from ragtune.retrieval import Library
+from ragtune.retrieval.storage import hide_password
+from ragtune.serving.adapters import AdapterRegistry
+from ragtune.serving.auth import AdminKey, KeyChecker, check_exposure
+from ragtune.serving.canary import Canary, EngineMismatch, reference_answer
+from ragtune.serving.chat import GenerationService
+from ragtune.serving.converge import Converger
+from ragtune.serving.engine import Engine, resolved_dtype, resolved_executor
+from ragtune.serving.metrics import Metrics
+from ragtune.serving.records import open_records
+from ragtune.serving.resolve import ModelResolver
+from ragtune.serving.responses import error_body
+from ragtune.serving.routes import admin, documents, files, openai, playground
+from ragtune.serving.settings import Settings
 
 log = logging.getLogger("ragtune.serving")
 
@@ -127,10 +127,10 @@ def create_app(
 async def _start_engine(settings: Settings) -> Engine:
     """vLLM in this process, or the vLLM server at `engine.url`."""
     if settings.engine.url:
-        from serving.remote_engine import RemoteEngine
+        from ragtune.serving.remote_engine import RemoteEngine
 
         return await RemoteEngine.connect(settings.engine, adapters_dir=settings.adapters_dir)
-    from serving.engine import VllmEngine
+    from ragtune.serving.engine import VllmEngine
 
     return VllmEngine(settings.base_model_path, settings.engine)
 
@@ -182,7 +182,7 @@ def _engine_advice(settings: Settings) -> str:
 
 
 def _version() -> str:
-    from serving import __version__
+    from ragtune.serving import __version__
 
     return __version__
 

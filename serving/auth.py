@@ -23,8 +23,8 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
-from serving.errors import Forbidden, Unauthorized
-from serving.settings import ProfileSettings, Settings, SettingsError
+from ragtune.serving.errors import Forbidden, Unauthorized
+from ragtune.serving.settings import ProfileSettings, Settings, SettingsError
 
 Role = Literal["user", "admin"]
 

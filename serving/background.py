@@ -7,16 +7,16 @@ import socket
 import threading
 from collections.abc import Callable
 
-from serving.settings import Settings
+from ragtune.serving.settings import Settings
 
 
 def check_base_model(settings: Settings) -> str | None:
-    from core.models import check_model_dir
+    from ragtune.core.models import check_model_dir
 
     problem = check_model_dir(settings.base_model_path)
     if problem is None:
         return None
-    from core.catalogue import CATALOGUE
+    from ragtune.core.catalogue import CATALOGUE
 
     fix = (
         f"Run: ragtune models import {settings.base_model}"
@@ -32,7 +32,7 @@ def serve_in_background(settings: Settings) -> tuple[str, Callable[[], None]]:
     requests, and a function that stops it (engine included)."""
     import uvicorn
 
-    from serving.app import create_app
+    from ragtune.serving.app import create_app
 
     problem = check_base_model(settings)
     if problem:

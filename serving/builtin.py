@@ -11,9 +11,9 @@ from typing import Any
 
 from rich.console import Console
 
-from core.errors import RagtuneError
-from serving.grounding import MIN_SIMILARITY, QUOTE_WINDOW
-from serving.settings import ProfileSettings, Settings
+from ragtune.core.errors import RagtuneError
+from ragtune.serving.grounding import MIN_SIMILARITY, QUOTE_WINDOW
+from ragtune.serving.settings import ProfileSettings, Settings
 
 console = Console()
 
@@ -26,7 +26,7 @@ GROUNDED_PROFILE = "grounded"
 def trained_adapter(settings: Settings, name: str, otherwise: str) -> str | None:
     """`name` when adapters/NAME is a usable adapter for the base model; else None, after a
     line saying why and what is served instead (`otherwise`)."""
-    from core.adapters import inspect_adapter
+    from ragtune.core.adapters import inspect_adapter
 
     try:
         inspect_adapter(
@@ -84,7 +84,7 @@ def sync_demo_documents(collection: Any, path: Path) -> dict[str, int]:
     collection are never touched (unless they reuse a demo document's id)."""
     import json
 
-    from retrieval import Document
+    from ragtune.retrieval import Document
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     docs = [Document(**{**r, "metadata": {**r.get("metadata", {}), **DEMO_OWNER}}) for r in rows]

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serving.engine import AdapterRef, Engine, SamplingOptions
-from serving.errors import EngineUnhealthy
-from serving.responses import new_id
+from ragtune.serving.engine import AdapterRef, Engine, SamplingOptions
+from ragtune.serving.errors import EngineUnhealthy
+from ragtune.serving.responses import new_id
 
 log = logging.getLogger("ragtune.serving")
 

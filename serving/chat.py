@@ -16,13 +16,13 @@ from typing import Any, cast
 
 import anyio
 
-from core.errors import RagtuneError
-from core.prompt import ContextChunk
-from retrieval import Hit, Library
-from serving.adapters import AdapterNotFound, AdapterRegistry
-from serving.auth import UNLIMITED, Scope
-from serving.engine import AdapterRef, Delta, Engine, SamplingOptions, TokenLogprob
-from serving.grounding import (
+from ragtune.core.errors import RagtuneError
+from ragtune.core.prompt import ContextChunk
+from ragtune.retrieval import Hit, Library
+from ragtune.serving.adapters import AdapterNotFound, AdapterRegistry
+from ragtune.serving.auth import UNLIMITED, Scope
+from ragtune.serving.engine import AdapterRef, Delta, Engine, SamplingOptions, TokenLogprob
+from ragtune.serving.grounding import (
     PROBE_TOKENS,
     QUOTE_LEAD,
     QUOTES,
@@ -33,15 +33,15 @@ from serving.grounding import (
     opens_abstention,
     rank_quotations,
 )
-from serving.metrics import Metrics
-from serving.prompts import ContextLengthExceeded, PromptBuilder
-from serving.protocol import ChatCompletionRequest, CompletionRequest, RagOptions
-from serving.resolve import ModelResolver, Target
-from serving.responses import Source, Usage, new_id
-from serving.routing import AUTO, Route, Router
-from serving.sampling import sampling_options
-from serving.settings import ServingSettings
-from serving.structured import (
+from ragtune.serving.metrics import Metrics
+from ragtune.serving.prompts import ContextLengthExceeded, PromptBuilder
+from ragtune.serving.protocol import ChatCompletionRequest, CompletionRequest, RagOptions
+from ragtune.serving.resolve import ModelResolver, Target
+from ragtune.serving.responses import Source, Usage, new_id
+from ragtune.serving.routing import AUTO, Route, Router
+from ragtune.serving.sampling import sampling_options
+from ragtune.serving.settings import ServingSettings
+from ragtune.serving.structured import (
     Plan,
     check_shape,
     instruct,
@@ -51,7 +51,7 @@ from serving.structured import (
     template_parser,
     tools_for_template,
 )
-from serving.toolcalls import load_parser
+from ragtune.serving.toolcalls import load_parser
 
 
 @dataclass

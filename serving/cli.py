@@ -18,18 +18,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.console import fail
-from core.errors import RagtuneError
-from retrieval.storage import hide_password
-from serving.builtin import (
+from ragtune.core.console import fail
+from ragtune.core.errors import RagtuneError
+from ragtune.retrieval.storage import hide_password
+from ragtune.serving.builtin import (
     DEMO_ADAPTER,
     EXAMPLES,
     sync_demo_documents,
     trained_adapter,
     with_grounded,
 )
-from serving.grounding import Grounding
-from serving.settings import Settings, SettingsError, load_settings
+from ragtune.serving.grounding import Grounding
+from ragtune.serving.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
     name="ragtune",
@@ -108,7 +108,7 @@ def models_import_default(
     force: Annotated[bool, typer.Option(help="rebuild even when a complete folder exists")] = False,
 ) -> None:
     """Same as `ragtune models import smollm2-135m-instruct` (the default model)."""
-    from core.catalogue import DEFAULT
+    from ragtune.core.catalogue import DEFAULT
 
     _import_model(ctx, DEFAULT, name=None, force=force)
 
@@ -116,7 +116,7 @@ def models_import_default(
 def _import_model(ctx: typer.Context, source: str, *, name: str | None, force: bool) -> None:
     import time
 
-    from core.models import COMPLETE_MARKER, import_model
+    from ragtune.core.models import COMPLETE_MARKER, import_model
 
     settings = settings_of(ctx)
     started = time.monotonic()
@@ -144,8 +144,8 @@ def _import_model(ctx: typer.Context, source: str, *, name: str | None, force: b
 @models_app.command("available")
 def models_available(ctx: typer.Context) -> None:
     """The catalogue: models `ragtune models import NAME` builds from pinned PyPI packages."""
-    from core.catalogue import CATALOGUE
-    from core.models import check_model_dir
+    from ragtune.core.catalogue import CATALOGUE
+    from ragtune.core.models import check_model_dir
 
     settings = settings_of(ctx)
     table = Table("name", "params", "GGUF", "on disk", "license", "PyPI packages", "tok/s 1/8", "here")
@@ -175,7 +175,7 @@ def models_available(ctx: typer.Context) -> None:
 @models_app.command("list")
 def models_list(ctx: typer.Context) -> None:
     """Show the model folders and whether each is complete."""
-    from core.models import list_models
+    from ragtune.core.models import list_models
 
     settings = settings_of(ctx)
     found = list_models(settings.models_dir)
@@ -227,8 +227,8 @@ def demo(
     model: ModelOpt = None,
 ) -> None:
     """Serve the demo domain: Northwind Rail's handbook and, once trained, its house-style adapter."""
-    from retrieval import Library
-    from serving.settings import ProfileSettings
+    from ragtune.retrieval import Library
+    from ragtune.serving.settings import ProfileSettings
 
     settings = _reload(ctx, config, base_model=model, serving={"host": host, "port": port})
     sock = _bind(settings)
@@ -308,8 +308,8 @@ def chat(
     sources follow."""
     import sys
 
-    from serving.background import serve_in_background
-    from serving.terminal import ChatError, ChatOptions, TerminalChat, input_lines
+    from ragtune.serving.background import serve_in_background
+    from ragtune.serving.terminal import ChatError, ChatOptions, TerminalChat, input_lines
 
     extra_rag = _key_values(rag_options or [], flag="--rag")
     if extra_rag and no_rag:
@@ -440,8 +440,8 @@ def _log_to_console() -> None:
 def _serve(settings: Settings, sock: socket.socket) -> None:
     import uvicorn
 
-    from serving.app import create_app
-    from serving.background import check_base_model
+    from ragtune.serving.app import create_app
+    from ragtune.serving.background import check_base_model
 
     problem = check_base_model(settings)
     if problem:
@@ -473,15 +473,15 @@ def _serve(settings: Settings, sock: socket.socket) -> None:
 
 
 def _mount() -> None:
-    from retrieval.cli import register as register_retrieval
-    from training.cli import register as register_training
+    from ragtune.retrieval.cli import register as register_retrieval
+    from ragtune.training.cli import register as register_training
 
     register_retrieval(app, eval_app)
     register_training(app, eval_app)
-    from serving.qa_cli import eval_qa_command
+    from ragtune.serving.qa_cli import eval_qa_command
 
     eval_app.command("qa")(eval_qa_command)
-    from serving.route_eval import eval_route_command
+    from ragtune.serving.route_eval import eval_route_command
 
     eval_app.command("route")(eval_route_command)
 

@@ -21,14 +21,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from core.adapters import adapter_fingerprint
-from core.errors import RagtuneError, StoreUnavailable
-from core.packing import STORE_COPIES, pack_adapter, unpack_adapter
-from serving.adapters import AdapterNotFound, AdapterRegistry, LoadedAdapter
-from serving.engine import AdapterRef
-from serving.records import Kind, Records, Row
-from serving.resolve import ModelResolver
-from serving.settings import ProfileSettings
+from ragtune.core.adapters import adapter_fingerprint
+from ragtune.core.errors import RagtuneError, StoreUnavailable
+from ragtune.core.packing import STORE_COPIES, pack_adapter, unpack_adapter
+from ragtune.serving.adapters import AdapterNotFound, AdapterRegistry, LoadedAdapter
+from ragtune.serving.engine import AdapterRef
+from ragtune.serving.records import Kind, Records, Row
+from ragtune.serving.resolve import ModelResolver
+from ragtune.serving.settings import ProfileSettings
 
 log = logging.getLogger("ragtune.serving")
 

@@ -7,15 +7,15 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from retrieval import Library
-from serving.adapters import AdapterRegistry
-from serving.canary import Canary
-from serving.chat import GenerationService
-from serving.converge import Converger
-from serving.engine import Engine
-from serving.metrics import Metrics
-from serving.resolve import ModelResolver
-from serving.settings import Settings
+from ragtune.retrieval import Library
+from ragtune.serving.adapters import AdapterRegistry
+from ragtune.serving.canary import Canary
+from ragtune.serving.chat import GenerationService
+from ragtune.serving.converge import Converger
+from ragtune.serving.engine import Engine
+from ragtune.serving.metrics import Metrics
+from ragtune.serving.resolve import ModelResolver
+from ragtune.serving.settings import Settings
 
 
 def _state(attr: str) -> Callable[[Request], Any]:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from serving.errors import EngineRejected, EngineUnhealthy
-from serving.lora_cpu import ENV as LORA_OPS_ENV
-from serving.settings import EngineSettings
+from ragtune.serving.errors import EngineRejected, EngineUnhealthy
+from ragtune.serving.lora_cpu import ENV as LORA_OPS_ENV
+from ragtune.serving.settings import EngineSettings
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def resolved_dtype(dtype: str) -> str:
         return dtype
     import torch
 
-    from retrieval.embedder import cpu_has_bf16
+    from ragtune.retrieval.embedder import cpu_has_bf16
 
     return "bfloat16" if torch.cuda.is_available() or cpu_has_bf16() else "float32"
 
@@ -189,7 +189,7 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from serving.lifeline import mark_parent
+        from ragtune.serving.lifeline import mark_parent
 
         mark_parent()  # the engine core process dies with this one, even on SIGKILL
 

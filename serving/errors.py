@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.errors import RagtuneError
+from ragtune.core.errors import RagtuneError
 
 
 class RequestTooLarge(RagtuneError):

@@ -59,10 +59,10 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from core.prompt import ABSTAIN, SENTENCE_END, cite
-from retrieval.embedder import Embedder
-from retrieval.fusion import convex
-from retrieval.sparse import SparseIndex, Tokenizer, count
+from ragtune.core.prompt import ABSTAIN, SENTENCE_END, cite
+from ragtune.retrieval.embedder import Embedder
+from ragtune.retrieval.fusion import convex
+from ragtune.retrieval.sparse import SparseIndex, Tokenizer, count
 
 Grounding = Literal["free", "strict", "extractive"]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from core.errors import RagtuneError
-from core.prompt import ContextChunk, apply_context, fit_chunks, with_context
-from retrieval import Hit
-from serving.structured import with_instruction
+from ragtune.core.errors import RagtuneError
+from ragtune.core.prompt import ContextChunk, apply_context, fit_chunks, with_context
+from ragtune.retrieval import Hit
+from ragtune.serving.structured import with_instruction
 
 
 class ContextLengthExceeded(RagtuneError):

@@ -20,13 +20,13 @@ from pydantic import (
     model_validator,
 )
 
-from core.errors import RagtuneError
-from core.names import NAME_PATTERN
-from retrieval.documents import id_problem
-from retrieval.filters import INT64_MAX, INT64_MIN, check_filter
-from retrieval.settings import Fusion, IndexType, SearchMode
-from serving.grounding import Grounding
-from serving.structured import ResponseFormat, ToolCall, ToolChoice, ToolDef
+from ragtune.core.errors import RagtuneError
+from ragtune.core.names import NAME_PATTERN
+from ragtune.retrieval.documents import id_problem
+from ragtune.retrieval.filters import INT64_MAX, INT64_MIN, check_filter
+from ragtune.retrieval.settings import Fusion, IndexType, SearchMode
+from ragtune.serving.grounding import Grounding
+from ragtune.serving.structured import ResponseFormat, ToolCall, ToolChoice, ToolDef
 
 
 def _unencodable(value: Any, where: str = "") -> str | None:

@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from core.errors import RagtuneError
-from serving.builtin import with_grounded
-from serving.qa_eval import (
+from ragtune.core.errors import RagtuneError
+from ragtune.serving.builtin import with_grounded
+from ragtune.serving.qa_eval import (
     PHASES,
     QAEvalOptions,
     in_process_client,
@@ -23,7 +23,7 @@ from serving.qa_eval import (
     server_client,
     summarize_file,
 )
-from training.qa import load_qa_set
+from ragtune.training.qa import load_qa_set
 
 METRICS = [
     ("contains", "answer ⊇ gold"),
@@ -117,8 +117,8 @@ def eval_qa_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from core.console import err_console as err
-    from core.console import fail
+    from ragtune.core.console import err_console as err
+    from ragtune.core.console import fail
 
     settings = ctx.find_root().obj  # the root command loaded the settings (serving.cli)
 

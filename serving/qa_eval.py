@@ -34,9 +34,9 @@ from typing import Any
 
 import httpx
 
-from core.errors import RagtuneError
-from serving.qa_score import load_behaviour_scorer, summarize
-from training.qa import (
+from ragtune.core.errors import RagtuneError
+from ragtune.serving.qa_score import load_behaviour_scorer, summarize
+from ragtune.training.qa import (
     QASet,
     Question,
     counterfactuals,
@@ -82,7 +82,7 @@ class QAEvalOptions:
 @asynccontextmanager
 async def in_process_client(settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client over the app itself: the server's code path without a socket."""
-    from serving.app import create_app
+    from ragtune.serving.app import create_app
 
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from training.qa import ABSTAIN, QASet, Question, cited_numbers, contains, is_abstention, token_f1
+from ragtune.training.qa import ABSTAIN, QASet, Question, cited_numbers, contains, is_abstention, token_f1
 
 
 def load_behaviour_scorer(dataset: Path) -> Callable[[str, dict], dict[str, float]] | None:

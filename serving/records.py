@@ -25,11 +25,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
-from core.errors import StoreUnavailable
-from retrieval.storage import Backend
+from ragtune.core.errors import StoreUnavailable
+from ragtune.retrieval.storage import Backend
 
 if TYPE_CHECKING:
-    from retrieval.store_pg import PostgresBackend
+    from ragtune.retrieval.store_pg import PostgresBackend
 
 Kind = Literal["adapter", "profile"]
 SQLITE_FILE = ".ragtune-records.sqlite"
@@ -102,11 +102,11 @@ class Records(Protocol):
 
 def open_records(backend: Backend) -> Records:
     """The record beside the document store `backend`: the same SQLite folder or database."""
-    from retrieval.store import SqliteBackend
+    from ragtune.retrieval.store import SqliteBackend
 
     if isinstance(backend, SqliteBackend):
         return SqliteRecords(backend.root / SQLITE_FILE)
-    from retrieval.store_pg import PostgresBackend
+    from ragtune.retrieval.store_pg import PostgresBackend
 
     if isinstance(backend, PostgresBackend):
         return PgRecords(backend)
@@ -115,7 +115,7 @@ def open_records(backend: Backend) -> Records:
 
 class SqliteRecords:
     def __init__(self, path: Path):
-        from retrieval.store import connect
+        from ragtune.retrieval.store import connect
 
         path.parent.mkdir(parents=True, exist_ok=True)
         self.where = str(path)
@@ -128,7 +128,7 @@ class SqliteRecords:
     def put(
         self, kind: Kind, name: str, value: dict[str, Any] | None, *, files: tuple[str, bytes] | None = None
     ) -> int:
-        from retrieval.store import transaction
+        from ragtune.retrieval.store import transaction
 
         with self._lock, _sqlite_errors(self.where), transaction(self._conn, "IMMEDIATE") as conn:
             if files is not None:

@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx
 
-from retrieval.storage import hide_password
-from serving.engine import AdapterRef, Delta, SamplingOptions, TokenLogprob
-from serving.errors import EngineRejected, EngineUnhealthy
-from serving.settings import EngineSettings
+from ragtune.retrieval.storage import hide_password
+from ragtune.serving.engine import AdapterRef, Delta, SamplingOptions, TokenLogprob
+from ragtune.serving.errors import EngineRejected, EngineUnhealthy
+from ragtune.serving.settings import EngineSettings
 
 log = logging.getLogger("ragtune.serving")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from serving.chat import Prepared, Result
-from serving.engine import Delta, TokenLogprob
-from serving.responses import (
+from ragtune.serving.chat import Prepared, Result
+from ragtune.serving.engine import Delta, TokenLogprob
+from ragtune.serving.responses import (
     AssistantMessage,
     ChatChoice,
     ChatCompletionResponse,
@@ -22,9 +22,9 @@ from serving.responses import (
     new_id,
     now,
 )
-from serving.responses import TokenLogprob as TokenLogprobOut
-from serving.structured import ToolCall
-from serving.toolcalls import AutoStream, new_call_id, read_calls
+from ragtune.serving.responses import TokenLogprob as TokenLogprobOut
+from ragtune.serving.structured import ToolCall
+from ragtune.serving.toolcalls import AutoStream, new_call_id, read_calls
 
 
 def model_name(prep: Prepared, requested: str) -> str:

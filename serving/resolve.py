@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from core.errors import NotFoundError, RagtuneError
-from serving.adapters import AdapterRegistry
-from serving.auth import UNLIMITED, Scope
-from serving.responses import ModelCard
-from serving.settings import ProfileSettings
+from ragtune.core.errors import NotFoundError, RagtuneError
+from ragtune.serving.adapters import AdapterRegistry
+from ragtune.serving.auth import UNLIMITED, Scope
+from ragtune.serving.responses import ModelCard
+from ragtune.serving.settings import ProfileSettings
 
 
 class ModelNotFound(NotFoundError):

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from retrieval import Hit
-from serving.structured import ToolCall
+from ragtune.retrieval import Hit
+from ragtune.serving.structured import ToolCall
 
 
 class Source(BaseModel):

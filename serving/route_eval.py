@@ -25,11 +25,11 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from core.errors import RagtuneError
-from retrieval import Document, Library
-from serving.auth import UNLIMITED
-from serving.routing import CHUNKS, Router
-from serving.settings import ProfileSettings, RoutingSettings, Settings
+from ragtune.core.errors import RagtuneError
+from ragtune.retrieval import Document, Library
+from ragtune.serving.auth import UNLIMITED
+from ragtune.serving.routing import CHUNKS, Router
+from ragtune.serving.settings import ProfileSettings, RoutingSettings, Settings
 
 BASE = "base"  # the fallback's name in this evaluation
 
@@ -306,7 +306,7 @@ def eval_route_command(
     """Routing accuracy, off-domain fallback and added latency of `model: auto`."""
     from rich.console import Console
 
-    from core.console import err_console, fail
+    from ragtune.core.console import err_console, fail
 
     settings = ctx.find_root().obj
     try:

@@ -27,13 +27,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core.errors import RagtuneError
-from retrieval import Library
-from serving.adapters import AdapterRegistry
-from serving.auth import Scope
-from serving.errors import Forbidden
-from serving.metrics import Metrics
-from serving.settings import ProfileSettings, RoutingSettings
+from ragtune.core.errors import RagtuneError
+from ragtune.retrieval import Library
+from ragtune.serving.adapters import AdapterRegistry
+from ragtune.serving.auth import Scope
+from ragtune.serving.errors import Forbidden
+from ragtune.serving.metrics import Metrics
+from ragtune.serving.settings import ProfileSettings, RoutingSettings
 
 AUTO = "auto"
 CHUNKS = 3  # nearest chunks averaged per collection: one lucky chunk should not decide alone

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.errors import RagtuneError
-from serving.engine import SamplingOptions
-from serving.protocol import ChatCompletionRequest, CompletionRequest
-from serving.structured import Plan
+from ragtune.core.errors import RagtuneError
+from ragtune.serving.engine import SamplingOptions
+from ragtune.serving.protocol import ChatCompletionRequest, CompletionRequest
+from ragtune.serving.structured import Plan
 
 
 def sampling_options(

@@ -28,10 +28,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from core.adapters import VLLM_LORA_RANKS
-from retrieval.settings import Fusion, RetrievalSettings, SearchMode
-from serving.grounding import Grounding
-from training.settings import TrainingSettings
+from ragtune.core.adapters import VLLM_LORA_RANKS
+from ragtune.retrieval.settings import Fusion, RetrievalSettings, SearchMode
+from ragtune.serving.grounding import Grounding
+from ragtune.training.settings import TrainingSettings
 
 ENV_PREFIX = "RAGTUNE_"
 CONFIG_ENV = "RAGTUNE_CONFIG"
@@ -193,15 +193,15 @@ class ProfileSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _text(cls, data: Any) -> Any:
-        from serving.protocol import text_only  # protocol imports retrieval only; no cycle
+        from ragtune.serving.protocol import text_only  # protocol imports retrieval only; no cycle
 
         return text_only(data)
 
     @field_validator("filter")
     @classmethod
     def _filter(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        from core.errors import InvalidFilter
-        from retrieval.filters import check_filter
+        from ragtune.core.errors import InvalidFilter
+        from ragtune.retrieval.filters import check_filter
 
         try:
             return check_filter(v)

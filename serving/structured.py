@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.errors import RagtuneError
+from ragtune.core.errors import RagtuneError
 
 FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
 _EMPTY_OBJECT: dict[str, Any] = {"type": "object", "properties": {}}

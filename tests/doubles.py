@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from serving.engine import AdapterRef, Delta, SamplingOptions
+from ragtune.serving.engine import AdapterRef, Delta, SamplingOptions
 
 
 class EchoEngine:

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.embed_backends import load_embedder
-from retrieval.embedder import Embedder
-from retrieval.library import Library
-from retrieval.settings import RetrievalSettings
+from ragtune.retrieval.embed_backends import load_embedder
+from ragtune.retrieval.embedder import Embedder
+from ragtune.retrieval.library import Library
+from ragtune.retrieval.settings import RetrievalSettings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -91,7 +91,7 @@ class HashEmbedder(Embedder):
         super().__init__(query_cache_size=0)
         from transformers import AutoTokenizer
 
-        from retrieval.embedder import resolve_model_path
+        from ragtune.retrieval.embedder import resolve_model_path
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_path(EMBEDDER)))
 

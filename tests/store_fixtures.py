@@ -16,8 +16,8 @@ import pg_server
 import pytest
 from retrieval_fixtures import EMBEDDER, CountingEmbedder, embedder, settings  # noqa: F401
 
-from retrieval import Library
-from retrieval.embedder import Embedder
+from ragtune.retrieval import Library
+from ragtune.retrieval.embedder import Embedder
 
 
 @pytest.fixture(scope="session")

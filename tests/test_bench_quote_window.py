@@ -4,7 +4,7 @@ gives, and when that reply is only an estimate."""
 from __future__ import annotations
 
 from bench.quote_window import rules
-from serving.grounding import Ranked
+from ragtune.serving.grounding import Ranked
 
 QUOTES = ["opens at 5:15 [1].", "opens at 5:00 [2].", "runs between [3]."]
 RANKED = Ranked(QUOTES, similarity=0.85, coverage=0.83, behind=(0.0, 0.1, 1.7))

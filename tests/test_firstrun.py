@@ -30,11 +30,11 @@ from fastapi.testclient import TestClient
 from retrieval_fixtures import EMBEDDER, FIXTURES, CountingEmbedder, embedder, library, settings  # noqa: F401
 from typer.testing import CliRunner
 
-from core.errors import InvalidFilter
-from retrieval import Document, Library
-from serving.app import create_app
-from serving.builtin import sync_demo_documents
-from serving.settings import load_settings
+from ragtune.core.errors import InvalidFilter
+from ragtune.retrieval import Document, Library
+from ragtune.serving.app import create_app
+from ragtune.serving.builtin import sync_demo_documents
+from ragtune.serving.settings import load_settings
 from tests.doubles import EchoEngine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +45,8 @@ BASE = "smollm2-135m-instruct"
 @pytest.fixture
 def cli(tmp_path: Path, embedder: CountingEmbedder, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """The retrieval commands on a root app like serving's, with the test embedder injected."""
-    from retrieval import cli as retrieval_cli
-    from retrieval import library as library_module
+    from ragtune.retrieval import cli as retrieval_cli
+    from ragtune.retrieval import library as library_module
 
     real = library_module.Library
     monkeypatch.setattr(
@@ -157,7 +157,7 @@ def test_serve_on_a_busy_port_fails_before_the_engine_starts(tmp_path: Path) -> 
         port = busy.getsockname()[1]
         env = {**os.environ, "RAGTUNE_MODELS_DIR": str(tmp_path / "no-models")}
         proc = subprocess.run(
-            [sys.executable, "-m", "serving", "serve", "--port", str(port)],
+            [sys.executable, "-m", "ragtune", "serve", "--port", str(port)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -182,7 +182,7 @@ def test_make_demo_and_serve_take_a_port() -> None:
 
 
 def test_help_pages_show_no_type_beside_flags() -> None:
-    from serving.cli import app
+    from ragtune.serving.cli import app
 
     result = CliRunner().invoke(app, ["collections", "drop", "--help"], env={"COLUMNS": "120"})
     assert result.exit_code == 0 and "--yes" in result.output
@@ -365,7 +365,7 @@ def test_terminal_chat_streams_answers_and_prints_their_sources(live_server) -> 
         cmd = [
             sys.executable,
             "-m",
-            "serving",
+            "ragtune",
             "chat",
             "--server",
             live_server.url,
@@ -420,8 +420,8 @@ def test_terminal_chat_in_process_needs_no_server(
     test session, and the live server holds it; the HTTP path is the real one.)"""
     from transformers import AutoTokenizer
 
-    from serving import app as app_module
-    from serving.cli import app as cli
+    from ragtune.serving import app as app_module
+    from ragtune.serving.cli import app as cli
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RAGTUNE_MODELS_DIR", str(base_model.parent))

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from core.models import COMPLETE_MARKER, ModelError, check_model_dir, import_default, packaged_gguf
-from serving.cli import app
-from serving.settings import SettingsError, load_settings
+from ragtune.core.models import COMPLETE_MARKER, ModelError, check_model_dir, import_default, packaged_gguf
+from ragtune.serving.cli import app
+from ragtune.serving.settings import SettingsError, load_settings
 
 runner = CliRunner()
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import make_lora_adapter
 
-from serving.builtin import GROUNDED_PROFILE, READER_ADAPTER, with_grounded
-from serving.grounding import MIN_SIMILARITY, QUOTE_WINDOW
-from serving.settings import ProfileSettings, Settings
+from ragtune.serving.builtin import GROUNDED_PROFILE, READER_ADAPTER, with_grounded
+from ragtune.serving.grounding import MIN_SIMILARITY, QUOTE_WINDOW
+from ragtune.serving.settings import ProfileSettings, Settings
 
 
 @pytest.fixture(scope="module")

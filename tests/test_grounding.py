@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from retrieval_fixtures import real_embedder
 
-from core.prompt import ABSTAIN, ContextChunk, apply_context
-from serving.grounding import (
+from ragtune.core.prompt import ABSTAIN, ContextChunk, apply_context
+from ragtune.serving.grounding import (
     QUOTE_LEAD,
     allowed_token_ids,
     choice_grammar,

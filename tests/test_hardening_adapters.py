@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from core.adapters import WEIGHTS, AdapterError, inspect_adapter
-from serving.adapters import AdapterRegistry
-from serving.canary import Canary
-from serving.engine import AdapterRef, Delta, SamplingOptions
-from serving.errors import AdapterRejected, EngineUnhealthy
+from ragtune.core.adapters import WEIGHTS, AdapterError, inspect_adapter
+from ragtune.serving.adapters import AdapterRegistry
+from ragtune.serving.canary import Canary
+from ragtune.serving.engine import AdapterRef, Delta, SamplingOptions
+from ragtune.serving.errors import AdapterRejected, EngineUnhealthy
 from tests.conftest import make_lora_adapter
 from tests.doubles import EchoEngine
 
@@ -184,9 +184,9 @@ def test_health_fails_when_the_canary_answer_goes_empty(
     from fastapi.testclient import TestClient
     from transformers import AutoTokenizer
 
-    from retrieval import Library
-    from serving.app import create_app
-    from serving.settings import load_settings
+    from ragtune.retrieval import Library
+    from ragtune.serving.app import create_app
+    from ragtune.serving.settings import load_settings
 
     monkeypatch.chdir(tmp_path)
     settings = load_settings(models_dir=base_model.parent, adapters_dir=tmp_path, indexes_dir=tmp_path / "i")

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from retrieval import Library
-from serving.app import create_app
-from serving.settings import SettingsError, load_settings
+from ragtune.retrieval import Library
+from ragtune.serving.app import create_app
+from ragtune.serving.settings import SettingsError, load_settings
 from tests.doubles import EchoEngine
 
 BASE = "smollm2-135m-instruct"

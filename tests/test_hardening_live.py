@@ -147,7 +147,7 @@ def test_sigterm_finishes_requests_in_flight_saves_and_exits_0(tmp_path: Path, b
     log = tmp_path / "server.log"
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serving", "serve", "--port", str(port)],
+            [sys.executable, "-m", "ragtune", "serve", "--port", str(port)],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,

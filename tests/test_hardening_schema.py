@@ -17,9 +17,9 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from retrieval import Document, Library
-from serving.app import create_app
-from serving.settings import load_settings
+from ragtune.retrieval import Document, Library
+from ragtune.serving.app import create_app
+from ragtune.serving.settings import load_settings
 from tests.doubles import EchoEngine
 
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "25"))

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from core.errors import InvalidDocument
-from retrieval import Document, Library
-from retrieval.ingest import collect
-from serving.app import create_app
-from serving.settings import load_settings
+from ragtune.core.errors import InvalidDocument
+from ragtune.retrieval import Document, Library
+from ragtune.retrieval.ingest import collect
+from ragtune.serving.app import create_app
+from ragtune.serving.settings import load_settings
 from tests.conftest import make_lora_adapter
 from tests.doubles import EchoEngine
 from tests.test_hardening_auth import ADMIN, USER, bearer, call, error
@@ -157,7 +157,8 @@ def test_ids_stored_before_the_rule_stay_readable_and_deletable(
 ) -> None:
     library: Library = tenants.app.state.library  # type: ignore[attr-defined]
     with monkeypatch.context() as m:
-        m.setattr("retrieval.documents.id_problem", lambda _: None)  # as data written by older versions
+        # as data written by older versions
+        m.setattr("ragtune.retrieval.documents.id_problem", lambda _: None)
         library.open("a").upsert([Document("old\u202eid", "Stored long ago.")])
     path = "/v1/collections/a/documents/old%E2%80%AEid"
     assert call(tenants, "GET", path, None, USER).json()["text"] == "Stored long ago."

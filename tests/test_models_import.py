@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from core import catalogue
-from core.catalogue import CATALOGUE, Entry, Part
-from core.models import COMPLETE_MARKER, ModelError, check_model_dir, import_model, packaged_gguf
+from ragtune.core import catalogue
+from ragtune.core.catalogue import CATALOGUE, Entry, Part
+from ragtune.core.models import COMPLETE_MARKER, ModelError, check_model_dir, import_model, packaged_gguf
 
 
 def _fake_entry(name: str, data: bytes, parts: int, *, sha256: str | None = None) -> Entry:
@@ -252,7 +252,7 @@ def test_catalogue_pins() -> None:
 
 
 def test_cli_models_available_lists_the_catalogue() -> None:
-    from serving.cli import app
+    from ragtune.serving.cli import app
 
     result = CliRunner().invoke(app, ["models", "available"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
@@ -266,7 +266,7 @@ def test_cli_serve_model_not_imported_says_how_to_import(
 ) -> None:
     import socket
 
-    from serving.cli import app
+    from ragtune.serving.cli import app
 
     monkeypatch.chdir(tmp_path)
     with socket.socket() as s:

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from retrieval import Document, Library
-from serving.app import create_app
-from serving.settings import load_settings
+from ragtune.retrieval import Document, Library
+from ragtune.serving.app import create_app
+from ragtune.serving.settings import load_settings
 from tests.doubles import EchoEngine
 from tests.test_playground import CHROMIUM_ARGS, _browser_or_skip
 

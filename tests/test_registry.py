@@ -22,13 +22,13 @@ from fastapi.testclient import TestClient
 from retrieval_fixtures import embedder  # noqa: F401
 from store_fixtures import MakeLibrary, make_library, postgres, store_url  # noqa: F401
 
-import serving.records
-from core.adapters import adapter_fingerprint
-from core.packing import STORE_COPIES
-from retrieval import Library
-from serving.app import create_app
-from serving.records import open_records
-from serving.settings import load_settings
+from ragtune.core.adapters import adapter_fingerprint
+from ragtune.core.packing import STORE_COPIES
+from ragtune.retrieval import Library
+from ragtune.serving import records as serving_records
+from ragtune.serving.app import create_app
+from ragtune.serving.records import open_records
+from ragtune.serving.settings import load_settings
 from tests.conftest import make_lora_adapter, wait_until
 from tests.doubles import EchoEngine
 
@@ -160,7 +160,7 @@ def test_a_change_through_one_replica_is_served_by_another(
 def forget_copies(store_url: str | None, tmp_path: Path) -> None:
     """Delete the store's copies of adapter files, as a record written before they were kept."""
     if store_url is None:
-        with sqlite3.connect(tmp_path / "indexes" / serving.records.SQLITE_FILE) as conn:
+        with sqlite3.connect(tmp_path / "indexes" / serving_records.SQLITE_FILE) as conn:
             conn.execute("DELETE FROM adapter_files")
         return
     import psycopg
@@ -256,7 +256,7 @@ def store_down(
 ) -> Iterator[None]:
     """PostgreSQL: the server stopped. SQLite: another process holds the record's write lock."""
     if store_url is None:
-        other = sqlite3.connect(tmp_path / "indexes" / serving.records.SQLITE_FILE, isolation_level=None)
+        other = sqlite3.connect(tmp_path / "indexes" / serving_records.SQLITE_FILE, isolation_level=None)
         other.execute("BEGIN EXCLUSIVE")
         try:
             yield
@@ -281,7 +281,7 @@ def test_an_unreachable_store_is_a_503_and_changes_nothing(
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(serving.records, "BUSY_TIMEOUT_MS", 200)  # SQLite: a lock waited on briefly
+    monkeypatch.setattr(serving_records, "BUSY_TIMEOUT_MS", 200)  # SQLite: a lock waited on briefly
     adapters = folder_with(tmp_path, loras, style="one", other="two")
     fp_one, fp_two = adapter_fingerprint(loras["one"]), adapter_fingerprint(loras["two"])
     with start(adapters) as a:

@@ -22,7 +22,7 @@ import pytest
 from store_fixtures import postgres  # noqa: F401
 
 from bench.serving_servers import Server, base_env, free_port, raw_vllm
-from serving.settings import EngineSettings
+from ragtune.serving.settings import EngineSettings
 from tests.conftest import LiveServer, make_lora_adapter, quoted_source, wait_until
 
 pytestmark = pytest.mark.engine
@@ -59,7 +59,7 @@ def replica(
             [
                 sys.executable,
                 "-m",
-                "serving",
+                "ragtune",
                 "serve",
                 "--host",
                 "127.0.0.1",
@@ -168,9 +168,9 @@ def test_the_remote_engine_answers_as_the_in_process_one(
 def test_what_the_engine_refuses_is_the_requests_fault(vllm_server: Server) -> None:
     """A parameter only vLLM checks (ragtune's own checks come first in the server) comes back
     as EngineRejected (a 400 naming the field), not as an engine failure."""
-    from serving.engine import SamplingOptions
-    from serving.errors import EngineRejected
-    from serving.remote_engine import RemoteEngine
+    from ragtune.serving.engine import SamplingOptions
+    from ragtune.serving.errors import EngineRejected
+    from ragtune.serving.remote_engine import RemoteEngine
 
     async def run() -> None:
         settings = EngineSettings(url=f"{vllm_server.url}/v1")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from retrieval_fixtures import EMBEDDER, real_embedder, settings
 
-from core.errors import EmbedderMismatch
-from retrieval import Document, Library, embed_backends, onnx_embedder
-from retrieval.embed_backends import (
+from ragtune.core.errors import EmbedderMismatch
+from ragtune.retrieval import Document, Library, embed_backends, onnx_embedder
+from ragtune.retrieval.embed_backends import (
     MIN_COSINE,
     MIN_QUERY_COSINE,
     QuerySplitEmbedder,
@@ -43,7 +43,7 @@ def _fp32() -> np.ndarray:
 
 def test_onnx_exports_once_and_matches_torch(cache: Path, caplog: pytest.LogCaptureFixture) -> None:
     truth = _fp32()
-    with caplog.at_level(logging.INFO, logger="retrieval.onnx_embedder"):
+    with caplog.at_level(logging.INFO, logger="ragtune.retrieval.onnx_embedder"):
         onnx = load_embedder(EMBEDDER, backend="onnx", cache_dir=cache, query_cache_size=0)
     assert onnx.label == "onnx"
     assert sum("exported onnx" in r.message for r in caplog.records) == 1
@@ -56,7 +56,7 @@ def test_onnx_exports_once_and_matches_torch(cache: Path, caplog: pytest.LogCapt
     files = {p.name: p.stat().st_mtime_ns for p in cache.rglob("*.onnx")}
     assert list(files) == ["model.onnx"]
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="retrieval.onnx_embedder"):
+    with caplog.at_level(logging.INFO, logger="ragtune.retrieval.onnx_embedder"):
         again = load_embedder(EMBEDDER, backend="onnx", cache_dir=cache, query_cache_size=0)
     assert not any("exported" in r.message for r in caplog.records)  # reused, not exported again
     assert {p.name: p.stat().st_mtime_ns for p in cache.rglob("*.onnx")} == files
@@ -104,7 +104,7 @@ def test_a_failed_export_falls_back_and_leaves_no_file(
 
 
 def test_other_pipelines_are_not_exported(cache: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from retrieval.embedder import SentenceTransformerEmbedder
+    from ragtune.retrieval.embedder import SentenceTransformerEmbedder
 
     emb = SentenceTransformerEmbedder(EMBEDDER, query_cache_size=0)
     emb.model[1].pooling_mode = "cls"
@@ -116,7 +116,7 @@ def test_other_pipelines_are_not_exported(cache: Path, caplog: pytest.LogCapture
 def test_auto_measures_once_and_keeps_quality(
     cache: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="retrieval.embed_backends"):
+    with caplog.at_level(logging.INFO, logger="ragtune.retrieval.embed_backends"):
         chosen = load_embedder(EMBEDDER, backend="auto", query_backend="auto", cache_dir=cache)
     line = next(r.message for r in caplog.records if "measured:" in r.message)
     assert chosen.label in line and "torch-fp32 1.00x" in line

@@ -12,7 +12,7 @@ import filelock
 import pytest
 from retrieval_fixtures import EMBEDDER, FIXTURES, CountingEmbedder, embedder, library, settings  # noqa: F401
 
-from core.errors import (
+from ragtune.core.errors import (
     CollectionExists,
     CollectionNotFound,
     DimensionMismatch,
@@ -22,8 +22,8 @@ from core.errors import (
     RagtuneError,
     WriterBusy,
 )
-from retrieval import Document, Library
-from retrieval.ingest import load_beir
+from ragtune.retrieval import Document, Library
+from ragtune.retrieval.ingest import load_beir
 
 
 def corpus() -> list[Document]:

@@ -8,11 +8,11 @@ import math
 import pytest
 from retrieval_fixtures import EMBEDDER, FIXTURES, CountingEmbedder, embedder, library, settings  # noqa: F401
 
-from core.errors import RagtuneError
-from retrieval import Library
-from retrieval.fusion import FUSIONS, convex, fuse, rrf, zscores
-from retrieval.ingest import load_beir
-from retrieval.settings import RetrievalSettings
+from ragtune.core.errors import RagtuneError
+from ragtune.retrieval import Library
+from ragtune.retrieval.fusion import FUSIONS, convex, fuse, rrf, zscores
+from ragtune.retrieval.ingest import load_beir
+from ragtune.retrieval.settings import RetrievalSettings
 
 DENSE = [(1, 0.9), (2, 0.8), (3, 0.4)]
 SPARSE = [(3, 12.0), (4, 6.0), (1, 3.0)]

@@ -27,9 +27,9 @@ from retrieval_fixtures import (  # noqa: F401
 )
 from typer.testing import CliRunner
 
-from core.errors import InvalidDocument
-from retrieval import Document, Library
-from retrieval.ingest import collect, load_beir, load_file, plan_sync, sync_documents, upsert_batches
+from ragtune.core.errors import InvalidDocument
+from ragtune.retrieval import Document, Library
+from ragtune.retrieval.ingest import collect, load_beir, load_file, plan_sync, sync_documents, upsert_batches
 
 FILES = FIXTURES / "files"
 BAD = FIXTURES / "bad"
@@ -102,8 +102,8 @@ def test_sync_embeds_only_changed_files_and_deletes_gone_ones(
 @pytest.fixture
 def cli(tmp_path: Path, embedder: CountingEmbedder, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """The retrieval commands on a root app like serving's, with the test embedder injected."""
-    from retrieval import cli as retrieval_cli
-    from retrieval import library as library_module
+    from ragtune.retrieval import cli as retrieval_cli
+    from ragtune.retrieval import library as library_module
 
     real = library_module.Library
 
@@ -205,7 +205,7 @@ WRITER = textwrap.dedent(
     sys.path.insert(0, sys.argv[2])
     from pathlib import Path
     from retrieval_fixtures import HashEmbedder, settings
-    from retrieval import Document, Library
+    from ragtune.retrieval import Document, Library
 
     lib = Library(Path(sys.argv[1]), settings(), embedders={"hash": HashEmbedder()})
     c = lib.open("kb")

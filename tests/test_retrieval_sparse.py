@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.sparse import SparseIndex, Tokenizer, count, fts_text
-from retrieval.store import Store
+from ragtune.retrieval.sparse import SparseIndex, Tokenizer, count, fts_text
+from ragtune.retrieval.store import Store
 
 WORDS = (
     "wing flow boundary layer shock pressure heat transfer supersonic laminar turbulent nozzle bread yeast"

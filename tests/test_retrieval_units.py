@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from retrieval_fixtures import real_embedder, settings
 
-from core.errors import InvalidFilter
-from retrieval.chunking import split_document
-from retrieval.filters import compile_filter, parse_filter
-from retrieval.fusion import rrf
-from retrieval.sparse import Tokenizer
-from retrieval.store import SCHEMA_VERSION, Store, connect
-from retrieval.vectors import INDEX_TYPES, HNSWIndex, IVFIndex
+from ragtune.core.errors import InvalidFilter
+from ragtune.retrieval.chunking import split_document
+from ragtune.retrieval.filters import compile_filter, parse_filter
+from ragtune.retrieval.fusion import rrf
+from ragtune.retrieval.sparse import Tokenizer
+from ragtune.retrieval.store import SCHEMA_VERSION, Store, connect
+from ragtune.retrieval.vectors import INDEX_TYPES, HNSWIndex, IVFIndex
 
 ROWS = [
     {"lang": "en", "year": 2020, "tags": "a", "draft": True, "n": {"x": 1}},
@@ -200,7 +200,7 @@ def test_traced_query_path_matches_the_eager_model() -> None:
 
 
 def test_pipelines_other_than_mean_pooling_stay_eager() -> None:
-    from retrieval.embedder import SentenceTransformerEmbedder
+    from ragtune.retrieval.embedder import SentenceTransformerEmbedder
 
     emb = SentenceTransformerEmbedder("all-MiniLM-L6-v2", query_cache_size=0)
     emb.model[1].pooling_mode = "cls"

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from retrieval import Document, Library
-from serving.auth import UNLIMITED, Scope
-from serving.errors import Forbidden
-from serving.routing import Router, training_questions
-from serving.settings import ProfileSettings, RoutingSettings, load_settings
+from ragtune.retrieval import Document, Library
+from ragtune.serving.auth import UNLIMITED, Scope
+from ragtune.serving.errors import Forbidden
+from ragtune.serving.routing import Router, training_questions
+from ragtune.serving.settings import ProfileSettings, RoutingSettings, load_settings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "routing" / "docs.jsonl"
 BASE = "smollm2-135m-instruct"
@@ -187,7 +187,7 @@ def tokenizer(base_model: Path) -> Any:
 def client(
     tmp_path: Path, base_model: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[TestClient]:
-    from serving.app import create_app
+    from ragtune.serving.app import create_app
     from tests.doubles import EchoEngine
 
     monkeypatch.chdir(tmp_path)

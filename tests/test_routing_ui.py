@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from retrieval import Library
-from serving.settings import load_settings
-from serving.terminal import ChatOptions, TerminalChat, route_line
+from ragtune.retrieval import Library
+from ragtune.serving.settings import load_settings
+from ragtune.serving.terminal import ChatOptions, TerminalChat, route_line
 from tests.test_routing import BASE, OFF_Q, PROFILES, RAIL_Q, fill
 
 
@@ -29,7 +29,7 @@ def tokenizer(base_model: Path) -> Any:
 
 
 def make_app(root: Path, base_model: Path, tokenizer: Any) -> tuple[Any, Library]:
-    from serving.app import create_app
+    from ragtune.serving.app import create_app
     from tests.doubles import EchoEngine
 
     settings = load_settings(

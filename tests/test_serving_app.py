@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from retrieval import Document, Library
-from serving.app import create_app
-from serving.settings import load_settings
+from ragtune.retrieval import Document, Library
+from ragtune.serving.app import create_app
+from ragtune.serving.settings import load_settings
 from tests.doubles import EchoEngine
 
 BASE = "smollm2-135m-instruct"
@@ -227,7 +227,7 @@ def test_the_readme_multi_gpu_settings_reach_vllm_unchanged(base_model: Path) ->
     import yaml
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    from serving.engine import engine_args
+    from ragtune.serving.engine import engine_args
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     section = readme[readme.index("**vLLM in-process on several GPUs.**") :]
@@ -253,9 +253,9 @@ def test_extractive_grounding_decides_whether_to_answer_apart_from_what_to_quote
     """The model's free opening (a short greedy probe, same prompt) decides whether to abstain;
     the grammar then offers the abstention alone, or the ranked quotations without it. The
     echo engine ignores grammars: what is checked is what the engine is asked for."""
-    from core.prompt import ABSTAIN
-    from serving.engine import Delta
-    from serving.grounding import (
+    from ragtune.core.prompt import ABSTAIN
+    from ragtune.serving.engine import Delta
+    from ragtune.serving.grounding import (
         PROBE_TOKENS,
         QUOTE_LEAD,
         choice_grammar,
@@ -324,7 +324,7 @@ def test_below_the_relevance_floor_the_reply_is_the_abstention_in_every_groundin
     """`min_similarity`: when no run of the sources comes that close to the question, the engine
     is asked for the abstention alone, without a probe, whatever the grounding; above it the
     grounding runs as before. A profile's floor applies unless the request sets its own."""
-    from serving.grounding import choice_grammar, rank_quotations
+    from ragtune.serving.grounding import choice_grammar, rank_quotations
 
     client, engine, library = served
     calls: list[object] = []

@@ -17,8 +17,8 @@ import openai
 import pytest
 from retrieval_fixtures import real_embedder
 
-from core.prompt import ABSTAIN
-from serving.grounding import rank_quotations
+from ragtune.core.prompt import ABSTAIN
+from ragtune.serving.grounding import rank_quotations
 from tests.conftest import LiveServer, make_lora_adapter, quoted_source
 
 pytestmark = pytest.mark.engine
@@ -164,8 +164,8 @@ def test_adapter_answers_match_transformers_in_a_mixed_batch(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from serving.engine import resolved_dtype
-    from training.evaluate import generate
+    from ragtune.serving.engine import resolved_dtype
+    from ragtune.training.evaluate import generate
 
     client = live_server.client()
     asks = [(BASE, LONG), ("style", LONG), (BASE, FRANCE), ("style", FRANCE)] * 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving import lora_cpu
+from ragtune.serving import lora_cpu
 
 vllm_ops = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops")
 ORIGINAL = {name: getattr(vllm_ops, name) for name in lora_cpu.REPLACED}

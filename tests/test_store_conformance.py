@@ -14,7 +14,7 @@ import pytest
 from retrieval_fixtures import EMBEDDER, FIXTURES, CountingEmbedder, embedder, settings  # noqa: F401
 from store_fixtures import MakeLibrary, make_library, postgres, store_url  # noqa: F401
 
-from core.errors import (
+from ragtune.core.errors import (
     CollectionExists,
     CollectionNotFound,
     DocumentNotFound,
@@ -22,8 +22,8 @@ from core.errors import (
     InvalidFilter,
     WriterBusy,
 )
-from retrieval import Document, Library
-from retrieval.ingest import load_beir
+from ragtune.retrieval import Document, Library
+from ragtune.retrieval.ingest import load_beir
 
 
 def corpus() -> list[Document]:

@@ -16,9 +16,9 @@ import pytest
 from retrieval_fixtures import EMBEDDER, CountingEmbedder, embedder, settings  # noqa: F401
 from store_fixtures import postgres  # noqa: F401
 
-from core.errors import InvalidDocument, RagtuneError, StoreUnavailable
-from retrieval import Document, Library
-from retrieval.storage import hide_password
+from ragtune.core.errors import InvalidDocument, RagtuneError, StoreUnavailable
+from ragtune.retrieval import Document, Library
+from ragtune.retrieval.storage import hide_password
 
 
 def test_an_unreachable_store_is_a_clear_error_without_the_password(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_a_replica_follows_the_change_log(
     listed = []
     ca.upsert([Document("late", "a late note about harbor ferries")])
     ca.delete(["d3"])
-    from retrieval.store_pg import PgTxn
+    from ragtune.retrieval.store_pg import PgTxn
 
     original = PgTxn.chunk_ids
     PgTxn.chunk_ids = lambda self: listed.append(1) or original(self)  # type: ignore[method-assign]
@@ -69,7 +69,7 @@ def test_the_change_log_is_pruned_and_a_replica_behind_it_still_catches_up(
     postgres,  # noqa: ANN001
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from retrieval import store_pg_txn
+    from ragtune.retrieval import store_pg_txn
 
     monkeypatch.setattr(store_pg_txn, "CHANGES_KEPT", 4)
     monkeypatch.setattr(store_pg_txn, "PRUNE_EVERY", 2)
@@ -102,8 +102,8 @@ def test_a_replica_reopens_from_its_local_snapshot_and_fetches_only_what_changed
     postgres,  # noqa: ANN001
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from retrieval.library import SNAPSHOTS
-    from retrieval.store_pg import PgTxn
+    from ragtune.retrieval.library import SNAPSHOTS
+    from ragtune.retrieval.store_pg import PgTxn
 
     url = postgres.create_database("snap")
     fetched: list[int] = []
@@ -186,8 +186,8 @@ def test_the_server_does_not_start_on_an_unreachable_store(tmp_path: Path, base_
     """The store is opened before the engine: a bad URL fails the start at once, password hidden."""
     from fastapi.testclient import TestClient
 
-    from serving.app import create_app
-    from serving.settings import load_settings
+    from ragtune.serving.app import create_app
+    from ragtune.serving.settings import load_settings
 
     settings = load_settings(
         models_dir=base_model.parent,
@@ -213,7 +213,7 @@ WRITER = textwrap.dedent(
     sys.path.insert(0, sys.argv[2])
     from pathlib import Path
     from retrieval_fixtures import HashEmbedder, settings
-    from retrieval import Document, Library
+    from ragtune.retrieval import Document, Library
 
     lib = Library(Path(sys.argv[1]), settings(store_url=sys.argv[3]), embedders={"hash": HashEmbedder()})
     c = lib.open("kb")

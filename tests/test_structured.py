@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import RagtuneError
-from serving.structured import (
+from ragtune.core.errors import RagtuneError
+from ragtune.serving.structured import (
     FunctionCall,
     Plan,
     ResponseFormat,
@@ -23,7 +23,7 @@ from serving.structured import (
     template_parser,
     with_instruction,
 )
-from serving.toolcalls import AutoStream, load_parser, read_calls
+from ragtune.serving.toolcalls import AutoStream, load_parser, read_calls
 
 WEATHER = ToolDef.model_validate(
     {
@@ -43,7 +43,7 @@ NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 
 def _plan(**fields: object) -> Plan:
-    from serving.protocol import ChatCompletionRequest
+    from ragtune.serving.protocol import ChatCompletionRequest
 
     req = ChatCompletionRequest.model_validate(
         {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}

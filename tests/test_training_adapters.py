@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from core.adapters import AdapterError, adapter_fingerprint, inspect_adapter, list_adapters
-from core.packing import pack_adapter, unpack_adapter
-from training.settings import TrainingSettings
-from training.train import train
+from ragtune.core.adapters import AdapterError, adapter_fingerprint, inspect_adapter, list_adapters
+from ragtune.core.packing import pack_adapter, unpack_adapter
+from ragtune.training.settings import TrainingSettings
+from ragtune.training.train import train
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
 

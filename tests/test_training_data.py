@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.data import (
+from ragtune.training.data import (
     IGNORE_INDEX,
     DataError,
     Example,
@@ -17,7 +17,7 @@ from training.data import (
     tokenize_chat,
     tokenize_examples,
 )
-from training.train import split_eval
+from ragtune.training.train import split_eval
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from core.prompt import ContextChunk, apply_context
-from training.data import load_examples
-from training.raft import add_context
+from ragtune.core.prompt import ContextChunk, apply_context
+from ragtune.training.data import load_examples
+from ragtune.training.raft import add_context
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
 DOCS = [json.loads(line) for line in (FIXTURES / "docs.jsonl").read_text().splitlines()]
@@ -78,8 +78,8 @@ def test_p_is_a_probability_over_examples():
 
 @pytest.mark.timeout(120)
 def test_a_real_collection(tmp_path: Path):
-    from retrieval import Document, Library
-    from retrieval.settings import RetrievalSettings
+    from ragtune.retrieval import Document, Library
+    from ragtune.retrieval.settings import RetrievalSettings
 
     library = Library(tmp_path, RetrievalSettings())
     try:

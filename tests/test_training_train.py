@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from core.adapters import inspect_adapter
-from core.models import ModelError
-from training.settings import TrainingSettings
-from training.train import AdapterExists, TrainError, auto_epochs, learned, train
+from ragtune.core.adapters import inspect_adapter
+from ragtune.core.models import ModelError
+from ragtune.training.settings import TrainingSettings
+from ragtune.training.train import AdapterExists, TrainError, auto_epochs, learned, train
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
 TINY = FIXTURES / "tiny.jsonl"
@@ -70,7 +70,7 @@ def test_an_interrupted_run_resumes_and_leaves_the_old_adapter_alone(
     )
     old_manifest = (old / "ragtune-adapter.json").read_text()
 
-    from training import callbacks
+    from ragtune.training import callbacks
 
     real_on_log = callbacks.MetricsLog.on_log
 
@@ -184,7 +184,7 @@ def test_auto_epochs_give_small_sets_enough_steps_and_big_sets_fewer_passes():
 def test_a_diverged_run_stops_with_a_clear_message_and_writes_nothing(
     base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    import training.fit as train_module  # where the Trainer gets its loss
+    import ragtune.training.fit as train_module  # where the Trainer gets its loss
 
     real = train_module.assistant_loss
 
@@ -232,7 +232,7 @@ def test_an_adapter_that_did_not_learn_is_flagged_and_refused_with_strict(
 
 
 def test_layers_adapts_only_the_top_decoder_layers(base_model: Path, tmp_path: Path):
-    from core.adapters import read_safetensors_header
+    from ragtune.core.adapters import read_safetensors_header
 
     dest = train(
         TINY,

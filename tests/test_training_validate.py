@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from training.settings import TrainingSettings
-from training.train import train
+from ragtune.training.settings import TrainingSettings
+from ragtune.training.train import train
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
 
@@ -34,7 +34,7 @@ def test_vllm_loads_a_trained_adapter(base_model: Path, tmp_path: Path):
     cmd = [
         sys.executable,
         "-m",
-        "training.validate",
+        "ragtune.training.validate",
         "--adapter",
         str(adapter),
         "--base",

@@ -17,12 +17,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.console import err_console, fail
-from core.errors import RagtuneError
+from ragtune.core.console import err_console, fail
+from ragtune.core.errors import RagtuneError
 
 if TYPE_CHECKING:
-    from retrieval.settings import RetrievalSettings
-    from training.settings import TrainingSettings
+    from ragtune.retrieval.settings import RetrievalSettings
+    from ragtune.training.settings import TrainingSettings
 
 console = Console()
 adapters_app = typer.Typer(help="LoRA adapters under adapters/.", no_args_is_help=True)
@@ -121,7 +121,7 @@ def train_command(
     """Train a LoRA adapter for a behaviour and write adapters/NAME/."""
     from pydantic import ValidationError
 
-    from training.train import train
+    from ragtune.training.train import train
 
     settings = _settings(ctx)
     flags = {
@@ -184,7 +184,7 @@ def train_command(
 @adapters_app.command("list")
 def adapters_list(ctx: typer.Context) -> None:
     """Show each adapter, its rank, base model, metrics and whether it is servable."""
-    from core.adapters import Unavailable, list_adapters
+    from ragtune.core.adapters import Unavailable, list_adapters
 
     settings = _settings(ctx)
     found = list_adapters(
@@ -226,7 +226,7 @@ def adapters_validate(
     engine: Annotated[bool, Opt("--engine/--no-engine", help="also load it in vLLM (about a minute)")] = True,
 ) -> None:
     """Check an adapter statically, then load it in vLLM with its base and generate with and without it."""
-    from core.adapters import inspect_adapter
+    from ragtune.core.adapters import inspect_adapter
 
     settings = _settings(ctx)
     path = settings.adapters_dir / name
@@ -246,7 +246,7 @@ def adapters_validate(
     cmd = [
         sys.executable,
         "-m",
-        "training.validate",
+        "ragtune.training.validate",
         "--adapter",
         str(path),
         "--base",
@@ -286,8 +286,8 @@ def eval_behaviour_command(
     output: Annotated[Path | None, Opt("--json", help="also write the results here")] = None,
 ) -> None:
     """Score the base model and an adapter on held-out prompts with a behaviour scorer."""
-    from core.adapters import inspect_adapter
-    from training.evaluate import eval_behaviour
+    from ragtune.core.adapters import inspect_adapter
+    from ragtune.training.evaluate import eval_behaviour
 
     settings = _settings(ctx)
     adapter_path = None
@@ -341,7 +341,7 @@ def data_reader(
     """Grounded-reader examples (RAFT, counterfactuals, abstentions) in the serving prompt format."""
     from rich.progress import Progress
 
-    from training.reader import write_reader_data
+    from ragtune.training.reader import write_reader_data
 
     settings = _settings(ctx)
     try:

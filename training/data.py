@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from core.errors import RagtuneError
+from ragtune.core.errors import RagtuneError
 
 ROLES = ("system", "user", "assistant")
 MAX_REPORTED = 20  # problems listed in one error; the rest are counted

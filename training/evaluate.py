@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-from training.data import DataError
+from ragtune.training.data import DataError
 
 Scorer = Callable[[str, dict], dict[str, float]]
 
@@ -119,7 +119,7 @@ def eval_behaviour(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from retrieval.embedder import cpu_has_bf16
+    from ragtune.retrieval.embedder import cpu_has_bf16
 
     console = console or Console(stderr=True)
     rows = load_heldout(data)[:limit]

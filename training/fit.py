@@ -9,11 +9,11 @@ from typing import Any
 
 from rich.console import Console
 
-from core.errors import RagtuneError
-from retrieval.embedder import cpu_has_bf16
-from training.loss import assistant_loss
-from training.loss import collate as collate_labelled
-from training.settings import TrainingSettings
+from ragtune.core.errors import RagtuneError
+from ragtune.retrieval.embedder import cpu_has_bf16
+from ragtune.training.loss import assistant_loss
+from ragtune.training.loss import collate as collate_labelled
+from ragtune.training.settings import TrainingSettings
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -109,7 +109,7 @@ def fit_model(
     from datasets import Dataset
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
-    from training.callbacks import Divergence, LogProgress, MetricsLog, RichProgress
+    from ragtune.training.callbacks import Divergence, LogProgress, MetricsLog, RichProgress
 
     def collate(rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         return collate_labelled(rows, tokenizer.pad_token_id)
@@ -197,7 +197,7 @@ def show_samples(
     model: Any, tokenizer: Any, examples: list[Any], count: int, console: Console, *, held_out: bool
 ) -> None:
     """Print a few greedy generations of the trained model beside the expected replies."""
-    from training.evaluate import generate
+    from ragtune.training.evaluate import generate
 
     picked = [ex for ex in examples if ex.messages and ex.messages[-1]["role"] == "assistant"][:count]
     if not picked:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from training.data import IGNORE_INDEX, pad_batch
+from ragtune.training.data import IGNORE_INDEX, pad_batch
 
 
 def label_positions(labels: Any) -> Any:

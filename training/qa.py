@@ -31,9 +31,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import RagtuneError
-from core.prompt import ABSTAIN as ABSTAIN  # defined with the prompt layout it answers
-from core.prompt import SENTENCE_END as SENTENCE_END
+from ragtune.core.errors import RagtuneError
+from ragtune.core.prompt import ABSTAIN as ABSTAIN  # defined with the prompt layout it answers
+from ragtune.core.prompt import SENTENCE_END as SENTENCE_END
 
 HELD_OUT_FRACTION = 0.25  # passages held out for evaluation (by hash of the passage id)
 SPLIT_SALT = "ragtune-qa-split-v1"

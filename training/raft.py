@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.prompt import ContextChunk, apply_context
-from training.data import Example
+from ragtune.core.prompt import ContextChunk, apply_context
+from ragtune.training.data import Example
 
 CITE = "{cite}"
 

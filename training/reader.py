@@ -32,8 +32,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from core.prompt import ContextChunk, apply_context, cite
-from training.qa import (
+from ragtune.core.prompt import ContextChunk, apply_context, cite
+from ragtune.training.qa import (
     ABSTAIN,
     SENTENCE_END,
     QASet,
@@ -91,7 +91,7 @@ def build_reader_examples(
     on_example: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, Any]], ReaderStats]:
     """Return chat examples ({"messages": [...]}) and what was built."""
-    from retrieval import Document
+    from ragtune.retrieval import Document
 
     rng = random.Random(seed)
     train = split_questions(qa, "train")
@@ -172,8 +172,8 @@ def write_reader_data(
     on_example: Callable[[], None] | None = None,
 ) -> ReaderStats:
     """Build reader examples from the QA set at `dataset` and write them as JSONL to `out`."""
-    from retrieval import Library
-    from training.qa import load_qa_set
+    from ragtune.retrieval import Library
+    from ragtune.training.qa import load_qa_set
 
     qa = load_qa_set(dataset)
     with tempfile.TemporaryDirectory(prefix="ragtune-reader-") as scratch:

@@ -24,19 +24,19 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from core.adapters import (
+from ragtune.core.adapters import (
     CONFIG_FILE,
     MANIFEST,
     RUNS_DIR,
     VLLM_LORA_RANKS,
     inspect_adapter,
 )
-from core.errors import ConflictError
-from core.models import ModelError, check_model_dir, model_fingerprint
-from core.names import NAME_PATTERN
-from core.prompt import CONTEXT_FORMAT_VERSION
-from training.data import fingerprint, load_examples, tokenize_examples
-from training.fit import (
+from ragtune.core.errors import ConflictError
+from ragtune.core.models import ModelError, check_model_dir, model_fingerprint
+from ragtune.core.names import NAME_PATTERN
+from ragtune.core.prompt import CONTEXT_FORMAT_VERSION
+from ragtune.training.data import fingerprint, load_examples, tokenize_examples
+from ragtune.training.fit import (
     METRICS_FILE,
     Hardware,
     TrainError,
@@ -45,7 +45,7 @@ from training.fit import (
     pick_hardware,
     show_samples,
 )
-from training.settings import TrainingSettings
+from ragtune.training.settings import TrainingSettings
 
 NAME_RE = re.compile(NAME_PATTERN)
 RUN_STATE = "run.json"
@@ -319,8 +319,8 @@ def _prepare(
     examples, given_eval = load_examples(data)
     raft_stats = None
     if collection is not None:
-        from retrieval import Library
-        from training.raft import add_context
+        from ragtune.retrieval import Library
+        from ragtune.training.raft import add_context
 
         if indexes_dir is None or retrieval_settings is None:
             raise TrainError("--collection needs indexes_dir and retrieval settings", param="collection")

@@ -1,6 +1,6 @@
 """Load an adapter in vLLM with its base and generate once without and once with it.
 
-Run as a subprocess (`python -m training.validate --adapter DIR --base DIR`) by
+Run as a subprocess (`python -m ragtune.training.validate --adapter DIR --base DIR`) by
 `ragtune adapters validate`: vLLM spawns worker processes, which needs the __main__ guard and
 keeps the engine out of the caller's process. Prints one JSON line: base and adapter outputs,
 whether they differ, and the load time.

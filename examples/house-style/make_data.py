@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from core.prompt import ContextChunk, apply_context  # noqa: E402
+from ragtune.core.prompt import ContextChunk, apply_context  # noqa: E402
 
 CLOSING = "— Northwind Rail Help Desk"
 REFUSAL = "I can only help with questions about Northwind Rail services."

@@ -8,14 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 
-from core.errors import RagtuneError
-from core.names import NAME_PATTERN
-from retrieval import Library
-from serving.adapters import AdapterNotFound, LoadedAdapter
-from serving.auth import FULL, AdminKey, Scope, ScopeDep, UserKey
-from serving.deps import AdaptersDep, ConvergerDep, LibraryDep, ResolverDep
-from serving.protocol import AdapterLoadRequest
-from serving.settings import ProfileSettings
+from ragtune.core.errors import RagtuneError
+from ragtune.core.names import NAME_PATTERN
+from ragtune.retrieval import Library
+from ragtune.serving.adapters import AdapterNotFound, LoadedAdapter
+from ragtune.serving.auth import FULL, AdminKey, Scope, ScopeDep, UserKey
+from ragtune.serving.deps import AdaptersDep, ConvergerDep, LibraryDep, ResolverDep
+from ragtune.serving.protocol import AdapterLoadRequest
+from ragtune.serving.settings import ProfileSettings
 
 router = APIRouter()
 

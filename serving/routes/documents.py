@@ -9,13 +9,13 @@ from typing import Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from retrieval import Document
-from retrieval.filters import INT64_MAX
-from serving.auth import AdminKey, ScopeDep, UserKey
-from serving.deps import LibraryDep, SettingsDep
-from serving.errors import DocumentTooLarge
-from serving.protocol import CollectionCreate, SearchBody, UpsertBody
-from serving.responses import Source
+from ragtune.retrieval import Document
+from ragtune.retrieval.filters import INT64_MAX
+from ragtune.serving.auth import AdminKey, ScopeDep, UserKey
+from ragtune.serving.deps import LibraryDep, SettingsDep
+from ragtune.serving.errors import DocumentTooLarge
+from ragtune.serving.protocol import CollectionCreate, SearchBody, UpsertBody
+from ragtune.serving.responses import Source
 
 router = APIRouter(prefix="/v1/collections")
 

@@ -14,10 +14,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from core.errors import InvalidDocument
-from retrieval import Document
-from retrieval.ingest import load_file
-from serving.deps import LibraryDep
+from ragtune.core.errors import InvalidDocument
+from ragtune.retrieval import Document
+from ragtune.retrieval.ingest import load_file
+from ragtune.serving.deps import LibraryDep
 
 router = APIRouter(prefix="/v1/collections")
 

@@ -11,15 +11,27 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from core.errors import RagtuneError
-from serving.auth import AdminOrLoopback, Scope, ScopeDep, UserKey
-from serving.canary import HEALTH_TTL_S
-from serving.chat import GenerationService
-from serving.deps import CanaryDep, EngineDep, GenerationDep, LibraryDep, MetricsDep, ResolverDep
-from serving.protocol import ChatCompletionRequest, CompletionRequest
-from serving.replies import chat_events, chat_response, completion_events, completion_response, model_name
-from serving.responses import ChatCompletionResponse, CompletionResponse, ModelCard, ModelList, error_body
-from serving.routing import AUTO
+from ragtune.core.errors import RagtuneError
+from ragtune.serving.auth import AdminOrLoopback, Scope, ScopeDep, UserKey
+from ragtune.serving.canary import HEALTH_TTL_S
+from ragtune.serving.chat import GenerationService
+from ragtune.serving.deps import CanaryDep, EngineDep, GenerationDep, LibraryDep, MetricsDep, ResolverDep
+from ragtune.serving.protocol import ChatCompletionRequest, CompletionRequest
+from ragtune.serving.replies import (
+    chat_events,
+    chat_response,
+    completion_events,
+    completion_response,
+    model_name,
+)
+from ragtune.serving.responses import (
+    ChatCompletionResponse,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    error_body,
+)
+from ragtune.serving.routing import AUTO
 
 STORE_PING_S = 2.0  # /health waits this long for the document store, then says it is lost
 router = APIRouter()
