@@ -9,7 +9,6 @@ import pytest
 from conftest import make_lora_adapter
 
 from ragtune.serving.builtin import GROUNDED_PROFILE, READER_ADAPTER, with_grounded
-from ragtune.serving.grounding import MIN_SIMILARITY, QUOTE_WINDOW
 from ragtune.serving.settings import ProfileSettings, Settings
 
 
@@ -35,10 +34,11 @@ def test_a_trained_reader_adds_the_grounded_profile(reader_dir: Path, base_model
     # No collection of its own: the request names one (`rag.collection`); the adapter was
     # trained on 2 to 4 sources.
     assert (profile.adapter, profile.collection, profile.top_k) == (READER_ADAPTER, None, 4)
+    # The measured values, not the constants the profile is built from: changing one of them
+    # needs a new measurement. The relevance floor (bench/results/floor.md), abstention by the
+    # floor alone (bench/results/model-abstains.md), close calls only (bench/results/quote-window.md).
     assert profile.grounding == "extractive"
-    assert profile.min_similarity == MIN_SIMILARITY  # the relevance floor (bench/results/floor.md)
-    assert profile.model_abstains is False  # the floor decides (bench/results/model-abstains.md)
-    assert profile.quote_window == QUOTE_WINDOW  # close calls only (bench/results/quote-window.md)
+    assert (profile.min_similarity, profile.model_abstains, profile.quote_window) == (0.67, False, 0.5)
 
 
 def test_without_a_reader_the_base_model_answers_and_the_log_says_how_to_train_it(

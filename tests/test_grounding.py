@@ -191,7 +191,7 @@ def test_the_relevance_floor_tells_sources_about_the_question_from_others(embedd
     near = rank_quotations("Who designed the stations of the Wren Line?", LINES, embedder, k=1)
     same_subject = rank_quotations("When does the Heron Line close for track works?", LINES, embedder, k=1)
     far = rank_quotations("What is the boiling point of mercury?", LINES, embedder, k=1)
-    assert near.similarity > same_subject.similarity > 0.5 > 0.3 > far.similarity
+    assert near.similarity > same_subject.similarity > 0.5 and far.similarity < 0.3
     assert (near.coverage, far.coverage) == (1.0, 0.0)
     assert not near.off_topic(0.62) and far.off_topic(0.62) and not far.off_topic(0.0)
     assert rank_quotations("Anything?", [], embedder, k=1).off_topic(0.1)  # nothing retrieved

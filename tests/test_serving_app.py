@@ -301,7 +301,9 @@ def test_extractive_grounding_decides_whether_to_answer_apart_from_what_to_quote
     assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(ranked[:1], abstain=False)
     calls.clear()  # the default lead, QUOTE_LEAD
     chat(client, **ask, rag={"grounding": "extractive"})
-    offered = ranked[:1] if ranking.lead > QUOTE_LEAD else ranked
+    # Two sources here: the first of two quotations leads by 2 standard deviations, over QUOTE_LEAD.
+    assert ranking.lead == pytest.approx(2.0) and QUOTE_LEAD < 2.0
+    offered = ranked[:1]
     assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(offered, abstain=False)
     calls.clear()  # `quote_window`: a close call offers only the runs that near the first
     chat(client, **ask, rag={"grounding": "extractive", "quote_lead": 100, "quote_window": ranking.lead / 2})
