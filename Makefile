@@ -116,8 +116,8 @@ bench: model
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: install
-	$(BIN)/ruff check ragtune/*.py core serving retrieval training tests bench
-	$(BIN)/ruff format --check ragtune/*.py core serving retrieval training tests bench
+	$(BIN)/ruff check ragtune/*.py core serving retrieval training evaluation tests bench
+	$(BIN)/ruff format --check ragtune/*.py core serving retrieval training evaluation tests bench
 	$(BIN)/mypy
 
 clean:

@@ -30,9 +30,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.machine import machine_with_load, write_result  # noqa: E402
+from ragtune.evaluation.retrieval import Dataset, load_dataset, ndcg_at, recall_at  # noqa: E402
 from ragtune.retrieval.embed_backends import load_embedder  # noqa: E402
 from ragtune.retrieval.embedder import DEFAULT_EMBEDDER, Embedder, resolve_model_path  # noqa: E402
-from ragtune.retrieval.evaluate import Dataset, load_dataset, ndcg_at, recall_at  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -42,9 +42,9 @@ from bench.retrieval import (  # noqa: E402
     settings,
     synthetic_texts,
 )
+from ragtune.evaluation.retrieval import evaluate, load_dataset  # noqa: E402
 from ragtune.retrieval import Library  # noqa: E402
 from ragtune.retrieval.embedder import DEFAULT_EMBEDDER  # noqa: E402
-from ragtune.retrieval.evaluate import evaluate, load_dataset  # noqa: E402
 from ragtune.retrieval.ingest import load_beir, upsert_batches  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

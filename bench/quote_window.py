@@ -29,10 +29,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.machine import machine  # noqa: E402
 from ragtune.core.prompt import ABSTAIN  # noqa: E402
+from ragtune.evaluation.qa_score import contains  # noqa: E402
 from ragtune.retrieval import Library  # noqa: E402
 from ragtune.retrieval.settings import RetrievalSettings  # noqa: E402
 from ragtune.serving.grounding import QUOTES, Ranked, rank_quotations  # noqa: E402
-from ragtune.serving.qa_score import contains  # noqa: E402
 from ragtune.training.qa import Question, load_qa_set  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

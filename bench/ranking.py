@@ -35,8 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.machine import cpu_model  # noqa: E402
+from ragtune.evaluation.retrieval import Dataset, load_dataset, ndcg_at, recall_at  # noqa: E402
 from ragtune.retrieval import Library  # noqa: E402
-from ragtune.retrieval.evaluate import Dataset, load_dataset, ndcg_at, recall_at  # noqa: E402
 from ragtune.retrieval.ingest import load_beir, upsert_batches  # noqa: E402
 from ragtune.retrieval.settings import RetrievalSettings  # noqa: E402
 from ragtune.retrieval.sparse import Tokenizer  # noqa: E402

@@ -41,11 +41,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.machine import machine_with_load  # noqa: E402
+from ragtune.evaluation.retrieval import evaluate, load_dataset  # noqa: E402
 from ragtune.retrieval import Document, Library  # noqa: E402
 from ragtune.retrieval.chunking import split_document  # noqa: E402
 from ragtune.retrieval.embed_backends import load_embedder  # noqa: E402
 from ragtune.retrieval.embedder import DEFAULT_EMBEDDER, Embedder, resolve_model_path  # noqa: E402
-from ragtune.retrieval.evaluate import evaluate, load_dataset  # noqa: E402
 from ragtune.retrieval.ingest import load_beir, upsert_batches  # noqa: E402
 from ragtune.retrieval.settings import RetrievalSettings  # noqa: E402
 from ragtune.retrieval.sparse import STOPWORDS  # noqa: E402

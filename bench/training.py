@@ -183,7 +183,7 @@ def machine() -> dict:
 
 
 def behaviour(adapter: Path, limit: int | None) -> dict:
-    from ragtune.training.evaluate import eval_behaviour
+    from ragtune.evaluation.behaviour import eval_behaviour
 
     started = time.time()
     res = eval_behaviour(HELDOUT, base_model=BASE, adapter=adapter, limit=limit)

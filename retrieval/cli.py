@@ -1,17 +1,15 @@
-"""Commands of the retrieval package, mounted on the root `ragtune` app by serving.cli.
+"""Commands of the retrieval package, mounted on the root `ragtune` app (ragtune/cli.py).
 
-`ragtune collections create|drop|list|stats|get|docs|delete`, `ragtune ingest`, `ragtune sync`,
-`ragtune search` and `ragtune eval retrieval`. Settings come from the root context object
-(duck-typed: `.retrieval` and `.indexes_dir`); heavy imports happen inside the commands.
+`ragtune collections create|drop|list|stats|get|docs|delete`, `ragtune ingest`, `ragtune sync`
+and `ragtune search` (`ragtune eval retrieval` is evaluation's). Settings come from the root
+context object (duck-typed: `.retrieval` and `.indexes_dir`); heavy imports happen inside the
+commands.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import platform
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Column, Table
+from rich.table import Table
 
-from ragtune.core.console import err_console, fail
+from ragtune.core.console import err_console, fail, progress_bar
 from ragtune.core.errors import RagtuneError
 from ragtune.retrieval.settings import RetrievalSettings
 
@@ -64,17 +61,6 @@ def _library(ctx: typer.Context) -> Iterator[Library]:
         raise fail(exc.message) from None
     finally:
         library.close()
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
-    )
 
 
 def _parse_filter(text: str | None) -> dict[str, Any] | None:
@@ -277,7 +263,7 @@ def ingest_command(
         if not docs:
             raise fail(f"no supported files in {', '.join(map(str, paths))} (.txt .md .html .pdf .jsonl)")
         c = _open_or_create(library, collection)
-        with _progress() as bar:
+        with progress_bar() as bar:
             task = bar.add_task(f"ingest into {collection}", total=len(docs))
             totals = upsert_batches(c, docs, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
     console.print(
@@ -300,7 +286,7 @@ def sync_command(
         docs = sync_documents(folder, plan.changed)
         totals = {"added": 0, "updated": 0, "unchanged": len(plan.unchanged)}
         if docs:
-            with _progress() as bar:
+            with progress_bar() as bar:
                 task = bar.add_task(f"sync {folder} -> {collection}", total=len(docs))
                 done = upsert_batches(c, docs, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
             totals["added"], totals["updated"] = done["added"], done["updated"]
@@ -354,174 +340,9 @@ def search_command(
     console.print(table)
 
 
-# -- eval --------------------------------------------------------------------------------
-MODES = ("dense", "sparse", "hybrid")
-METRICS = (("ndcg@10", "nDCG@10"), ("recall@10", "R@10"), ("recall@100", "R@100"), ("mrr@10", "MRR@10"))
-
-
-def eval_retrieval_command(
-    ctx: typer.Context,
-    dataset: Annotated[
-        Path, Opt("--dataset", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv")
-    ],
-    mode: Annotated[
-        list[str] | None, Opt("--mode", help="dense, sparse, hybrid (repeat; default all)")
-    ] = None,
-    fusion: Annotated[
-        list[str] | None,
-        Opt("--fusion", help="hybrid fusion: convex, rrf (repeat; default from settings)"),
-    ] = None,
-    compare: Annotated[
-        bool, Opt("--compare", help="every mode and every hybrid fusion method, in one run")
-    ] = False,
-    max_queries: Annotated[
-        int | None, Opt("--max-queries", min=1, help="evaluate the first N queries")
-    ] = None,
-    collection: Annotated[
-        str | None, Opt("--collection", help="collection to (re)use; default eval-<dataset name>")
-    ] = None,
-    fresh: Annotated[bool, Opt("--fresh", help="drop the collection first and ingest from scratch")] = False,
-    plot: Annotated[Path | None, Opt("--plot", help="also write a PNG bar chart of the metrics here")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Ingest a BEIR data set (only what changed) and report nDCG@10, R@10, R@100, MRR@10, latency."""
-    import time
-
-    from ragtune.core.errors import CollectionNotFound
-    from ragtune.retrieval.evaluate import evaluate, load_dataset
-    from ragtune.retrieval.fusion import FUSIONS
-    from ragtune.retrieval.ingest import load_beir, upsert_batches
-
-    settings, _ = _settings(ctx)
-    modes = list(MODES) if compare else list(dict.fromkeys(mode or MODES))
-    fusions = list(FUSIONS) if compare else list(dict.fromkeys(fusion or [settings.fusion]))
-    for m in modes:
-        if m not in MODES:
-            raise fail(f"--mode must be dense, sparse or hybrid, got {m!r}")
-    for f in fusions:
-        if f not in FUSIONS:
-            raise fail(f"--fusion must be one of {', '.join(FUSIONS)}, got {f!r}")
-    runs: list[tuple[str, str | None]] = [(m, None) for m in modes if m != "hybrid"]
-    runs += [("hybrid", f) for f in fusions if "hybrid" in modes]
-    with _library(ctx) as library:
-        data = load_dataset(dataset, max_queries=max_queries)
-        name = collection or f"eval-{data.name}"
-        if fresh:
-            with contextlib.suppress(CollectionNotFound):
-                library.drop(name)
-        c = _open_or_create(library, name)
-        everything = list(load_beir(data.corpus))
-        docs = [d for d in everything if d.text.strip()]  # BEIR sets hold a few empty documents
-        quiet = as_json or not sys.stderr.isatty()
-        t0 = time.perf_counter()
-        with _progress() as bar:
-            task = bar.add_task(f"ingest {data.name}", total=len(docs), visible=not quiet)
-            totals = upsert_batches(c, docs, batch_size=256, progress=lambda n: bar.advance(task, n))
-        ingest_s = time.perf_counter() - t0
-        results = []
-        for m, fused in runs:
-            c.embedder.clear_cache()  # each run pays for its own query embeddings
-            with _progress() as bar:
-                task = bar.add_task(_label(m, fused), total=len(data.queries), visible=not quiet)
-                step = lambda n, task=task: bar.advance(task, n)  # noqa: E731
-                results.append(evaluate(c, data, mode=m, fusion=fused, progress=step))
-        stats = c.stats()
-    report = {
-        "dataset": str(dataset),
-        "collection": name,
-        "documents": stats["documents"],
-        "chunks": stats["chunks"],
-        "queries": len(data.queries),
-        "embedder": stats["embedder"],
-        "embed_backend": c.embedder.label,
-        "index_type": stats["index_type"],
-        "default_fusion": settings.fusion,
-        "ingest": {**totals, "skipped_empty": len(everything) - len(docs), "seconds": round(ingest_s, 2)},
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version()},
-        "results": results,
-    }
-    title = (
-        f"{data.name}: {len(data.queries)} queries, {stats['documents']:,} docs, {stats['chunks']:,} chunks"
-    )
-    if plot is not None:
-        _plot(results, plot, title)
-    if as_json:
-        print(json.dumps(report))
-        return
-    table = Table(
-        Column("method", no_wrap=True),
-        *(label for _, label in METRICS),
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        title=title,
-        caption=f"default fusion: {settings.fusion}; best in bold",
-    )
-    best = {key: max(r[key] for r in results) for key, _ in METRICS}
-    for r in results:
-        lat = r["latency_ms"]
-        cells = [f"[bold]{r[key]:.4f}[/]" if r[key] == best[key] else f"{r[key]:.4f}" for key, _ in METRICS]
-        table.add_row(
-            _label(r["mode"], r["fusion"]),
-            *cells,
-            f"{lat['p50']:.1f}",
-            f"{lat['p95']:.1f}",
-            f"{lat['p99']:.1f}",
-        )
-    console.print(table)
-    console.print(
-        f"ingest: {totals['added']} added, {totals['updated']} updated, {totals['unchanged']} unchanged "
-        f"in {ingest_s:.1f} s; latency is per search of 200 chunks (query embedding included)"
-        + (f"; chart: {plot}" if plot is not None else "")
-    )
-
-
-def _label(mode: str, fusion: str | None) -> str:
-    return f"hybrid ({fusion})" if mode == "hybrid" and fusion else mode
-
-
-def _plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Grouped bars: one group per metric, one bar per mode / fusion method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(METRICS) * max(len(results), 2) / 2), 4.5))
-    width = 0.8 / max(len(results), 1)
-    for i, r in enumerate(results):
-        offset = (i - (len(results) - 1) / 2) * width
-        bars = ax.bar(
-            [j + offset for j in range(len(METRICS))],
-            [r[key] for key, _ in METRICS],
-            width,
-            label=_label(r["mode"], r["fusion"]),
-        )
-        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2, rotation=90)
-    ax.set_xticks(range(len(METRICS)), [label for _, label in METRICS])
-    ax.set_ylim(0, 1.15)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", ncols=min(len(results), 4))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def register(app: typer.Typer, eval_app: typer.Typer) -> None:
-    """Add this package's commands to the root app and its `eval` group."""
+def register(app: typer.Typer) -> None:
+    """Add this package's commands to the root app (ragtune/cli.py)."""
     app.add_typer(collections_app, name="collections")
     app.command("ingest")(ingest_command)
     app.command("sync")(sync_command)
     app.command("search")(search_command)
-    eval_app.command("retrieval")(eval_retrieval_command)

@@ -1,26 +1,24 @@
-"""The `ragtune` command line: one typer app; each package mounts its own commands.
+"""Commands of the serving package, mounted on the root `ragtune` app (ragtune/cli.py).
 
-The root callback builds the settings once (defaults < ragtune.yaml < RAGTUNE_* < flags) and
-hands them to every command as `ctx.obj`.
+`ragtune serve`, `ragtune demo`, `ragtune chat` and `ragtune models import|import-default|
+available|list`. Settings come from the root (core.console.root_settings); `serve` and `demo`
+load them again when given flags of their own.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import logging
-import signal
-import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ragtune.core.console import fail
+from ragtune.core.console import ConfigOpt, fail, root_settings
 from ragtune.core.errors import RagtuneError
-from ragtune.retrieval.storage import hide_password
+from ragtune.serving import launch
 from ragtune.serving.builtin import (
     DEMO_ADAPTER,
     EXAMPLES,
@@ -31,60 +29,18 @@ from ragtune.serving.builtin import (
 from ragtune.serving.grounding import Grounding
 from ragtune.serving.settings import Settings, SettingsError, load_settings
 
-app = typer.Typer(
-    name="ragtune",
-    help="Serve domain LLMs: fine-tune for behaviour (LoRA), retrieve for knowledge.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+if TYPE_CHECKING:
+    from ragtune.serving.terminal import ChatOptions
+
 models_app = typer.Typer(help="Base-model folders under models/.", no_args_is_help=True)
-eval_app = typer.Typer(help="Measure retrieval, answers and behaviour.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
-app.add_typer(eval_app, name="eval")
 console = Console()
-log = logging.getLogger("ragtune.serving")
-
-
-def _hide_flag_types() -> None:
-    """typer (0.2x) writes `<bool>` beside every flag on every help page, though a flag takes no
-    value; show no type for flags. Guarded: a typer without this hook keeps its own display."""
-    option = getattr(getattr(typer, "core", None), "TyperOption", None)
-    shown = getattr(option, "display_type_rich", None)
-    if option is None or shown is None:
-        return
-
-    def display_type_rich(self: Any, ctx: Any) -> str | None:
-        return None if getattr(self, "is_flag", False) else shown(self, ctx)
-
-    option.display_type_rich = display_type_rich
-
-
-_hide_flag_types()
 
 
 def settings_of(ctx: typer.Context) -> Settings:
-    root = ctx.find_root()
-    if not isinstance(root.obj, Settings):
+    settings = root_settings(ctx)
+    if not isinstance(settings, Settings):
         raise RuntimeError("settings were not loaded")  # only reachable when misused as a library
-    return root.obj
-
-
-@app.callback()
-def main(
-    ctx: typer.Context,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="YAML settings file (default ./ragtune.yaml)"),
-    ] = None,
-    base_model: Annotated[
-        str | None, typer.Option("--base-model", help="model folder name under models/ or a path")
-    ] = None,
-) -> None:
-    try:
-        ctx.obj = load_settings(config, base_model=base_model)
-    except SettingsError as exc:
-        raise fail(str(exc)) from None
+    return settings
 
 
 @models_app.command("import")
@@ -193,7 +149,6 @@ def models_list(ctx: typer.Context) -> None:
 
 HostOpt = Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")]
 PortOpt = Annotated[int | None, typer.Option(help="port to listen on (default 8000)")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file")]
 ModelOpt = Annotated[
     str | None,
     typer.Option(
@@ -204,7 +159,6 @@ ModelOpt = Annotated[
 ]
 
 
-@app.command()
 def serve(
     ctx: typer.Context,
     host: HostOpt = None,
@@ -214,11 +168,10 @@ def serve(
 ) -> None:
     """Serve the OpenAI-compatible API: base model, adapters, profiles and collections."""
     settings = _reload(ctx, config, base_model=model, serving={"host": host, "port": port})
-    sock = _bind(settings)
-    _serve(with_grounded(settings), sock)
+    sock = launch.bind(settings)
+    launch.serve(with_grounded(settings), sock)
 
 
-@app.command()
 def demo(
     ctx: typer.Context,
     host: HostOpt = None,
@@ -231,7 +184,7 @@ def demo(
     from ragtune.serving.settings import ProfileSettings
 
     settings = _reload(ctx, config, base_model=model, serving={"host": host, "port": port})
-    sock = _bind(settings)
+    sock = launch.bind(settings)
     library = Library(settings.indexes_dir, settings.retrieval)
     try:
         collection = library.open("demo") if "demo" in library.names() else library.create("demo")
@@ -256,10 +209,9 @@ def demo(
     profiles.setdefault("demo", ProfileSettings(adapter=adapter, collection="demo", top_k=3))
     serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})
     settings = with_grounded(settings.model_copy(update={"serving": serving}))
-    _serve(settings, sock)
+    launch.serve(settings, sock)
 
 
-@app.command()
 def chat(
     ctx: typer.Context,
     model: Annotated[
@@ -306,25 +258,15 @@ def chat(
 ) -> None:
     """Chat in the terminal with a running server (or `--in-process`): answers stream, their
     sources follow."""
-    import sys
-
-    from ragtune.serving.background import serve_in_background
-    from ragtune.serving.terminal import ChatError, ChatOptions, TerminalChat, input_lines
+    from ragtune.serving.terminal import ChatOptions
 
     extra_rag = _key_values(rag_options or [], flag="--rag")
     if extra_rag and no_rag:
         raise fail("--no-rag turns retrieval off: leave out --rag, or --no-rag")
-    stop = None
     source = ctx.get_parameter_source("server")  # typer's own click: compare by name
     if in_process and source is not None and source.name == "COMMANDLINE":
         raise fail("--in-process starts its own server: leave out --server, or --in-process")
-    if in_process:
-        settings = settings_of(ctx)
-        with console.status("starting the engine in this process (about a minute on a CPU) ..."):
-            try:
-                server, stop = serve_in_background(settings)
-            except RuntimeError as exc:
-                raise fail(str(exc)) from None
+    server, stop = _start_in_process(settings_of(ctx)) if in_process else (server, None)
     options = ChatOptions(
         server=server,
         model=model,
@@ -338,19 +280,39 @@ def chat(
         api_key=api_key,
         remember=remember,
     )
+    code = _converse(options, stop)
+    if code:
+        raise typer.Exit(code)
+
+
+def _start_in_process(settings: Settings) -> tuple[str, Callable[[], None]]:
+    """`chat --in-process`: the server on a loopback port of this process; its URL and stop."""
+    from ragtune.serving.background import serve_in_background
+
+    with console.status("starting the engine in this process (about a minute on a CPU) ..."):
+        try:
+            return serve_in_background(settings)
+        except RuntimeError as exc:
+            raise fail(str(exc)) from None
+
+
+def _converse(options: ChatOptions, stop: Callable[[], None] | None) -> int:
+    """The conversation: lines from the terminal (or a pipe) until it ends; the exit code."""
+    import sys
+
+    from ragtune.serving.terminal import ChatError, TerminalChat, input_lines
+
     session = TerminalChat(options)
     interactive = sys.stdin.isatty()
     try:
         lines = input_lines("you> ") if interactive else iter(sys.stdin)
-        code = session.run(lines, interactive=interactive)
+        return session.run(lines, interactive=interactive)
     except ChatError as exc:
         raise fail(str(exc)) from None
     finally:
         session.close()
         if stop is not None:
             stop()
-    if code:
-        raise typer.Exit(code)
 
 
 def _key_values(pairs: list[str], *, flag: str) -> dict[str, Any]:
@@ -386,104 +348,9 @@ def _reload(
         raise fail(str(exc)) from None
 
 
-def _bind(settings: Settings) -> socket.socket:
-    """Take the address before anything slow starts: a busy port fails in a second, not after
-    the engine's minute, and nothing else can take the port while the engine starts."""
-    host, port = settings.serving.host, settings.serving.port
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)  # connections made while the engine starts wait for it
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise fail(
-                f"port {port} on {host} is already in use (another `ragtune serve` or `make demo`?). "
-                f"Stop it, or pick another port: --port {port + 100}, RAGTUNE_SERVING__PORT={port + 100}, "
-                f"or `make demo PORT={port + 100}`"
-            ) from None
-        raise fail(
-            f"cannot listen on {host}:{port}: {exc.strerror}. Change --host / RAGTUNE_SERVING__HOST "
-            "or --port / RAGTUNE_SERVING__PORT"
-        ) from None
-    return sock
-
-
-def _ready_server(config: Any, url: str) -> Any:
-    """A uvicorn server that says `ragtune ready on URL` once the engine is up and requests
-    are accepted (uvicorn prints no address of its own for a socket handed to it)."""
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets=sockets)
-            if self.started and not self.should_exit:
-                log.info("ragtune ready on %s (open it in a browser for the playground)", url)
-
-    return Server(config)
-
-
-def _log_to_console() -> None:
-    """ragtune's own INFO lines (ready, adapters loaded) in uvicorn's format, on stderr."""
-    from uvicorn.logging import DefaultFormatter
-
-    root = logging.getLogger("ragtune")
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    root.propagate = False
-
-
-def _serve(settings: Settings, sock: socket.socket) -> None:
-    import uvicorn
-
-    from ragtune.serving.app import create_app
-    from ragtune.serving.background import check_base_model
-
-    problem = check_base_model(settings)
-    if problem:
-        sock.close()
-        raise fail(problem)
-    host, port = settings.serving.host, settings.serving.port
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    engine = (
-        f"on the engine at {hide_password(settings.engine.url)}"
-        if settings.engine.url
-        else "(the engine takes about a minute to start on a CPU)"
-    )
-    console.print(f"starting [bold]{settings.base_model_name}[/] for {url} {engine}")
-    _log_to_console()
-    try:
-        asgi = create_app(settings)
-    except SettingsError as exc:  # e.g. a public address with no API keys
-        sock.close()
-        raise fail(str(exc)) from None
-    # On SIGTERM uvicorn stops accepting, lets requests in flight finish (up to the timeout),
-    # then the lifespan closes the collections (snapshots saved) and the engine.
-    config = uvicorn.Config(
-        asgi, host=host, port=port, timeout_graceful_shutdown=settings.serving.shutdown_timeout_s
-    )
-    # uvicorn re-raises a SIGTERM it handled once the graceful shutdown is done; by then every
-    # request has finished and the engine is stopped, so the process exits 0 instead of -15.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    _ready_server(config, url).run(sockets=[sock])
-
-
-def _mount() -> None:
-    from ragtune.retrieval.cli import register as register_retrieval
-    from ragtune.training.cli import register as register_training
-
-    register_retrieval(app, eval_app)
-    register_training(app, eval_app)
-    from ragtune.serving.qa_cli import eval_qa_command
-
-    eval_app.command("qa")(eval_qa_command)
-    from ragtune.serving.route_eval import eval_route_command
-
-    eval_app.command("route")(eval_route_command)
-
-
-_mount()
+def register(app: typer.Typer) -> None:
+    """Add this package's commands to the root app (ragtune.cli)."""
+    app.command("serve")(serve)
+    app.command("demo")(demo)
+    app.command("chat")(chat)
+    app.add_typer(models_app, name="models")

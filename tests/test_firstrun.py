@@ -44,7 +44,9 @@ BASE = "smollm2-135m-instruct"
 
 @pytest.fixture
 def cli(tmp_path: Path, embedder: CountingEmbedder, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    """The retrieval commands on a root app like serving's, with the test embedder injected."""
+    """The retrieval and eval commands on a root app like ragtune.cli's, with the test embedder
+    injected."""
+    from ragtune.evaluation import cli as evaluation_cli
     from ragtune.retrieval import cli as retrieval_cli
     from ragtune.retrieval import library as library_module
 
@@ -52,14 +54,14 @@ def cli(tmp_path: Path, embedder: CountingEmbedder, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(
         library_module, "Library", lambda root, s, **kw: real(root, s, embedders={EMBEDDER: embedder})
     )
-    app, eval_app = typer.Typer(), typer.Typer()
-    app.add_typer(eval_app, name="eval")
+    app = typer.Typer()
 
     @app.callback()
     def main(ctx: typer.Context) -> None:
         ctx.obj = SimpleNamespace(retrieval=settings(), indexes_dir=tmp_path / "indexes")
 
-    retrieval_cli.register(app, eval_app)
+    retrieval_cli.register(app)
+    evaluation_cli.register(app)
     runner = CliRunner()
     return lambda *args: runner.invoke(app, [str(a) for a in args])
 
@@ -182,7 +184,7 @@ def test_make_demo_and_serve_take_a_port() -> None:
 
 
 def test_help_pages_show_no_type_beside_flags() -> None:
-    from ragtune.serving.cli import app
+    from ragtune.cli import app
 
     result = CliRunner().invoke(app, ["collections", "drop", "--help"], env={"COLUMNS": "120"})
     assert result.exit_code == 0 and "--yes" in result.output
@@ -421,9 +423,9 @@ def test_terminal_chat_in_process_needs_no_server(
     from transformers import AutoTokenizer
 
     from ragtune.serving import app as app_module
-    from ragtune.serving.cli import app as cli
 
     monkeypatch.chdir(tmp_path)
+    from ragtune.cli import app as cli
     monkeypatch.setenv("RAGTUNE_MODELS_DIR", str(base_model.parent))
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     made: list[str] = []

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from ragtune.cli import app
 from ragtune.core.models import COMPLETE_MARKER, ModelError, check_model_dir, import_default, packaged_gguf
-from ragtune.serving.cli import app
 from ragtune.serving.settings import SettingsError, load_settings
 
 runner = CliRunner()

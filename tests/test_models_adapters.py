@@ -62,7 +62,7 @@ def test_damaged_adapter_of_this_base_is_still_invalid(adapters: Path, base_mode
 def test_cli_lists_the_adapter_as_unavailable_with_the_reason(
     adapters: Path, base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from ragtune.serving.cli import app
+    from ragtune.cli import app
 
     other = _other_base(tmp_path / "other-base")
     monkeypatch.chdir(tmp_path)

@@ -252,7 +252,7 @@ def test_catalogue_pins() -> None:
 
 
 def test_cli_models_available_lists_the_catalogue() -> None:
-    from ragtune.serving.cli import app
+    from ragtune.cli import app
 
     result = CliRunner().invoke(app, ["models", "available"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
@@ -266,7 +266,7 @@ def test_cli_serve_model_not_imported_says_how_to_import(
 ) -> None:
     import socket
 
-    from ragtune.serving.cli import app
+    from ragtune.cli import app
 
     monkeypatch.chdir(tmp_path)
     with socket.socket() as s:

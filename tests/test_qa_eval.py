@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
+from ragtune.evaluation.qa import EvalError, QAEvalOptions, run_qa_eval
 from ragtune.retrieval import Document, Library
 from ragtune.serving.app import create_app
 from ragtune.serving.engine import AdapterRef, Delta, SamplingOptions
-from ragtune.serving.qa_eval import EvalError, QAEvalOptions, run_qa_eval
 from ragtune.serving.settings import load_settings
 from ragtune.training.qa import (
     ABSTAIN,
@@ -287,7 +287,7 @@ def test_short_sources_teach_the_marker_on_a_whole_source(tmp_path: Path, base_m
 
 
 def test_an_abstention_counts_against_the_model_only_when_the_answer_was_shown() -> None:
-    from ragtune.serving.qa_score import score_row
+    from ragtune.evaluation.qa_score import score_row
 
     q = Question(id="q1", text="When did the Vorn bridge open?", answer="1871", doc_id="p1")
     row = {"phase": "answer", "rag": True, "reply": ABSTAIN, "sources": ["p1", "p2"]}
@@ -312,7 +312,7 @@ def test_an_answer_matches_text_stored_with_spaced_punctuation() -> None:
 
 
 def test_unanswerable_questions_are_loaded_and_scored_by_their_abstention(tmp_path: Path) -> None:
-    from ragtune.serving.qa_score import score_row
+    from ragtune.evaluation.qa_score import score_row
 
     (tmp_path / "qrels").mkdir()
     (tmp_path / "corpus.jsonl").write_text(

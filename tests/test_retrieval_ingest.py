@@ -101,7 +101,9 @@ def test_sync_embeds_only_changed_files_and_deletes_gone_ones(
 
 @pytest.fixture
 def cli(tmp_path: Path, embedder: CountingEmbedder, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    """The retrieval commands on a root app like serving's, with the test embedder injected."""
+    """The retrieval and eval commands on a root app like ragtune.cli's, with the test embedder
+    injected."""
+    from ragtune.evaluation import cli as evaluation_cli
     from ragtune.retrieval import cli as retrieval_cli
     from ragtune.retrieval import library as library_module
 
@@ -111,14 +113,14 @@ def cli(tmp_path: Path, embedder: CountingEmbedder, monkeypatch: pytest.MonkeyPa
         return real(root, settings, embedders={EMBEDDER: embedder})
 
     monkeypatch.setattr(library_module, "Library", with_embedder)
-    app, eval_app = typer.Typer(), typer.Typer()
-    app.add_typer(eval_app, name="eval")
+    app = typer.Typer()
 
     @app.callback()
     def main(ctx: typer.Context) -> None:
         ctx.obj = SimpleNamespace(retrieval=settings(), indexes_dir=tmp_path / "indexes")
 
-    retrieval_cli.register(app, eval_app)
+    retrieval_cli.register(app)
+    evaluation_cli.register(app)
     runner = CliRunner()
     return lambda *args: runner.invoke(app, [str(a) for a in args])
 

@@ -165,7 +165,7 @@ def test_adapter_answers_match_transformers_in_a_mixed_batch(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ragtune.serving.engine import resolved_dtype
-    from ragtune.training.evaluate import generate
+    from ragtune.training.generate import generate
 
     client = live_server.client()
     asks = [(BASE, LONG), ("style", LONG), (BASE, FRANCE), ("style", FRANCE)] * 2

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ragtune.serving.cli import app
+from ragtune.cli import app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
 

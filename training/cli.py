@@ -1,7 +1,8 @@
-"""Commands of the training package, mounted on the root `ragtune` app by serving.cli.
+"""Commands of the training package, mounted on the root `ragtune` app (ragtune/cli.py).
 
-`ragtune train`, `ragtune adapters list|validate` and `ragtune eval behaviour`. Flags override
-the `training` section of the settings; heavy imports happen inside the commands.
+`ragtune train`, `ragtune adapters list|validate` and `ragtune data reader` (`ragtune eval
+behaviour` is evaluation's). Flags override the `training` section of the settings; heavy
+imports happen inside the commands.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ragtune.core.console import err_console, fail
+from ragtune.core.console import err_console, fail, root_settings
 from ragtune.core.errors import RagtuneError
 
 if TYPE_CHECKING:
@@ -35,8 +36,9 @@ class _Engine(Protocol):
 
 
 class Workspace(Protocol):
-    """What these commands read of the root settings (serving/settings.py's `Settings`, which
-    the root app builds; typed here by shape, so training never imports serving)."""
+    """What these commands read of the root settings: serving/settings.py's `Settings`, which
+    the root command (ragtune/cli.py) builds from every package's section. Typed here by shape,
+    so training never imports serving."""
 
     @property
     def models_dir(self) -> Path: ...
@@ -55,10 +57,8 @@ class Workspace(Protocol):
 
 
 def _settings(ctx: typer.Context) -> Workspace:
-    obj = ctx.find_root().obj
-    if obj is None:
-        raise RuntimeError("settings were not loaded")
-    return obj  # type: ignore[no-any-return]
+    settings: Workspace = root_settings(ctx)
+    return settings
 
 
 def _resolve_base(settings: Workspace, base: str | None) -> Path:
@@ -119,51 +119,22 @@ def train_command(
     samples: Annotated[int | None, Opt("--samples", help="held-out generations printed at the end")] = None,
 ) -> None:
     """Train a LoRA adapter for a behaviour and write adapters/NAME/."""
-    from pydantic import ValidationError
-
     from ragtune.training.train import train
 
     settings = _settings(ctx)
-    flags = {
-        "epochs": epochs,
-        "max_steps": max_steps,
-        "lr": lr,
-        "rank": rank,
-        "alpha": alpha,
-        "dropout": dropout,
-        "target_modules": [t.strip() for t in target_modules.split(",") if t.strip()]
-        if target_modules
-        else None,
-        "layers": layers,
-        "max_seq_len": max_seq_len,
-        "too_long": too_long,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "eval_split": eval_split,
-        "seed": seed,
-        "precision": precision,
-        "threads": threads,
-        "context_p": context_p,
-        "context_distractors": distractors,
-        "strict": strict,
-        "samples": samples,
-    }
-    merged = settings.training.model_dump() | {k: v for k, v in flags.items() if v is not None}
-    try:
-        training_settings = type(settings.training).model_validate(merged)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']} (got {e.get('input')!r})"
-            for e in exc.errors()
-        )
-        raise fail(problems) from None
+    modules = [t.strip() for t in target_modules.split(",") if t.strip()] if target_modules else None
+    lora = {"rank": rank, "alpha": alpha, "dropout": dropout, "target_modules": modules, "layers": layers}
+    steps = {"epochs": epochs, "max_steps": max_steps, "lr": lr, "seed": seed, "grad_accum": grad_accum}
+    batches = {"batch_size": batch_size, "max_seq_len": max_seq_len, "too_long": too_long}
+    examples = {"eval_split": eval_split, "context_p": context_p, "context_distractors": distractors}
+    run = {"precision": precision, "threads": threads, "strict": strict, "samples": samples}
     try:
         train(
             data,
             name,
             base_model=_resolve_base(settings, base),
             adapters_dir=settings.adapters_dir,
-            settings=training_settings,
+            settings=_with_flags(settings.training, {**lora, **steps, **batches, **examples, **run}),
             collection=collection,
             indexes_dir=settings.indexes_dir,
             retrieval_settings=settings.retrieval,
@@ -182,6 +153,22 @@ def train_command(
 
 
 @adapters_app.command("list")
+def _with_flags(training: TrainingSettings, flags: dict[str, Any]) -> TrainingSettings:
+    """The `training` settings with the flags given on top, checked again; a bad value names
+    its flag."""
+    from pydantic import ValidationError
+
+    merged = training.model_dump() | {k: v for k, v in flags.items() if v is not None}
+    try:
+        return type(training).model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors()
+        )
+        raise fail(problems) from None
+
+
 def adapters_list(ctx: typer.Context) -> None:
     """Show each adapter, its rank, base model, metrics and whether it is servable."""
     from ragtune.core.adapters import Unavailable, list_adapters
@@ -270,57 +257,6 @@ def adapters_validate(
     console.print(f"[green]vLLM loaded it[/] in {report['load_s']:.0f} s; the adapter {verdict}")
 
 
-def eval_behaviour_command(
-    ctx: typer.Context,
-    adapter: Annotated[
-        str | None, Opt("--adapter", help="adapter name (omit to score the base only)")
-    ] = None,
-    data: Annotated[Path, Opt("--data", help="held-out JSONL: messages + expected")] = Path(
-        "examples/house-style/heldout.jsonl"
-    ),
-    scorer: Annotated[
-        Path | None, Opt("--scorer", help="Python file with score(); default score.py beside data")
-    ] = None,
-    limit: Annotated[int | None, Opt(help="score only the first N prompts")] = None,
-    max_new_tokens: Annotated[int, Opt("--max-new-tokens")] = 96,
-    output: Annotated[Path | None, Opt("--json", help="also write the results here")] = None,
-) -> None:
-    """Score the base model and an adapter on held-out prompts with a behaviour scorer."""
-    from ragtune.core.adapters import inspect_adapter
-    from ragtune.training.evaluate import eval_behaviour
-
-    settings = _settings(ctx)
-    adapter_path = None
-    try:
-        if adapter is not None:
-            adapter_path = settings.adapters_dir / adapter
-            inspect_adapter(adapter_path, base_model_path=settings.base_model_path, max_lora_rank=512)
-        results = eval_behaviour(
-            data,
-            base_model=settings.base_model_path,
-            adapter=adapter_path,
-            scorer=scorer,
-            max_new_tokens=max_new_tokens,
-            limit=limit,
-            console=err_console,
-        )
-    except RagtuneError as exc:
-        raise fail(exc.message) from None
-    table = Table(
-        "model", *results["base"].keys(), title=f"behaviour on {results['examples']} held-out prompts"
-    )
-    for label in ("base", "adapter"):
-        if label in results:
-            table.add_row(
-                label if label == "base" else f"adapter {adapter}",
-                *(f"{v:.3f}" for v in results[label].values()),
-            )
-    console.print(table)
-    if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2, ensure_ascii=False))
-
-
 @data_app.command("reader")
 def data_reader(
     ctx: typer.Context,
@@ -365,9 +301,8 @@ def data_reader(
     console.print(f"wrote {out}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in vars(stats).items()))
 
 
-def register(app: typer.Typer, eval_app: typer.Typer) -> None:
-    """Add this package's commands to the root app and its `eval` group."""
+def register(app: typer.Typer) -> None:
+    """Add this package's commands to the root app (ragtune/cli.py)."""
     app.command("train")(train_command)
     app.add_typer(adapters_app, name="adapters")
     app.add_typer(data_app, name="data")
-    eval_app.command("behaviour")(eval_behaviour_command)

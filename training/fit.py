@@ -197,7 +197,7 @@ def show_samples(
     model: Any, tokenizer: Any, examples: list[Any], count: int, console: Console, *, held_out: bool
 ) -> None:
     """Print a few greedy generations of the trained model beside the expected replies."""
-    from ragtune.training.evaluate import generate
+    from ragtune.training.generate import generate
 
     picked = [ex for ex in examples if ex.messages and ex.messages[-1]["role"] == "assistant"][:count]
     if not picked:

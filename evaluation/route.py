@@ -13,19 +13,17 @@ afresh (what a fallback adds). `--calibrate` searches the floor and margin on on
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-import typer
 
 from ragtune.core.errors import RagtuneError
+from ragtune.evaluation.report import cpu_model
 from ragtune.retrieval import Document, Library
 from ragtune.serving.auth import UNLIMITED
 from ragtune.serving.routing import CHUNKS, Router
@@ -188,16 +186,6 @@ def latency(
     }
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    return next(
-        (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown"
-    )
-
-
 def run_route_eval(
     settings: Settings,
     dataset: Path,
@@ -248,82 +236,3 @@ def run_route_eval(
         return result
     finally:
         library.close()
-
-
-def render(result: dict[str, Any]) -> Any:
-    from rich.table import Table
-
-    s, lat = result["summary"], result["latency"]
-    table = Table(
-        title=f"model: auto on {Path(result['dataset']).name} ({result['split']} split, "
-        f"{result['profiles']} profiles, floor {result['settings']['min_score']}, "
-        f"margin {result['settings']['min_margin']})"
-    )
-    for head in ("metric", "value"):
-        table.add_column(head)
-    rows = [
-        ("in-domain accuracy", f"{s['accuracy']:.3f} ({s['in_domain']} questions)"),
-        ("off-domain fallback", f"{s['off_domain_fallback']:.3f} ({s['off_domain']} questions)"),
-        ("in-domain fallback", f"{s['in_domain_fallback']:.3f}"),
-        (
-            "accuracy / fallback, no descriptions",
-            f"{result['without_descriptions']['accuracy']:.3f} / "
-            f"{result['without_descriptions']['off_domain_fallback']:.3f}",
-        ),  # fmt: skip
-        ("added latency p50 / p99", f"{lat['added_p50_ms']:.2f} / {lat['added_p99_ms']:.2f} ms"),
-        (
-            "with embedding p50 / p99",
-            f"{lat['with_embedding_p50_ms']:.2f} / {lat['with_embedding_p99_ms']:.2f} ms",
-        ),
-        (
-            "added before the prompt, p50 / p99",
-            f"{lat['to_prompt_added_p50_ms']:.2f} / {lat['to_prompt_added_p99_ms']:.2f} ms",
-        ),
-    ]
-    rows += [(f"  accuracy: {d}", f"{a:.3f}") for d, a in s["per_domain"].items()]
-    if "calibrated" in result:
-        c = result["calibrated"]
-        rows.append((f"calibrated on {c['split']}", f"floor {c['min_score']}, margin {c['min_margin']}"))
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def eval_route_command(
-    ctx: typer.Context,
-    dataset: Annotated[
-        Path, typer.Option("--dataset", help="a routing set (examples/route-mix/make_data.py)")
-    ],
-    split: Annotated[str, typer.Option("--split", help="dev, test or all")] = "test",
-    calibrate_on: Annotated[
-        str | None, typer.Option("--calibrate", help="also search the floor and margin on this split")
-    ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="write the result as JSON here")] = None,
-    chunks: Annotated[
-        int, typer.Option("--chunks", min=1, help="nearest chunks averaged per collection")
-    ] = CHUNKS,
-) -> None:
-    """Routing accuracy, off-domain fallback and added latency of `model: auto`."""
-    from rich.console import Console
-
-    from ragtune.core.console import err_console, fail
-
-    settings = ctx.find_root().obj
-    try:
-        result = run_route_eval(
-            settings,
-            dataset,
-            split=split,
-            calibrate_on=calibrate_on,
-            chunks=chunks,
-            progress=lambda m: err_console.print(m, highlight=False),
-        )
-    except RagtuneError as exc:
-        raise fail(exc.message) from None
-    Console().print(render(result))
-    errors = result["summary"]["errors"]
-    if errors:
-        err_console.print("misrouted: " + ", ".join(f"{k} ({v})" for k, v in errors.items()), highlight=False)
-    if out:
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        err_console.print(f"written: {out}")

@@ -12,6 +12,7 @@ import importlib.util
 import json
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from ragtune.training.data import DataError
+from ragtune.training.generate import generate
 
 Scorer = Callable[[str, dict], dict[str, float]]
 
@@ -62,43 +64,6 @@ def load_heldout(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def generate(
-    model: Any,
-    tokenizer: Any,
-    conversations: list[list[dict[str, str]]],
-    *,
-    max_new_tokens: int = 96,
-    batch_size: int = 8,
-    on_batch: Callable[[int], None] | None = None,
-) -> list[str]:
-    """Greedy replies, batched by prompt length (left padding), in the input order."""
-    import torch
-
-    texts = [
-        tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
-    ]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[str] = [""] * len(texts)
-    tokenizer.padding_side = "left"
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.inference_mode():
-            gen = model.generate(
-                **enc,
-                do_sample=False,
-                use_cache=True,  # a model fresh from training has use_cache off in its config
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        for i, row in zip(idx, gen[:, enc["input_ids"].shape[1] :], strict=True):
-            out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-        if on_batch:
-            on_batch(len(idx))
-    return out
-
-
 def summarize(scores: list[dict[str, float]]) -> dict[str, float]:
     keys = sorted({k for s in scores for k in s})
     return {k: round(sum(s.get(k, 0.0) for s in scores) / len(scores), 4) for k in keys}
@@ -129,7 +94,8 @@ def eval_behaviour(
         tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" or cpu_has_bf16() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype).to(device).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    model = model.to(device).eval()
     if adapter is not None:
         from peft import PeftModel
 
@@ -149,7 +115,7 @@ def eval_behaviour(
                     prompts,
                     max_new_tokens=max_new_tokens,
                     batch_size=batch_size,
-                    on_batch=lambda n, t=task: bar.advance(t, n),
+                    on_batch=partial(bar.advance, task),
                 )
             scores = [score_fn(o, r["expected"]) for o, r in zip(outputs, rows, strict=True)]
             results[label] = summarize(scores)

@@ -1,4 +1,4 @@
-"""How `ragtune eval qa` scores its saved answers (serving.qa_eval asks; this judges).
+"""How `ragtune eval qa` scores its saved answers (evaluation.qa asks; this judges).
 
 Per row (`score_row`): in the `answer` phase, for answerable questions, containment and token F1
 of the gold answer, citation accuracy (the gold passage among `sources` and every `[n]` pointing
