@@ -5,11 +5,11 @@ SQL. The derived indexes are FAISS (dense vectors) and BM25 postings (retrieval/
 FTS5's formula scored with numpy). Writes go store-first: a batch is validated, chunked and
 embedded outside any lock that searches wait on, written in one store transaction, and only
 then applied to the in-memory indexes. The commit and the index updates happen together under
-the write side of a readers-writer lock, and every search holds the read side for its whole run
-with one read transaction, so a search sees the collection before or after a write, never
-between. Across processes (or replicas) the store admits one writer per collection; a search
-that finds the store newer than its indexes (someone else wrote) brings them up to date first,
-following the store's change log where it keeps one, else diffing chunk ids.
+the write side of a readers-writer lock; a search (retrieval/search.py) reads both indexes under
+the read side and its hits' rows at the version it searched, so it sees the collection before
+or after a write, never between. Across processes (or replicas) the store admits one writer per
+collection; a search that finds the store newer than its indexes (someone else wrote) brings
+them up to date first, following the store's change log where it keeps one, else diffing chunk ids.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 
@@ -37,16 +36,13 @@ from ragtune.retrieval.derived import TOKENIZER, DerivedIndexes
 from ragtune.retrieval.documents import content_hash, validate_document
 from ragtune.retrieval.embedder import Embedder
 from ragtune.retrieval.filters import compile_filter
-from ragtune.retrieval.fusion import FUSIONS, fuse
-from ragtune.retrieval.settings import RetrievalSettings, SearchMode
+from ragtune.retrieval.search import IndexSearch, query_vector, search_options
+from ragtune.retrieval.settings import RetrievalSettings
 from ragtune.retrieval.sparse import count, fts_text
-from ragtune.retrieval.storage import ChunkRow, DocumentStore, Txn
+from ragtune.retrieval.storage import DocumentStore, Txn
 from ragtune.retrieval.types import Document, Hit, UpsertResult
 
-MAX_K = 1000
-
 Progress = Callable[[int], None]
-_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ragtune-embed")
 
 
 class Collection:
@@ -67,6 +63,7 @@ class Collection:
         self._write_mutex = threading.Lock()
         self._closed = False
         self._idx = DerivedIndexes(store, settings)
+        self._search = IndexSearch(store, settings, self._idx)
 
     # -- embedder -----------------------------------------------------------------------
     @property
@@ -292,72 +289,22 @@ class Collection:
         self,
         query: str,
         *,
-        k: int = 5,
-        mode: str = "hybrid",
+        k: int | None = None,
+        mode: str | None = None,
         filter: dict[str, Any] | None = None,
         fusion: str | None = None,
     ) -> list[Hit]:
         """The k best chunks for `query`. A hybrid search fuses the dense and BM25 candidates
-        by `fusion` ('convex' or 'rrf'; None: the collection's settings, see retrieval/fusion.py)."""
-        fusion = fusion or self.settings.fusion
-        if fusion not in FUSIONS:
-            raise RagtuneError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}", param="fusion")
-        if mode not in get_args(SearchMode):
-            raise RagtuneError(
-                f"mode must be one of {', '.join(get_args(SearchMode))}, got {mode!r}", param="mode"
-            )
-        if not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise RagtuneError(f"k must be an integer from 1 to {MAX_K}, got {k!r}", param="k")
+        by `fusion` ('convex' or 'rrf', see retrieval/fusion.py). Options left None are the
+        collection's retrieval settings (retrieval/search.py's `search_options`)."""
+        opts = search_options(self.settings, k=k, mode=mode, fusion=fusion)
         if not isinstance(query, str) or not query.strip():
             raise RagtuneError("the query is empty", param="query")
         compile_filter(filter)  # validated before the query is embedded
-        embedder = self.embedder
-        qvec: np.ndarray | Future[np.ndarray] | None = None
-        if mode == "dense":
-            qvec = embedder.embed_query(query)
-        elif mode == "hybrid":
-            # The query embedding (the slow part) runs beside the BM25 query; it reads no store.
-            qvec = embedder.cached_query(query)
-            if qvec is None:
-                qvec = _POOL.submit(embedder.embed_query, query)
-        depth = k if mode != "hybrid" else max(k, self.settings.candidates)
-        terms = TOKENIZER.query_terms(query) if mode != "dense" else []
+        qvec = query_vector(self.embedder, query, opts.mode)
         if self._closed:
             raise RagtuneError(f"collection {self.name!r} is closed")
-        # Search the in-memory indexes at their version, then read the hits' rows together with
-        # the store's version (one statement on PostgreSQL): equal versions mean the hits are
-        # those of one committed state. Otherwise someone wrote: catch up and search again.
-        for _ in range(5):
-            allowed, allowed_at = None, None
-            if filter:
-                allowed_at, allowed = self.store.ids_where_at(filter)
-                if allowed_at != self._idx.version:
-                    self._idx.catch_up()
-                    continue
-                if not len(allowed):
-                    with self.store.reading() as txn:
-                        txn.check_fields(filter, self.name)  # a typo is an error, not "no hits"
-            with self._idx.rw.read():
-                searched_at = self._idx.version
-                dense: list[tuple[int, float]] = []
-                sparse = self._idx.sparse.search(terms, depth, allowed) if terms else []
-                if isinstance(qvec, Future):  # BM25 ran while the query was embedded
-                    qvec = qvec.result()
-                if qvec is not None:
-                    scores, ids = self._idx.vectors.search(qvec, depth, allowed)
-                    dense = list(zip(ids.tolist(), scores.tolist(), strict=True))
-            if mode == "dense":
-                ranked = dense[:k]
-            elif mode == "sparse":
-                ranked = sparse[:k]
-            else:
-                s = self.settings
-                ranked = fuse(dense, sparse, fusion, rrf_k=s.rrf_k, alpha=s.fusion_weight)[:k]
-            version, rows = self.store.rows_at([i for i, _ in ranked])
-            if version == searched_at and allowed_at in (None, searched_at):
-                return self._hits(rows, ranked)
-            self._idx.catch_up()
-        raise WriterBusy(f"collection {self.name!r} changes faster than it can be searched; try again")
+        return self._search.run(query, qvec, opts, filter)
 
     def nearest_scores(self, query_vector: np.ndarray, k: int) -> np.ndarray:
         """The k highest inner products (cosines) of a query vector with the collection's chunks,
@@ -368,28 +315,6 @@ class Collection:
         with self._idx.rw.read():
             scores, _ = self._idx.vectors.search(query_vector, k)
         return scores
-
-    @staticmethod
-    def _hits(rows: dict[int, ChunkRow], ranked: Sequence[tuple[int, float]]) -> list[Hit]:
-        hits = []
-        for chunk_id, score in ranked:
-            r = rows.get(chunk_id)
-            if r is None:  # cannot happen while index and store agree; skip rather than fail a search
-                continue
-            hits.append(
-                Hit(
-                    r.doc_id,
-                    f"{r.doc_id}#{r.seq}",
-                    r.title,
-                    r.source,
-                    float(score),
-                    r.text,
-                    r.start,
-                    r.end,
-                    r.metadata,
-                )
-            )
-        return hits
 
     # -- bookkeeping ---------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from ragtune.core.errors import RagtuneError
 from ragtune.core.names import NAME_PATTERN
 from ragtune.retrieval import Library
+from ragtune.retrieval.search import search_options
 from ragtune.serving.adapters import AdapterNotFound, LoadedAdapter
 from ragtune.serving.auth import FULL, AdminKey, Scope, ScopeDep, UserKey
 from ragtune.serving.deps import AdaptersDep, ConvergerDep, LibraryDep, ResolverDep
@@ -71,8 +72,8 @@ async def unload_adapter(name: str, converger: ConvergerDep) -> dict[str, Any]:
 def _profile_json(name: str, profile: ProfileSettings, library: Library) -> dict[str, Any]:
     """A profile as served: what it leaves unset shows the server's retrieval setting it uses."""
     data = profile.model_dump()
-    data["top_k"] = data["top_k"] or library.settings.top_k
-    data["mode"] = data["mode"] or library.settings.mode
+    search = search_options(library.settings, k=profile.top_k, mode=profile.mode)
+    data["top_k"], data["mode"] = search.k, search.mode
     return {"name": name, **data}
 
 

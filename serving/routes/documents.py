@@ -96,13 +96,9 @@ async def delete_document(name: str, doc_id: str, library: LibraryDep) -> JSONRe
 @router.post("/{name}/search", dependencies=[UserKey])
 async def search(name: str, body: SearchBody, library: LibraryDep) -> dict[str, Any]:
     coll = await asyncio.to_thread(library.open, name)
+    # Options left out are the server's retrieval settings, resolved by the search itself.
     hits = await asyncio.to_thread(
-        coll.search,
-        body.query,
-        k=body.top_k or library.settings.top_k,
-        mode=body.mode or library.settings.mode,
-        filter=body.filter,
-        fusion=body.fusion,
+        coll.search, body.query, k=body.top_k, mode=body.mode, filter=body.filter, fusion=body.fusion
     )
     data = [Source.of(i, h).model_dump() for i, h in enumerate(hits, start=1)]
     return {"object": "list", "data": data}
