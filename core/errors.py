@@ -46,6 +46,13 @@ class InvalidDocument(RagtuneError):
     code = "invalid_document"
 
 
+class DocumentTooLarge(InvalidDocument):
+    """Over `retrieval.max_document_chars`: the one cap on every write (HTTP JSON, upload, ingest)."""
+
+    status_code = 413
+    code = "document_too_large"
+
+
 class InvalidFilter(RagtuneError):
     code = "invalid_filter"
 

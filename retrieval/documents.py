@@ -7,7 +7,7 @@ import json
 import unicodedata
 from typing import Any
 
-from ragtune.core.errors import InvalidDocument, RagtuneError
+from ragtune.core.errors import DocumentTooLarge, InvalidDocument, RagtuneError
 from ragtune.retrieval.types import Document
 
 MAX_ID_CHARS = 1024
@@ -42,7 +42,7 @@ def validate_document(doc: Any, max_chars: int) -> None:
     if not isinstance(doc.text, str) or not doc.text.strip():
         raise InvalidDocument(f"document {doc.id!r} has no text", param="text")
     if len(doc.text) > max_chars:
-        raise InvalidDocument(
+        raise DocumentTooLarge(
             f"document {doc.id!r} has {len(doc.text):,} characters; the limit is {max_chars:,} "
             "(split it, or raise RAGTUNE_RETRIEVAL__MAX_DOCUMENT_CHARS)",
             param="text",

@@ -83,7 +83,10 @@ class RetrievalSettings(BaseModel):
         100, ge=1, description="hits taken from each of dense and sparse before hybrid fusion"
     )
     max_document_chars: int = Field(
-        10_000_000, ge=1, description="larger documents are refused (InvalidDocument)"
+        1_000_000,
+        ge=1,
+        description="larger documents are refused, on every write (HTTP JSON and upload: 413; ingest): "
+        "embedding 1M characters takes about a minute on 2 CPU cores",
     )
     query_cache_size: int = Field(1024, ge=0, description="query embeddings kept (LRU); 0 turns it off")
     snapshot_interval: float = Field(

@@ -10,11 +10,6 @@ class RequestTooLarge(RagtuneError):
     code = "request_too_large"
 
 
-class DocumentTooLarge(RagtuneError):
-    status_code = 413
-    code = "document_too_large"
-
-
 class EngineRejected(RagtuneError):
     """The engine refused the request's parameters (a check ragtune does not make itself)."""
 

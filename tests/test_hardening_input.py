@@ -53,7 +53,8 @@ def served(
         models_dir=base_model.parent,
         adapters_dir=tmp_path / "adapters",
         indexes_dir=tmp_path / "indexes",
-        serving={"max_request_bytes": 64 * 1024, "max_document_chars": 2000},
+        serving={"max_request_bytes": 64 * 1024},
+        retrieval={"max_document_chars": 2000},
     )
     (tmp_path / "adapters").mkdir()
     library = Library(settings.indexes_dir, settings.retrieval)
@@ -213,12 +214,18 @@ def test_body_limit_counts_bytes_read_chunked_too(served: TestClient) -> None:
     assert served.get("/health").status_code == 200
 
 
-def test_document_size_limit_is_a_clear_413(served: TestClient) -> None:
+def test_document_size_limit_is_a_clear_413_on_every_write_route(served: TestClient) -> None:
+    """One cap, retrieval.max_document_chars, whether the document comes as JSON or as a file."""
     resp = served.post(
         "/v1/collections/notes/documents", json={"documents": [{"id": "big", "text": "w " * 1500}]}
     )
     err = error_of(resp, 413)
-    assert err["code"] == "document_too_large" and "RAGTUNE_SERVING__MAX_DOCUMENT_CHARS" in err["message"]
+    assert err["code"] == "document_too_large" and "RAGTUNE_RETRIEVAL__MAX_DOCUMENT_CHARS" in err["message"]
+    files = "/v1/collections/notes/files"
+    upload = served.post(files, files={"file": ("big.txt", b"w " * 1500, "text/plain")})
+    assert error_of(upload, 413)["code"] == "document_too_large"
+    fits = served.post(files, files={"file": ("small.txt", b"w " * 900, "text/plain")})
+    assert fits.status_code == 200 and fits.json()["added"] == ["small.txt"], fits.text
 
 
 def test_stream_that_fails_after_it_started_ends_with_an_error_and_done(

@@ -12,8 +12,7 @@ from fastapi.responses import JSONResponse
 from ragtune.retrieval import Document
 from ragtune.retrieval.filters import INT64_MAX
 from ragtune.serving.auth import AdminKey, ScopeDep, UserKey
-from ragtune.serving.deps import LibraryDep, SettingsDep
-from ragtune.serving.errors import DocumentTooLarge
+from ragtune.serving.deps import LibraryDep
 from ragtune.serving.protocol import CollectionCreate, SearchBody, UpsertBody
 from ragtune.serving.responses import Source
 
@@ -50,17 +49,8 @@ async def drop_collection(name: str, library: LibraryDep) -> dict[str, Any]:
 
 
 @router.post("/{name}/documents", dependencies=[AdminKey])
-async def upsert_documents(
-    name: str, body: UpsertBody, library: LibraryDep, settings: SettingsDep
-) -> dict[str, Any]:
-    limit = settings.serving.max_document_chars
-    for d in body.documents:
-        if len(d.text) > limit:
-            raise DocumentTooLarge(
-                f"document {d.id!r} has {len(d.text):,} characters; the server takes at most {limit:,} "
-                "per document (split it, or raise RAGTUNE_SERVING__MAX_DOCUMENT_CHARS)",
-                param="text",
-            )
+async def upsert_documents(name: str, body: UpsertBody, library: LibraryDep) -> dict[str, Any]:
+    # The collection refuses a document over retrieval.max_document_chars (413) before embedding.
     coll = await asyncio.to_thread(library.open, name)
     docs = [Document(d.id, d.text, d.title, d.source, d.metadata) for d in body.documents]
     result = await asyncio.to_thread(coll.upsert, docs)
