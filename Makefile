@@ -59,15 +59,15 @@ demo-adapter: model
 
 # The grounded reader (README: Grounded answers): examples built from the train passages of a QA
 # set in BEIR layout (never from its held-out passages), then one pass of `ragtune train`:
-# prompts of ~570 tokens, LoRA on the top 15 of 30 layers.
+# prompts of ~570 tokens, LoRA on the top 15 of 30 layers. The mix of examples is `ragtune data
+# reader`'s defaults (training/reader.py's READER_DEFAULTS), the one set code, CLI and this share.
 QA_SET ?= ../shared/data/disflqa
 # As many examples as trained within 20 minutes on the kind of CPU, measured on 2 cores: 240 took
 # about 17 min on an AMD EPYC, 800 (95 steps, bf16) 14.5 min on a Xeon with AMX, and scored better
 # (bench/results/qa-disflqa-reader5.md). 1600 (31 min on AMX) scored better again (reader6.md).
 READER_EXAMPLES ?= $(shell grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null && echo 800 || echo 240)
 reader-adapter: model
-	$(BIN)/ragtune data reader --dataset $(QA_SET) --out examples/grounded/train.jsonl --examples $(READER_EXAMPLES) \
-	  --p-absent 0.15 --p-counterfactual 0.35 --p-short 0.25
+	$(BIN)/ragtune data reader --dataset $(QA_SET) --out examples/grounded/train.jsonl --examples $(READER_EXAMPLES)
 	$(BIN)/ragtune train --data examples/grounded/train.jsonl --name reader --batch-size 2 --grad-accum 4 \
 	  --epochs 1 --layers 15 --eval-split 0.05 --overwrite
 

@@ -248,7 +248,7 @@ def test_reader_examples_use_the_serving_format_and_only_train_passages(tmp_path
 
 def test_short_sources_teach_the_marker_on_a_whole_source(tmp_path: Path, base_model: Path):
     """--p-short: every source of those examples is cut to a sentence or two, and an answer is
-    the answering source, whole, with its marker; at 0 the examples are exactly as before."""
+    the answering source, whole, with its marker; at 0 none is."""
     long_set = tmp_path / "qa-long"
     shutil.copytree(QA, long_set)
     rows = [json.loads(line) for line in (QA / "corpus.jsonl").read_text().splitlines()]
@@ -261,12 +261,10 @@ def test_short_sources_teach_the_marker_on_a_whole_source(tmp_path: Path, base_m
     library = Library(tmp_path / "indexes", settings.retrieval)
     try:
         kw = {"library": library, "n_examples": 50, "top_k": 3, "min_k": 2, "seed": 3}
-        plain, _ = build_reader_examples(qa, **kw, collection_name="a")
-        same, _ = build_reader_examples(qa, **kw, p_short=0.0, collection_name="b")
+        plain, _ = build_reader_examples(qa, **kw, p_short=0.0, collection_name="a")
         short, stats = build_reader_examples(qa, **kw, p_short=1.0, p_absent=0.2, collection_name="c")
     finally:
         library.close()
-    assert same == plain
 
     def sources_and_replies(examples: list[dict]) -> list[tuple[dict[str, str], str]]:
         return [

@@ -47,3 +47,35 @@ def test_adapters_list_and_validate_report_problems(env: Path):
     assert listed.exit_code == 0 and "adapter_config.json is missing" in listed.output.replace("\n", "")
     result = run("adapters", "validate", "half", "--no-engine")
     assert result.exit_code == 2 and "adapter_config.json is missing" in result.output
+
+
+def test_reader_data_has_one_set_of_defaults(env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`ragtune data reader` without flags asks for what training/reader.py does by default, and
+    `make reader-adapter` passes no mix of its own: READER_DEFAULTS is the one set."""
+    import inspect
+    from dataclasses import asdict
+
+    import typer
+
+    from ragtune.serving.settings import load_settings
+    from ragtune.training import reader
+    from ragtune.training.cli import data_app
+
+    asked: dict[str, object] = {}
+
+    def record(dataset: Path, out: Path, **kw: object) -> reader.ReaderStats:
+        asked.update(kw)
+        return reader.ReaderStats()
+
+    monkeypatch.setattr(reader, "write_reader_data", record)
+    root = typer.Typer()
+    root.add_typer(data_app, name="data")
+    args = ["data", "reader", "--dataset", str(tmp_path), "--out", str(tmp_path / "r.jsonl")]
+    result = CliRunner().invoke(root, args, obj=load_settings())
+    assert result.exit_code == 0, result.output
+    params = inspect.signature(reader.build_reader_examples).parameters
+    for name, value in asdict(reader.READER_DEFAULTS).items():
+        assert asked[name] == params[name].default == value, name
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    recipe = makefile.split("\nreader-adapter:")[1].split("\n\n")[0]
+    assert "ragtune data reader" in recipe and "--p-" not in recipe and "--top-k" not in recipe

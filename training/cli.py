@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ragtune.core.console import err_console, fail, root_settings
 from ragtune.core.errors import RagtuneError
+from ragtune.training.reader import READER_DEFAULTS  # light: the reader data's one set of defaults
 
 if TYPE_CHECKING:
     from ragtune.retrieval.settings import RetrievalSettings
@@ -263,16 +264,20 @@ def data_reader(
     dataset: Annotated[Path, Opt("--dataset", help="BEIR-layout QA set whose queries carry `answer`")],
     out: Annotated[Path, Opt("--out", help="JSONL file to write")],
     examples: Annotated[int, Opt("--examples", help="examples to build (from the train passages)")] = 600,
-    top_k: Annotated[int, Opt("--top-k", help="most sources per prompt (the serving profile's top_k)")] = 4,
-    min_k: Annotated[int, Opt("--min-k", help="fewest sources per prompt")] = 2,
-    p_absent: Annotated[float, Opt("--p-absent", help="share without the answering source")] = 0.25,
+    top_k: Annotated[
+        int, Opt("--top-k", help="most sources per prompt (the serving profile's top_k)")
+    ] = READER_DEFAULTS.top_k,
+    min_k: Annotated[int, Opt("--min-k", help="fewest sources per prompt")] = READER_DEFAULTS.min_k,
+    p_absent: Annotated[
+        float, Opt("--p-absent", help="share without the answering source")
+    ] = READER_DEFAULTS.p_absent,
     p_counterfactual: Annotated[
         float, Opt("--p-counterfactual", help="share whose answer span is substituted")
-    ] = 0.3,
+    ] = READER_DEFAULTS.p_counterfactual,
     p_short: Annotated[
         float, Opt("--p-short", help="share whose sources are cut to a sentence or two")
-    ] = 0.0,
-    seed: Annotated[int, Opt()] = 0,
+    ] = READER_DEFAULTS.p_short,
+    seed: Annotated[int, Opt()] = READER_DEFAULTS.seed,
 ) -> None:
     """Grounded-reader examples (RAFT, counterfactuals, abstentions) in the serving prompt format."""
     from rich.progress import Progress

@@ -45,6 +45,24 @@ from ragtune.training.qa import (
 )
 
 
+@dataclass(frozen=True)
+class ReaderMix:
+    """How reader examples are drawn. The defaults are the one set `ragtune data reader`, this
+    module and `make reader-adapter` share: the mix the shipped reader is trained on
+    (abstentions and counterfactuals: bench/results/qa-disflqa-reader5.md; short sources:
+    qa-reader7-short.md)."""
+
+    top_k: int = 4  # most sources a prompt (the `grounded` profile serves 4)
+    min_k: int = 2  # fewest sources a prompt
+    p_absent: float = 0.15  # share without the answering source: the reply is ABSTAIN
+    p_counterfactual: float = 0.35  # share whose answer span is substituted
+    p_short: float = 0.25  # share whose sources are cut to a sentence or two
+    seed: int = 0
+
+
+READER_DEFAULTS = ReaderMix()
+
+
 @dataclass
 class ReaderStats:
     examples: int = 0
@@ -81,12 +99,12 @@ def build_reader_examples(
     *,
     library: Any,
     n_examples: int,
-    top_k: int = 4,
-    min_k: int = 2,
-    p_absent: float = 0.25,
-    p_counterfactual: float = 0.3,
-    p_short: float = 0.0,
-    seed: int = 0,
+    top_k: int = READER_DEFAULTS.top_k,
+    min_k: int = READER_DEFAULTS.min_k,
+    p_absent: float = READER_DEFAULTS.p_absent,
+    p_counterfactual: float = READER_DEFAULTS.p_counterfactual,
+    p_short: float = READER_DEFAULTS.p_short,
+    seed: int = READER_DEFAULTS.seed,
     collection_name: str = "reader-train",
     on_example: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, Any]], ReaderStats]:
@@ -163,12 +181,12 @@ def write_reader_data(
     *,
     settings: Any,
     n_examples: int,
-    top_k: int = 4,
-    min_k: int = 2,
-    p_absent: float = 0.25,
-    p_counterfactual: float = 0.3,
-    p_short: float = 0.0,
-    seed: int = 0,
+    top_k: int = READER_DEFAULTS.top_k,
+    min_k: int = READER_DEFAULTS.min_k,
+    p_absent: float = READER_DEFAULTS.p_absent,
+    p_counterfactual: float = READER_DEFAULTS.p_counterfactual,
+    p_short: float = READER_DEFAULTS.p_short,
+    seed: int = READER_DEFAULTS.seed,
     on_example: Callable[[], None] | None = None,
 ) -> ReaderStats:
     """Build reader examples from the QA set at `dataset` and write them as JSONL to `out`."""
