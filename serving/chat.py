@@ -269,9 +269,16 @@ class GenerationService:
         return prepared
 
     def _check_shape(self, shape: Plan, target: Target, rag: RagOptions | bool | None) -> None:
-        """serving.structured.check_shape, with the grounding this request retrieves under."""
+        """serving.structured.check_shape, with the grounding this request retrieves under; and a
+        grounded request that retrieves nothing is refused: it would answer from memory."""
         retrieves = self._collection(target, rag) is not None
-        grounding = _option(rag, target, "grounding", "free") if retrieves else "free"
+        grounding = _option(rag, target, "grounding", "free")
+        if grounding != "free" and not retrieves:
+            raise RagtuneError(
+                f"model {target.name!r} holds answers to retrieved sources (grounding {grounding!r}), "
+                "and this request retrieves none: name a collection in rag.collection",
+                param="rag.collection",
+            )
         floor = _option(rag, target, "min_similarity", 0.0) if retrieves else 0.0
         check_shape(shape, parser=self.parser_name, grounding=grounding, floor=floor)
 

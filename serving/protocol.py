@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,9 +22,9 @@ from pydantic import (
 from ragtune.core.errors import RagtuneError
 from ragtune.core.names import NAME_PATTERN
 from ragtune.retrieval.documents import id_problem
-from ragtune.retrieval.filters import INT64_MAX, INT64_MIN, check_filter
+from ragtune.retrieval.filters import INT64_MAX, INT64_MIN
 from ragtune.retrieval.settings import Fusion, IndexType, SearchMode
-from ragtune.serving.grounding import Grounding
+from ragtune.serving.options import CALIBRATION, Filter, RetrievalOptions
 from ragtune.serving.structured import ResponseFormat, ToolCall, ToolChoice, ToolDef
 
 
@@ -68,64 +67,27 @@ class Body(BaseModel):
         return text_only(data)
 
 
-Filter = Annotated[dict[str, Any] | None, AfterValidator(check_filter)]
 Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
-class RagOptions(BaseModel):
-    """Per-request retrieval; overrides what the model's profile says."""
+class RagOptions(RetrievalOptions):
+    """Per-request retrieval; overrides what the model's profile says, field by field."""
 
     model_config = ConfigDict(extra="forbid")
 
-    collection: str | None = None
-    top_k: int | None = Field(None, ge=1, le=100)
-    mode: SearchMode | None = None
-    fusion: Fusion | None = None
-    filter: Filter = None
-    grounding: Grounding | None = Field(
-        None,
-        description="'strict': the answer may only use words of the prompt and its sources; "
-        "'extractive': it quotes sentences of one source with its [n], or abstains",
-    )
-    quotes: int | None = Field(
-        None,
-        ge=0,
-        le=50,
-        description="extractive grounding: how many quotations, ranked against the question, the "
-        "answer chooses from (0: any run of sentences, unranked); None: the profile's, else 3",
-    )
-    quote_lead: float | None = Field(
-        None,
-        ge=0.0,
-        le=100.0,
-        description="extractive grounding with ranked quotations: when the first leads the second "
-        "by more than this many standard deviations of the ranking's scores, it alone is offered "
-        "(the model only decides whether to answer); 0: always the first; a large value: the model "
-        "always chooses; None: the profile's, else 0.5",
-    )
-    quote_window: float | None = Field(
-        None,
-        ge=0.0,
-        le=100.0,
-        description="extractive grounding with ranked quotations: the model chooses only among the "
-        "runs within this many standard deviations of the ranking's scores of the first, so a run "
-        "far behind a close pair is not offered; None: the profile's, else no limit",
-    )
-    model_abstains: bool | None = Field(
-        None,
-        description="extractive grounding with ranked quotations: whether the model's own opening "
-        "(its first few tokens, left free) may make the reply the abstention; false: only the "
-        "relevance floor abstains; None: the profile's, else true",
-    )
-    min_similarity: float | None = Field(
-        None,
-        ge=0.0,
-        le=1.0,
-        description="the relevance floor: when no run of one or two sentences of the sources comes "
-        "this close to the question (the collection embedder's cosine) and none holds most of its "
-        "terms, the reply is the abstention sentence, whatever the grounding; 0: off; None: the "
-        "profile's, else off",
-    )
+    @model_validator(mode="before")
+    @classmethod
+    def _calibration(cls, data: Any) -> Any:
+        """A profile's grounding calibration sent per request: say where it is set now."""
+        moved = sorted(set(data) & set(CALIBRATION)) if isinstance(data, dict) else []
+        if moved:
+            raise RagtuneError(
+                f"rag.{moved[0]} is a profile setting (grounding calibration), not a request field: "
+                "set it on a profile (PUT /v1/profiles/NAME) and name that profile as the model",
+                param=f"rag.{moved[0]}",
+                code="unsupported_parameter",
+            )
+        return data
 
 
 class StreamOptions(BaseModel):

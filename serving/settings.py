@@ -29,8 +29,8 @@ from pydantic_settings import (
 )
 
 from ragtune.core.adapters import VLLM_LORA_RANKS
-from ragtune.retrieval.settings import Fusion, RetrievalSettings, SearchMode
-from ragtune.serving.grounding import Grounding
+from ragtune.retrieval.settings import Fusion, RetrievalSettings
+from ragtune.serving.options import GroundingOptions, RetrievalOptions
 from ragtune.training.settings import TrainingSettings
 
 ENV_PREFIX = "RAGTUNE_"
@@ -129,66 +129,22 @@ class EngineSettings(BaseModel):
         return v
 
 
-class ProfileSettings(BaseModel):
-    """A served domain: an adapter, a collection, how to retrieve, and a system prompt."""
+class ProfileSettings(RetrievalOptions, GroundingOptions):
+    """A served domain: an adapter, a collection, how to retrieve and ground, and a system prompt.
+    Its retrieval fields are the request's `rag` fields (a request overrides them one by one);
+    its grounding calibration is its own (serving.options)."""
 
     model_config = ConfigDict(extra="forbid")
 
     adapter: str | None = None
-    collection: str | None = None
     description: str | None = Field(
         None,
         max_length=2000,
         description="what this profile knows, in a sentence or two: `model: auto` weighs it with "
         "the collection's documents and the adapter's training questions (serving.routing)",
     )
-    top_k: int | None = Field(None, ge=1, le=100, description="None: retrieval.top_k")
-    mode: SearchMode | None = Field(None, description="None: retrieval.mode")
     fusion: Fusion | None = Field(None, description="hybrid fusion; None: retrieval.fusion")
-    filter: dict[str, Any] | None = None
     system_prompt: str | None = None
-    grounding: Grounding = Field(
-        "free",
-        description="'strict': answers only use words of the prompt and its sources; 'extractive': "
-        "they quote sentences of one source with its [n], or abstain (serving.grounding)",
-    )
-    quotes: int | None = Field(
-        None,
-        ge=0,
-        le=50,
-        description="extractive grounding: how many ranked quotations an answer chooses from "
-        "(0: any run of sentences, unranked); None: 3 (serving.grounding.QUOTES)",
-    )
-    quote_lead: float | None = Field(
-        None,
-        ge=0.0,
-        le=100.0,
-        description="extractive grounding with ranked quotations: when the first leads the second by "
-        "more than this many standard deviations of the ranking's scores, it alone is offered; "
-        "None: 0.5 (serving.grounding.QUOTE_LEAD)",
-    )
-    quote_window: float | None = Field(
-        None,
-        ge=0.0,
-        le=100.0,
-        description="extractive grounding with ranked quotations: the model chooses only among the "
-        "runs within this many standard deviations of the ranking's scores of the first; None: no "
-        "limit (the `grounded` profile: 0.5, serving.grounding.QUOTE_WINDOW)",
-    )
-    model_abstains: bool | None = Field(
-        None,
-        description="extractive grounding with ranked quotations: whether the model's own opening "
-        "may make the reply the abstention; false: only the relevance floor abstains (the "
-        "`grounded` profile); None: true",
-    )
-    min_similarity: float | None = Field(
-        None,
-        ge=0.0,
-        le=1.0,
-        description="the relevance floor: the abstention, whatever the grounding, when no run of one "
-        "or two sentences of the sources comes this close to the question (embedder cosine) and none "
-        "holds most of its terms; None or 0: off (the `grounded` profile: 0.67)",
-    )
 
     @model_validator(mode="before")
     @classmethod
@@ -197,14 +153,13 @@ class ProfileSettings(BaseModel):
 
         return text_only(data)
 
-    @field_validator("filter")
+    @field_validator("filter", mode="wrap")
     @classmethod
-    def _filter(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _filter(cls, v: Any, handler: Any) -> Any:
         from ragtune.core.errors import InvalidFilter
-        from ragtune.retrieval.filters import check_filter
 
         try:
-            return check_filter(v)
+            return handler(v)
         except InvalidFilter as exc:  # a settings error, with the key named by pydantic
             raise ValueError(exc.message) from None
 

@@ -392,15 +392,19 @@ def test_terminal_chat_streams_answers_and_prints_their_sources(live_server) -> 
         )  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert "designed by the architect Ines Varga in 1902 [1]." in r.stdout, r.stdout
-        # Any other `rag` field: --rag KEY=VALUE (here the relevance floor: the source is off topic).
-        r = chat(
-            "--model", BASE, "--collection", "chat-cli", "--grounding", "extractive",
-            "--rag", "min_similarity=0.67", stdin="What is the capital of France?\n",
-        )  # fmt: skip
+        # The `grounded` profile's relevance floor: the one source is off the question's topic.
+        r = chat("--model", "grounded", "--collection", "chat-cli", stdin="What is the capital of France?\n")
         assert r.returncode == 0 and "The sources do not answer this question." in r.stdout, r.stdout
-        # A question that fails is reported on stderr, the next is asked, and a pipe's exit says so.
-        r = chat("--model", BASE, "--collection", "chat-cli", "--rag", "quote_window=-1", stdin="hi\nho\n")
-        assert r.returncode == 1 and r.stderr.count("(field: rag.quote_window)") == 2, r.stderr
+        # Without a collection it refuses rather than answer from memory.
+        r = chat("--model", "grounded", stdin="What is the capital of France?\n")
+        assert r.returncode == 1 and "(field: rag.collection)" in r.stderr, r.stderr
+        # Any other `rag` field: --rag KEY=VALUE. A question that fails is reported on stderr, the
+        # next is asked, and a pipe's exit says so.
+        r = chat("--model", BASE, "--collection", "chat-cli", "--rag", "top_k=0", stdin="hi\nho\n")
+        assert r.returncode == 1 and r.stderr.count("(field: rag.top_k)") == 2, r.stderr
+        # Calibration is a profile's, not a request's: the error says where it is set.
+        r = chat("--model", BASE, "--collection", "chat-cli", "--rag", "min_similarity=0.67", stdin="hi\n")
+        assert r.returncode == 1 and "profile setting" in r.stderr, r.stderr
         assert "> ho" in r.stdout, r.stdout
         r = chat("--rag", "min_similarity", stdin="hi\n")
         assert r.returncode == 2 and "KEY=VALUE" in r.stderr, r.stderr
@@ -422,10 +426,10 @@ def test_terminal_chat_in_process_needs_no_server(
     test session, and the live server holds it; the HTTP path is the real one.)"""
     from transformers import AutoTokenizer
 
+    from ragtune.cli import app as cli
     from ragtune.serving import app as app_module
 
     monkeypatch.chdir(tmp_path)
-    from ragtune.cli import app as cli
     monkeypatch.setenv("RAGTUNE_MODELS_DIR", str(base_model.parent))
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     made: list[str] = []

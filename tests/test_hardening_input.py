@@ -88,16 +88,17 @@ CHAT_CASES = [
     ({"rag": {"collection": "notes", "filter": {"n": 2**64}}}, "filter"),
     ({"rag": {"collection": "notes", "filter": {"n": {"$in": [-(2**70)]}}}}, "filter"),
     ({"rag": {"collection": "notes", "filter": {f"f{i}": i for i in range(3000)}}}, "filter"),
-    ({"rag": {"collection": "notes", "grounding": "extractive", "quotes": -1}}, "rag.quotes"),
-    ({"rag": {"collection": "notes", "quotes": 51}}, "rag.quotes"),
-    ({"rag": {"collection": "notes", "min_similarity": -0.1}}, "rag.min_similarity"),
-    ({"rag": {"collection": "notes", "min_similarity": 1.5}}, "rag.min_similarity"),
-    ({"rag": {"collection": "notes", "min_similarity": "high"}}, "rag.min_similarity"),
-    ({"rag": {"collection": "notes", "quote_lead": -1}}, "rag.quote_lead"),
-    ({"rag": {"collection": "notes", "quote_lead": "wide"}}, "rag.quote_lead"),
-    ({"rag": {"collection": "notes", "quote_window": -0.5}}, "rag.quote_window"),
-    ({"rag": {"collection": "notes", "quote_window": 101}}, "rag.quote_window"),
-    ({"rag": {"collection": "notes", "model_abstains": "sometimes"}}, "rag.model_abstains"),
+    ({"rag": {"collection": "notes", "grounding": "exact"}}, "rag.grounding"),
+    ({"rag": {"collection": "notes", "top_k": 0}}, "rag.top_k"),
+    # Grounding calibration is a profile's, never a request's (serving.options).
+    ({"rag": {"collection": "notes", "quotes": 3}}, "rag.quotes"),
+    ({"rag": {"collection": "notes", "min_similarity": 0.5}}, "rag.min_similarity"),
+    ({"rag": {"collection": "notes", "quote_lead": 1}}, "rag.quote_lead"),
+    ({"rag": {"collection": "notes", "quote_window": 0.5}}, "rag.quote_window"),
+    ({"rag": {"collection": "notes", "model_abstains": False}}, "rag.model_abstains"),
+    ({"rag": {"collection": "notes", "fusion": "rrf"}}, "rag.fusion"),
+    # A grounded answer with nothing retrieved would come from memory.
+    ({"rag": {"grounding": "extractive"}}, "rag.collection"),
 ]
 
 
@@ -111,6 +112,22 @@ def test_bad_chat_requests_are_4xx_streamed_or_not(
     assert err["type"] == "invalid_request_error"
     if param:
         assert err["param"] == param
+
+
+@pytest.mark.parametrize("rag", [None, False, {"top_k": 2}])
+def test_a_grounded_profile_without_a_collection_refuses_rather_than_answer_from_memory(
+    served: TestClient, rag: object
+) -> None:
+    assert served.put("/v1/profiles/held", json={"grounding": "strict"}).status_code == 201
+    body = {"model": "held", "messages": HI, **({} if rag is None else {"rag": rag})}
+    err = error_of(raw(served, "/v1/chat/completions", body), 400)
+    assert err["param"] == "rag.collection" and "'held'" in err["message"], err
+    err = error_of(raw(served, "/v1/completions", {"model": "held", "prompt": "Hi"}), 400)
+    assert err["param"] == "rag.collection"
+    # With a collection it answers; `grounding: free` asked outright needs none.
+    ok = {"model": "held", "messages": HI, "max_tokens": 2}
+    assert raw(served, "/v1/chat/completions", {**ok, "rag": {"collection": "notes"}}).status_code == 200
+    assert raw(served, "/v1/chat/completions", {**ok, "rag": {"grounding": "free"}}).status_code == 200
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -193,6 +210,14 @@ def test_names_collections_and_profiles(served: TestClient) -> None:
     headers = {"content-type": "application/json"}
     assert error_of(served.put("/v1/profiles/p", content=surrogate, headers=headers), 400)
     assert served.put("/v1/profiles/ok-name.v2", json={"collection": "notes"}).status_code == 201
+    # A profile's grounding calibration, out of range, is refused naming the field.
+    for field, value in [
+        ("quotes", -1), ("quotes", 51), ("min_similarity", 1.5), ("min_similarity", "high"),
+        ("quote_lead", -1), ("quote_window", 101), ("model_abstains", "sometimes"),
+    ]:  # fmt: skip
+        err = error_of(served.put("/v1/profiles/p", json={"collection": "notes", field: value}), 400)
+        assert field in err["message"] or field in (err["param"] or ""), (field, err)
+
     assert served.get("/v1/models/p").status_code == 404
 
 

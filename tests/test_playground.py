@@ -129,30 +129,20 @@ def test_ask_and_see_the_streamed_answer_beside_its_sources(page: Any, tmp_path:
 
 
 def test_the_grounded_profile_abstains_below_its_relevance_floor(page: Any) -> None:
-    """Choosing the `grounded` profile fills in its floor; a question none of the documents is
-    about gets the abstention sentence, and with the floor set to 0 the model quotes instead."""
+    """Choosing the `grounded` profile shows its calibration under the API's names (read only: it
+    is the profile's, never sent per request); a question none of the documents is about gets
+    the abstention sentence."""
     choose(page, model="grounded", collection=COLLECTION, max_tokens=48)
-    assert float(page.input_value("#rag-floor")) == pytest.approx(0.67)
-    turn = ask(page, "Who wrote the novel Moby-Dick?")
+    calibration = page.inner_text("#rag-calibration")
+    assert "min_similarity 0.67" in calibration and "quote_window 0.5" in calibration
+    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
+        turn = ask(page, "Who wrote the novel Moby-Dick?")
     assert turn.locator(".answer .text").inner_text().strip() == "The sources do not answer this question."
-    page.fill("#rag-floor", "0")
-    turn = ask(page, "Who wrote the novel Moby-Dick?")
-    assert turn.locator(".answer .text").inner_text().strip() != "The sources do not answer this question."
-    # The quotation lead: empty (the server's default) unless set; a value set goes with the request.
-    assert page.input_value("#rag-lead") == ""
-    page.fill("#rag-lead", "0")
-    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
-        ask(page, "Who wrote the novel Moby-Dick?")
-    assert sent.value.post_data_json["rag"]["quote_lead"] == 0
-    # The profile's quotation window is filled in and goes with the request.
-    assert float(page.input_value("#rag-window")) == pytest.approx(0.5)
-    assert sent.value.post_data_json["rag"]["quote_window"] == pytest.approx(0.5)
-    # The profile leaves abstaining to its floor; "yes" lets the model's own opening abstain too.
-    assert page.input_value("#rag-model-abstains") == "false"
-    page.select_option("#rag-model-abstains", "true")
-    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
-        ask(page, "Who wrote the novel Moby-Dick?")
-    assert sent.value.post_data_json["rag"]["model_abstains"] is True
+    rag = sent.value.post_data_json["rag"]
+    assert rag["collection"] == COLLECTION and not {"min_similarity", "quote_window"} & set(rag)
+    # A model without calibration hides the line.
+    page.select_option("#model", BASE)
+    assert page.locator("#rag-calibration").is_hidden()
 
 
 def test_citations_in_an_answer_highlight_their_sources(page: Any) -> None:

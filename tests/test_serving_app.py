@@ -57,6 +57,14 @@ def served(
     library.close()
 
 
+def calibrated(client: TestClient, **calibration: object) -> str:
+    """A profile over `notes` with extractive grounding calibrated so; returns its name."""
+    name = "cal-" + "-".join(f"{k}{v}".replace(".", "-") for k, v in calibration.items()).lower()
+    body = {"collection": "notes", "grounding": "extractive", **calibration}
+    assert client.put(f"/v1/profiles/{name}", json=body).status_code in (200, 201)
+    return name
+
+
 def chat(client: TestClient, **body: object) -> dict:
     resp = client.post("/v1/chat/completions", json={"model": BASE, "max_tokens": 400, **body})
     assert resp.status_code == 200, resp.text
@@ -288,7 +296,7 @@ def test_extractive_grounding_decides_whether_to_answer_apart_from_what_to_quote
 
     calls.clear()
     opening["text"] = "The lighthouse was"
-    body = chat(client, **ask, rag={"grounding": "extractive", "quote_lead": 100})
+    body = chat(client, **{**ask, "model": calibrated(client, quote_lead=100)})
     texts = [s["text"] for s in body["sources"]]
     ranking = rank_quotations(question, texts, library.open("notes").embedder, k=3)
     ranked = ranking.quotes
@@ -297,7 +305,7 @@ def test_extractive_grounding_decides_whether_to_answer_apart_from_what_to_quote
     # A first quotation that leads the second by more than `quote_lead` is offered alone.
     assert ranking.lead == ranking.behind[1] > 0 == ranking.behind[0]
     calls.clear()
-    chat(client, **ask, rag={"grounding": "extractive", "quote_lead": 0})
+    chat(client, **{**ask, "model": calibrated(client, quote_lead=0)})
     assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(ranked[:1], abstain=False)
     calls.clear()  # the default lead, QUOTE_LEAD
     chat(client, **ask, rag={"grounding": "extractive"})
@@ -306,16 +314,16 @@ def test_extractive_grounding_decides_whether_to_answer_apart_from_what_to_quote
     offered = ranked[:1]
     assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(offered, abstain=False)
     calls.clear()  # `quote_window`: a close call offers only the runs that near the first
-    chat(client, **ask, rag={"grounding": "extractive", "quote_lead": 100, "quote_window": ranking.lead / 2})
+    chat(client, **{**ask, "model": calibrated(client, quote_lead=100, quote_window=ranking.lead / 2)})
     assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(ranked[:1], abstain=False)
 
     calls.clear()  # `model_abstains: false`: no probe, so the opening cannot abstain
     opening["text"] = ABSTAIN
-    chat(client, **ask, rag={"grounding": "extractive", "model_abstains": False})
+    chat(client, **{**ask, "model": calibrated(client, model_abstains=False)})
     assert len(calls) == 1 and calls[0][2].grammar == choice_grammar(offered, abstain=False)
 
     calls.clear()  # quotes 0: the single grammar, no probe
-    chat(client, **ask, rag={"grounding": "extractive", "quotes": 0})
+    chat(client, **{**ask, "model": calibrated(client, quotes=0)})
     assert len(calls) == 1 and calls[0][2].grammar == extractive_grammar(texts)
 
 
@@ -325,7 +333,7 @@ def test_below_the_relevance_floor_the_reply_is_the_abstention_in_every_groundin
 ) -> None:
     """`min_similarity`: when no run of the sources comes that close to the question, the engine
     is asked for the abstention alone, without a probe, whatever the grounding; above it the
-    grounding runs as before. A profile's floor applies unless the request sets its own."""
+    grounding runs as before."""
     from ragtune.serving.grounding import choice_grammar, rank_quotations
 
     client, engine, library = served
@@ -351,24 +359,17 @@ def test_below_the_relevance_floor_the_reply_is_the_abstention_in_every_groundin
         similarity(far, body)
         + similarity(near, chat(client, **{**ask, "messages": [{"role": "user", "content": near}]}))
     ) / 2
+    # The floor is a profile's calibration; the request chooses the grounding it applies under.
+    careful = client.put("/v1/profiles/careful", json={"collection": "notes", "min_similarity": floor})
+    assert careful.status_code == 201
     for grounding in ("free", "strict", "extractive"):
         calls.clear()
-        chat(client, **ask, rag={"grounding": grounding, "min_similarity": floor})
+        chat(client, **{**ask, "model": "careful"}, rag={"grounding": grounding})
         assert len(calls) == 1 and calls[0].grammar == choice_grammar([]), grounding  # no probe either
         calls.clear()
         chat(
             client,
-            **{**ask, "messages": [{"role": "user", "content": near}]},
-            rag={"grounding": grounding, "min_similarity": floor},
+            **{**ask, "model": "careful", "messages": [{"role": "user", "content": near}]},
+            rag={"grounding": grounding},
         )
         assert calls[-1].grammar != choice_grammar([]), grounding
-    assert (
-        client.put("/v1/profiles/careful", json={"collection": "notes", "min_similarity": floor}).status_code
-        == 201
-    )
-    calls.clear()
-    chat(client, **{**ask, "model": "careful"})
-    assert calls[-1].grammar == choice_grammar([])
-    calls.clear()
-    chat(client, **{**ask, "model": "careful"}, rag={"min_similarity": 0})  # the request turns it off
-    assert calls[-1].grammar is None

@@ -255,17 +255,17 @@ def test_strict_grounding_keeps_a_memorised_answer_out(live_server: LiveServer) 
     streamed = client.chat.completions.create(**ask, stream=True, extra_body=extractive_rag)
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == quote
     # By default the model chooses among the 3 runs ranked closest to the question (the base
-    # model does not open with the abstention here); with `quotes: 1` it has the best one only,
-    # and with `quotes: 0` any run of the sources, as one grammar.
+    # model does not open with the abstention here); a profile with `quotes: 1` gives it the best
+    # one only, and with `quotes: 0` any run of the sources, as one grammar.
     ranked = rank_quotations(FRANCE[-1]["content"], [s["text"] for s in sources], real_embedder(), k=3).quotes
     assert quote in ranked, (quote, ranked)
     for quotes, check in [
         (1, lambda q: q == ranked[0]),
         (0, lambda q: quoted_source(q, sources) is not None),
     ]:
-        reply = client.chat.completions.create(
-            **ask, extra_body={"rag": {**rag, "grounding": "extractive", "quotes": quotes}}
-        )
+        profile = {**rag, "grounding": "extractive", "quotes": quotes}
+        assert http.put(f"/v1/profiles/quotes-{quotes}", json=profile).status_code in (200, 201)
+        reply = client.chat.completions.create(**{**ask, "model": f"quotes-{quotes}"})
         assert check(reply.choices[0].message.content), (quotes, reply.choices[0].message.content)
     # The `grounded` profile is extractive (no reader adapter in this test's adapters folder).
     profile = client.chat.completions.create(

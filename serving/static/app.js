@@ -119,21 +119,29 @@ function fillRagCollections() {
   fillSelect($("rag-collection"), values, (v) => labels[v] || v);
 }
 
+// A profile's grounding calibration, under the names the API uses; shown only where it is set.
+const CALIBRATION = ["min_similarity", "quotes", "quote_lead", "quote_window", "model_abstains"];
+
+function showCalibration(profile) {
+  const set = CALIBRATION.filter((k) => profile && profile[k] !== null && profile[k] !== undefined);
+  $("rag-calibration").hidden = set.length === 0;
+  $("rag-calibration").textContent = set.length
+    ? "profile's grounding calibration: " + set.map((k) => k + " " + profile[k]).join(", ")
+    : "";
+}
+
 function onModelChange() {
   const name = $("model").value;
   const card = state.models.find((m) => m.id === name);
   const profile = state.profiles[name];
   fillRagCollections();
+  showCalibration(profile);
   let info = "";
   if (profile) {
     $("rag-collection").value = profile.collection ? "" : $("rag-collection").value;
     $("rag-topk").value = profile.top_k;
     $("rag-mode").value = profile.mode;
     $("rag-grounding").value = profile.grounding || "free";
-    $("rag-floor").value = profile.min_similarity || 0;
-    $("rag-lead").value = profile.quote_lead ?? "";
-    $("rag-window").value = profile.quote_window ?? "";
-    $("rag-model-abstains").value = profile.model_abstains == null ? "" : String(profile.model_abstains);
     info = "profile: " + (profile.adapter ? "adapter " + profile.adapter : "base model") +
       (profile.collection ? ", collection " + profile.collection : "") +
       (profile.system_prompt ? ", a system prompt" : "");
@@ -195,24 +203,13 @@ async function refreshModelsAndAdapters() {
 }
 
 // -- chat ----------------------------------------------------------------------------------
-function clamp(value, low, high) {
-  return Math.min(Math.max(Number(value) || 0, low), high);
-}
-
 function ragOptions() {
   if (!$("rag-on").checked) return false;
   const rag = {
     top_k: Number($("rag-topk").value) || 3,
     mode: $("rag-mode").value,
     grounding: $("rag-grounding").value,
-    min_similarity: clamp($("rag-floor").value, 0, 1),
   };
-  const lead = $("rag-lead").value;
-  if (lead !== "") rag.quote_lead = clamp(lead, 0, 100);
-  const quoteWindow = $("rag-window").value;
-  if (quoteWindow !== "") rag.quote_window = clamp(quoteWindow, 0, 100);
-  const modelAbstains = $("rag-model-abstains").value;
-  if (modelAbstains) rag.model_abstains = modelAbstains === "true";
   const collection = $("rag-collection").value;
   if (collection) rag.collection = collection;
   return rag;

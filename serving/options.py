@@ -1,0 +1,80 @@
+"""Retrieval and grounding options, declared once for a request's `rag` and for a profile.
+
+A request's `rag` holds what a client of an OpenAI-compatible RAG server expects to choose per
+call: the collection, how many sources, the search mode, a metadata filter, and the grounding
+mode. How a grounding mode is calibrated (the quotation ranking's lead and window, whether the
+model may abstain, the relevance floor) belongs to a profile: it is fitted to a model and a
+collection once, not chosen by each caller (GroundingOptions).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, Field
+
+from ragtune.retrieval.filters import check_filter
+from ragtune.retrieval.settings import SearchMode
+from ragtune.serving.grounding import Grounding
+
+Filter = Annotated[dict[str, Any] | None, AfterValidator(check_filter)]
+
+
+class RetrievalOptions(BaseModel):
+    """Where sources come from and what holds the answer to them; None: the profile's, else the
+    server's retrieval settings (and grounding 'free')."""
+
+    collection: str | None = None
+    top_k: int | None = Field(None, ge=1, le=100, description="sources per question; None: retrieval.top_k")
+    mode: SearchMode | None = Field(None, description="dense, sparse or hybrid; None: retrieval.mode")
+    filter: Filter = Field(None, description="metadata filter on the sources (docs/retrieval.md)")
+    grounding: Grounding | None = Field(
+        None,
+        description="'strict': the answer may only use words of the prompt and its sources; "
+        "'extractive': it quotes sentences of one source with its [n], or abstains; 'free' (the "
+        "default): the model answers from the sources as it reads them (serving.grounding)",
+    )
+
+
+class GroundingOptions(BaseModel):
+    """How a profile calibrates grounding (serving.grounding); None: the built-in default."""
+
+    quotes: int | None = Field(
+        None,
+        ge=0,
+        le=50,
+        description="extractive grounding: how many ranked quotations an answer chooses from "
+        "(0: any run of sentences, unranked); None: 3 (serving.grounding.QUOTES)",
+    )
+    quote_lead: float | None = Field(
+        None,
+        ge=0.0,
+        le=100.0,
+        description="extractive grounding with ranked quotations: when the first leads the second by "
+        "more than this many standard deviations of the ranking's scores, it alone is offered; "
+        "None: 0.5 (serving.grounding.QUOTE_LEAD)",
+    )
+    quote_window: float | None = Field(
+        None,
+        ge=0.0,
+        le=100.0,
+        description="extractive grounding with ranked quotations: the model chooses only among the "
+        "runs within this many standard deviations of the ranking's scores of the first; None: no "
+        "limit",
+    )
+    model_abstains: bool | None = Field(
+        None,
+        description="extractive grounding with ranked quotations: whether the model's own opening "
+        "may make the reply the abstention; false: only the relevance floor abstains; None: true",
+    )
+    min_similarity: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="the relevance floor: the abstention, whatever the grounding, when no run of one "
+        "or two sentences of the sources comes this close to the question (embedder cosine) and none "
+        "holds most of its terms; None or 0: off",
+    )
+
+
+CALIBRATION = tuple(GroundingOptions.model_fields)
