@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-adapter reader-adapter eval serve test test-fast bench lint model clean chromium screenshots
+.PHONY: install demo demo-adapter reader-adapter eval serve test test-fast bench lint model clean chromium screenshots docs-check
 
 install: $(STAMP)
 
@@ -108,6 +108,13 @@ chromium:
 # The README's playground pictures, taken by the browser test (docs/screenshots/).
 screenshots: model chromium
 	SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest -q tests/test_playground.py
+
+# Every command written in README.md and docs/, run against a `ragtune demo` the check starts in a
+# throwaway folder, output compared where the docs show it (docs/check.py). About 3-4 minutes on
+# 2 cores. DOCS_CHECK_ARGS=--slow also runs the long ones (training, evaluations, make demo);
+# --list shows how each block is checked.
+docs-check: model
+	$(BIN)/python docs/check.py $(DOCS_CHECK_ARGS)
 
 test-fast: install
 	$(BIN)/pytest -q -m "not engine"
