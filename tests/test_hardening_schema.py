@@ -69,3 +69,36 @@ def test_no_request_gets_a_server_error(api_schema: Any) -> None:
     total = sum(statuses.values())
     print(f"schemathesis: {total} requests, statuses {dict(sorted(statuses.items()))}")
     assert total >= 10 * EXAMPLES and not failures, "\n".join(failures[:10])
+
+
+def test_the_schema_shows_what_every_route_returns(api_schema: Any) -> None:
+    """/openapi.json names a response schema for every route: the OpenAI responses with their
+    extensions (`sources`, `ragtune`), and the admin routes' own."""
+    spec = api_schema.raw_schema
+    components = spec["components"]["schemas"]
+
+    def named(ref: str) -> dict[str, Any]:
+        return components[ref.rsplit("/", 1)[1]]["properties"]
+
+    def returned(path: str, method: str) -> dict[str, Any]:
+        """The properties of the route's success response ({} when it names no schema)."""
+        responses = spec["paths"][path][method]["responses"]
+        content = responses[min(s for s in responses if s.startswith("2"))]["content"]
+        if "text/plain" in content:  # /metrics: Prometheus text
+            return {"text/plain": content["text/plain"]}
+        ref = content["application/json"]["schema"].get("$ref")
+        return named(ref) if ref else {}
+
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        props = returned(path, "post")
+        assert {"sources", "ragtune", "usage", "choices"} <= set(props), path
+        source = named(props["sources"]["items"]["$ref"])
+        assert {"index", "document_id", "chunk_id", "score", "text"} <= set(source)
+    untyped = [f"{m.upper()} {p}" for p, ops in spec["paths"].items() for m in ops if not returned(p, m)]
+    assert not untyped, untyped
+    stats = returned("/v1/collections/{name}", "get")
+    assert {"documents", "chunks", "consistent", "embedder", "store_version"} <= set(stats)
+    adapter = named(returned("/v1/adapters", "get")["data"]["items"]["$ref"])
+    assert {"name", "version", "fingerprint", "rank", "path", "manifest"} <= set(adapter)
+    profile = returned("/v1/profiles/{name}", "get")
+    assert {"name", "top_k", "mode", "adapter", "grounding"} <= set(profile)

@@ -16,6 +16,15 @@ from ragtune.serving.adapters import AdapterNotFound, LoadedAdapter
 from ragtune.serving.auth import FULL, AdminKey, Scope, ScopeDep, UserKey
 from ragtune.serving.deps import AdaptersDep, ConvergerDep, LibraryDep, ResolverDep
 from ragtune.serving.protocol import AdapterLoadRequest
+from ragtune.serving.resources import (
+    AdapterList,
+    AdapterLoaded,
+    Deleted,
+    ProfileList,
+    ProfileOut,
+    ProfilePut,
+    created_or_replaced,
+)
 from ragtune.serving.settings import ProfileSettings
 
 router = APIRouter()
@@ -42,13 +51,17 @@ def _adapter_json(entry: LoadedAdapter, scope: Scope) -> dict[str, Any]:
     return data
 
 
-@router.get("/v1/adapters", dependencies=[UserKey])
+@router.get(
+    "/v1/adapters", response_model=AdapterList, response_model_exclude_unset=True, dependencies=[UserKey]
+)
 async def list_adapters(adapters: AdaptersDep, scope: ScopeDep) -> dict[str, Any]:
     entries = [e for e in adapters.entries() if scope.allows_model(e.name)]
     return {"object": "list", "data": [_adapter_json(e, scope) for e in entries]}
 
 
-@router.post("/v1/adapters", response_model=None, dependencies=[AdminKey])
+@router.post(
+    "/v1/adapters", response_model=None, responses=created_or_replaced(AdapterLoaded), dependencies=[AdminKey]
+)
 async def load_adapter(
     body: AdapterLoadRequest, converger: ConvergerDep, resolver: ResolverDep
 ) -> JSONResponse:
@@ -63,7 +76,7 @@ async def load_adapter(
     return JSONResponse({**shown, "replaced": replaced}, status_code=200 if replaced else 201)
 
 
-@router.delete("/v1/adapters/{name}", dependencies=[AdminKey])
+@router.delete("/v1/adapters/{name}", response_model=Deleted, dependencies=[AdminKey])
 async def unload_adapter(name: str, converger: ConvergerDep) -> dict[str, Any]:
     await converger.unload_adapter(name)
     return {"name": name, "deleted": True}
@@ -77,20 +90,25 @@ def _profile_json(name: str, profile: ProfileSettings, library: Library) -> dict
     return {"name": name, **data}
 
 
-@router.get("/v1/profiles", dependencies=[UserKey])
+@router.get("/v1/profiles", response_model=ProfileList, dependencies=[UserKey])
 async def list_profiles(resolver: ResolverDep, scope: ScopeDep, library: LibraryDep) -> dict[str, Any]:
     profiles = sorted(resolver.profiles(scope).items())
     return {"object": "list", "data": [_profile_json(n, p, library) for n, p in profiles]}
 
 
-@router.get("/v1/profiles/{name}", dependencies=[UserKey])
+@router.get("/v1/profiles/{name}", response_model=ProfileOut, dependencies=[UserKey])
 async def get_profile(
     name: str, resolver: ResolverDep, scope: ScopeDep, library: LibraryDep
 ) -> dict[str, Any]:
     return _profile_json(name, resolver.get_profile(name, scope), library)
 
 
-@router.put("/v1/profiles/{name}", response_model=None, dependencies=[AdminKey])
+@router.put(
+    "/v1/profiles/{name}",
+    response_model=None,
+    responses=created_or_replaced(ProfilePut),
+    dependencies=[AdminKey],
+)
 async def put_profile(
     name: Annotated[str, Path(pattern=NAME_PATTERN)],
     body: ProfileSettings,
@@ -110,7 +128,7 @@ async def put_profile(
     )
 
 
-@router.delete("/v1/profiles/{name}", dependencies=[AdminKey])
+@router.delete("/v1/profiles/{name}", response_model=Deleted, dependencies=[AdminKey])
 async def delete_profile(name: str, converger: ConvergerDep) -> dict[str, Any]:
     await converger.delete_profile(name)
     return {"name": name, "deleted": True}

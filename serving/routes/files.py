@@ -18,11 +18,12 @@ from ragtune.core.errors import InvalidDocument
 from ragtune.retrieval import Document
 from ragtune.retrieval.ingest import load_file
 from ragtune.serving.deps import LibraryDep
+from ragtune.serving.resources import UpsertResponse
 
 router = APIRouter(prefix="/v1/collections")
 
 
-@router.post("/{name}/files")
+@router.post("/{name}/files", response_model=UpsertResponse)
 async def upload_files(
     name: str,
     library: LibraryDep,

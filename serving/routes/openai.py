@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from ragtune.core.errors import RagtuneError
 from ragtune.serving.auth import AdminOrLoopback, Scope, ScopeDep, UserKey
@@ -24,6 +24,7 @@ from ragtune.serving.replies import (
     completion_response,
     model_name,
 )
+from ragtune.serving.resources import Health
 from ragtune.serving.responses import (
     ChatCompletionResponse,
     CompletionResponse,
@@ -96,7 +97,7 @@ async def get_model(model: str, resolver: ResolverDep, scope: ScopeDep, gen: Gen
     return resolver.card(model, scope)  # 404 model_not_found, also for a model outside the key's scope
 
 
-@router.get("/health", response_model=None)
+@router.get("/health", response_model=None, responses={200: {"model": Health}, 503: {"model": Health}})
 async def health(engine: EngineDep, canary: CanaryDep, library: LibraryDep) -> Response:
     try:
         await engine.check_health()
@@ -109,6 +110,6 @@ async def health(engine: EngineDep, canary: CanaryDep, library: LibraryDep) -> R
     return JSONResponse({"status": "ok", "running_requests": engine.num_unfinished()})
 
 
-@router.get("/metrics", dependencies=[AdminOrLoopback])
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[AdminOrLoopback])
 async def metrics(m: MetricsDep) -> Response:
     return Response(m.render(), media_type="text/plain; version=0.0.4")
