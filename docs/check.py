@@ -400,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slow", action="store_true", help="also run blocks marked slow or serves")
     ap.add_argument("--list", action="store_true", help="list every block and how it is checked; run nothing")
-    ap.add_argument("--only", default=None, help="only files whose path contains this")
+    ap.add_argument(
+        "--only", default=None, help="only files whose path holds this, or one block: README.md:22"
+    )
     ap.add_argument("--timeout", type=float, default=600, help="seconds one block may take")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (its path is printed)")
     ap.add_argument("--workdir", type=Path, help="work in this folder (kept); made like a clone if new")
@@ -411,7 +413,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        blocks = [b for p in doc_files() if not args.only or args.only in str(p) for b in parse(p)]
+        blocks = [b for p in doc_files() for b in parse(p)]
+        if args.only:  # a file (docs/walkthrough) or one block (README.md:22)
+            blocks = [
+                b for b in blocks if b.where == args.only or (":" not in args.only and args.only in b.where)
+            ]
     except DocError as exc:
         print(f"docs-check: {exc}", file=sys.stderr)
         return 2
