@@ -19,9 +19,11 @@ above it since the last such comment. Output is compared after normalising ids, 
 hashes, durations and whitespace; `...` in shown output stands for anything.
 
 Blocks run in order, file by file, in one throwaway folder laid out like a fresh clone (links to
-the repository's code, models/ and examples/; empty adapters/ and indexes/), against one live
-server that the check starts there first: `ragtune demo` on the default model, on a free port
-(`:8000` in the docs is rewritten to it; `ragtune chat` finds it through RAGTUNE_SERVER).
+the repository's code and models/; copies of bench/, docs/ and examples/, which commands write
+into; empty adapters/ and indexes/), against one live server that the check starts there first:
+`ragtune demo` on the default model, on a free port (`:8000` in the docs is rewritten to it;
+`ragtune chat` finds it through RAGTUNE_SERVER). Commands in running text are not run: a command
+worth running goes in a block.
 """
 
 from __future__ import annotations
@@ -198,8 +200,11 @@ class Workspace:
         self.root = root
         self.port = port
         keep_out = {"adapters", "indexes", "ragtune.yaml", ".git", "build"}
+        copied = {"bench", "docs", "examples"}  # commands in the docs write there (results, data, pictures)
         for entry in REPO.iterdir() if link else ():
-            if entry.name not in keep_out:
+            if entry.name in copied:
+                shutil.copytree(entry, root / entry.name, symlinks=True)
+            elif entry.name not in keep_out:
                 (root / entry.name).symlink_to(entry)
         for name in ("adapters", "indexes"):
             (root / name).mkdir(exist_ok=True)
