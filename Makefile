@@ -57,7 +57,7 @@ demo-adapter: model
 	$(BIN)/ragtune train --data examples/house-style/train.jsonl --name house-style --epochs 2 --lr 1e-3 \
 	  --rank 16 --alpha 32 --batch-size 8 --max-seq-len 512 --eval-split 0.05 --overwrite
 
-# The grounded reader (README: Grounded answers): examples built from the train passages of a QA
+# The grounded reader (docs/grounding.md): examples built from the train passages of a QA
 # set in BEIR layout (never from its held-out passages), then one pass of `ragtune train`:
 # prompts of ~570 tokens, LoRA on the top 15 of 30 layers. The mix of examples is `ragtune data
 # reader`'s defaults (training/reader.py's READER_DEFAULTS), the one set code, CLI and this share.
