@@ -158,6 +158,39 @@ def shown_outputs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+# --- links ----------------------------------------------------------------------------------------
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+    return {anchor(m.group(1)) for m in re.finditer(r"^#+\s+(.*)$", text, re.M)}
+
+
+def broken_links(path: Path) -> list[str]:
+    """Relative links of one page whose file, or heading, does not exist."""
+    broken = []
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+    for m in LINK.finditer(text):
+        target = m.group(1)
+        if re.match(r"^[a-z]+:", target):
+            continue  # http(s), mailto: not checked here
+        file, _, frag = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            broken.append(f"{path.relative_to(REPO)}: link to a missing file: {target}")
+        elif frag and dest.suffix == ".md" and frag not in anchors(dest):
+            broken.append(f"{path.relative_to(REPO)}: link to a missing heading: {target}")
+    return broken
+
+
 # --- comparing output ---------------------------------------------------------------------------
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -425,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
             ]
     except DocError as exc:
         print(f"docs-check: {exc}", file=sys.stderr)
+        return 2
+    links = [b for p in doc_files() for b in broken_links(p)]
+    if links:
+        print("docs-check: " + "\n  ".join(["broken links:", *links]), file=sys.stderr)
         return 2
     if args.list:
         for b in blocks:

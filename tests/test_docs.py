@@ -95,3 +95,15 @@ def test_shown_output_is_compared_past_ids_times_and_ellipses(check: ModuleType)
     assert check.matches('{"id":"chatcmpl-x","created":1,"model":"demo","took":"0.4 s"}', actual)
     assert not check.matches('{"id": "chatcmpl-...", "model": "base", ...}', actual)
     assert check.shown_outputs("a\n# -> x\n#    y\nb\n# -> z\nc") == [("a", "x\ny"), ("b", "z")]
+
+
+def test_links_between_the_docs_reach_a_file_and_heading(check: ModuleType, tmp_path: Path) -> None:
+    assert [b for path in check.doc_files() for b in check.broken_links(path)] == []
+    page = check.REPO / "docs" / f".test-{tmp_path.name}.md"
+    try:
+        page.write_text(
+            "[a](nope.md) [b](grounding.md#nope) [c](grounding.md#the-reader-adapter) [d](https://x)\n"
+        )
+        assert len(check.broken_links(page)) == 2
+    finally:
+        page.unlink()
