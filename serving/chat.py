@@ -19,6 +19,7 @@ import anyio
 from ragtune.core.errors import RagtuneError
 from ragtune.core.prompt import ContextChunk
 from ragtune.retrieval import Hit, Library
+from ragtune.retrieval.search import search_options
 from ragtune.serving.adapters import AdapterNotFound, AdapterRegistry
 from ragtune.serving.auth import UNLIMITED, Scope
 from ragtune.serving.engine import AdapterRef, Delta, Engine, SamplingOptions, TokenLogprob
@@ -143,15 +144,20 @@ class GenerationService:
         if not query.strip():
             what = "the last user message" if param == "messages" else f"the {param}"
             raise RagtuneError(f"{what} is empty: there is no question to retrieve for", param=param)
-        # Request, then profile, then the server's retrieval settings (RAGTUNE_RETRIEVAL__TOP_K ...).
-        top_k = _option(rag, target, "top_k", self.library.settings.top_k)
-        mode = _option(rag, target, "mode", self.library.settings.mode)
+        # Request, then profile, then the server's retrieval settings (retrieval.search.search_options).
+        options = search_options(
+            self.library.settings,
+            k=_option(rag, target, "top_k", None),
+            mode=_option(rag, target, "mode", None),
+            fusion=_option(rag, target, "fusion", None),
+        )
         filt = _option(rag, target, "filter", None)
-        fusion = _option(rag, target, "fusion", None)
         coll = await asyncio.to_thread(self.library.open, collection)
         started = time.perf_counter()
-        hits = await asyncio.to_thread(coll.search, query, k=top_k, mode=mode, filter=filt, fusion=fusion)
-        self.metrics.retrieval.labels(mode=mode).observe(time.perf_counter() - started)
+        hits = await asyncio.to_thread(
+            coll.search, query, k=options.k, mode=options.mode, filter=filt, fusion=options.fusion
+        )
+        self.metrics.retrieval.labels(mode=options.mode).observe(time.perf_counter() - started)
         return hits
 
     @staticmethod

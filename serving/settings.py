@@ -194,12 +194,6 @@ class ServingSettings(BaseModel):
     max_request_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="larger request bodies get 413 (counted as read, chunked too)"
     )
-    max_document_chars: int = Field(
-        1_000_000,
-        ge=1,
-        description="larger documents sent over HTTP get 413 (embedding 1M characters takes about a minute "
-        "on 2 CPU cores)",
-    )
     shutdown_timeout_s: int = Field(
         30, ge=0, description="on SIGTERM, seconds requests in flight get to finish before the server exits"
     )

@@ -227,8 +227,8 @@ def test_the_retrieval_settings_defaults_reach_chat_search_and_profiles(
     library.close()
 
 
-def test_the_readme_multi_gpu_settings_reach_vllm_unchanged(base_model: Path) -> None:
-    """The README's several-GPU example, parsed from the README itself, becomes vLLM's own
+def test_the_documented_multi_gpu_settings_reach_vllm_unchanged(base_model: Path) -> None:
+    """docs/scaling.md's several-GPU example, parsed from the page itself, becomes vLLM's own
     AsyncEngineArgs (no GPU here to run it: this checks what vLLM is given)."""
     import re
 
@@ -237,8 +237,8 @@ def test_the_readme_multi_gpu_settings_reach_vllm_unchanged(base_model: Path) ->
 
     from ragtune.serving.engine import engine_args
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("**vLLM in-process on several GPUs.**") :]
+    page = (Path(__file__).parents[1] / "docs" / "scaling.md").read_text()
+    section = page[page.index("**vLLM in-process on several GPUs.**") :]
     block = re.search(r"```yaml\n(.*?)```", section, re.S)
     assert block is not None
     engine = yaml.safe_load(block.group(1))["engine"]
