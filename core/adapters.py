@@ -12,15 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ragtune.core.errors import RagtuneError
 from ragtune.core.models import check_model_dir, model_fingerprint
+from ragtune.core.weights import base_module_names, base_weight_shapes, first_problem, read_safetensors_header
 
 MANIFEST = "ragtune-adapter.json"
 CONFIG_FILE = "training-config.yaml"
@@ -65,76 +63,6 @@ class AdapterInfo:
     fingerprint: str = ""  # of the adapter's own config and weights (adapter_fingerprint)
 
 
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file, checked against the file's size."""
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise ValueError("shorter than a safetensors header")
-        (n,) = struct.unpack("<Q", head)
-        if n <= 0 or 8 + n > size or n > 100 * 1024 * 1024:
-            raise ValueError(f"header length {n} does not fit a {size}-byte file")
-        header = json.loads(fh.read(n))
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    end = 0
-    for key, meta in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            end = max(end, int(meta["data_offsets"][1]))
-        except (KeyError, TypeError, IndexError, ValueError):
-            raise ValueError(f"tensor {key!r} has no valid data_offsets") from None
-    if 8 + n + end > size:
-        raise ValueError(f"truncated: tensors need {8 + n + end} bytes, the file has {size}")
-    return header
-
-
-def base_weight_shapes(base: Path) -> dict[str, tuple[int, ...]]:
-    """Weight shape of each base-model module that owns one, by dotted module name."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for f in sorted(base.glob("*.safetensors")):
-        for key, meta in read_safetensors_header(f).items():
-            if key.endswith(".weight") and isinstance(meta, dict):
-                shapes[key[: -len(".weight")]] = tuple(int(d) for d in meta.get("shape", ()))
-    return shapes
-
-
-def base_module_names(base: Path) -> set[str]:
-    """Dotted names of the base model's modules that own a weight (from safetensors headers)."""
-    return set(base_weight_shapes(base))
-
-
-_FLOAT_DTYPES = {"F16": np.float16, "BF16": np.uint16, "F32": np.float32, "F64": np.float64}
-_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
-
-
-def _tensor_problem(data: bytes | memoryview, meta: dict[str, Any]) -> str | None:
-    """Why one tensor cannot be served (dtype, size, non-finite values), or None."""
-    dtype = meta.get("dtype")
-    if dtype not in _FLOAT_DTYPES:
-        return f"dtype {dtype} is not a floating type (F16, BF16, F32)"
-    shape = [int(d) for d in meta.get("shape", ())]
-    values = np.frombuffer(data, dtype=_FLOAT_DTYPES[dtype])
-    if values.size != int(np.prod(shape)):
-        return f"holds {values.size} values but its shape {shape} needs {int(np.prod(shape))}"
-    if dtype == "BF16":  # bfloat16 is the top half of a float32
-        values = (values.astype(np.uint32) << 16).view(np.float32)
-    if not np.isfinite(values).all():
-        bad = int((~np.isfinite(values)).sum())
-        return f"has {bad} NaN or infinite values of {values.size}"
-    return None
-
-
-def _rank_of(module: str, rank: int, pattern: dict[str, Any]) -> int:
-    """The rank PEFT gives `module`: a rank_pattern entry matching its name's end, else `r`."""
-    for key, value in pattern.items():
-        if isinstance(value, int) and (module == key or re.search(rf"(^|\.){key}$", module)):
-            return value
-    return rank
-
-
 def check_tensors(
     name: str,
     weights: Path,
@@ -146,51 +74,13 @@ def check_tensors(
 ) -> None:
     """Read every tensor of `weights`: floating, finite, and LoRA shapes that agree with the
     config's rank and (given `base_shapes`) with the base module each one adapts."""
-    with weights.open("rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        blob = memoryview(fh.read())
-    data = blob[n:]
-    for key, meta in sorted(header.items()):
-        if key == "__metadata__":
-            continue
-        start, end = (int(x) for x in meta["data_offsets"])
-        problem = _tensor_problem(data[start:end], meta)
-        if problem is None:
-            problem = _shape_problem(key, meta, rank=rank, rank_pattern=rank_pattern, base_shapes=base_shapes)
-        if problem is not None:
-            raise AdapterError(
-                f"adapter '{name}': tensor {key} {problem}; the adapter is damaged or its training "
-                "diverged: retrain it (the engine never saw it)"
-            )
-
-
-def _shape_problem(
-    key: str,
-    meta: dict[str, Any],
-    *,
-    rank: int,
-    rank_pattern: dict[str, Any],
-    base_shapes: dict[str, tuple[int, ...]] | None,
-) -> str | None:
-    match = _LORA_KEY.match(key)
-    if match is None or "lora_embedding" in key:
-        return None
-    shape = tuple(int(d) for d in meta.get("shape", ()))
-    module, ab = match["module"], match["ab"]
-    r = _rank_of(module, rank, rank_pattern)
-    if len(shape) != 2:
-        return f"has shape {list(shape)}; a LoRA {ab} matrix has two dimensions"
-    if (ab == "A" and shape[0] != r) or (ab == "B" and shape[1] != r):
-        return f"has shape {list(shape)}, which is not rank {r} as adapter_config.json says"
-    if base_shapes is not None:
-        base = base_shapes.get(module)
-        if base is None or len(base) != 2:
-            return f"adapts {module}, which is not a linear layer of the base model"
-        out_features, in_features = base
-        want = (r, in_features) if ab == "A" else (out_features, r)
-        if shape != want:
-            return f"has shape {list(shape)}; the base model's {module} needs {list(want)}"
-    return None
+    found = first_problem(weights, header, rank=rank, rank_pattern=rank_pattern, base_shapes=base_shapes)
+    if found is not None:
+        key, problem = found
+        raise AdapterError(
+            f"adapter '{name}': tensor {key} {problem}; the adapter is damaged or its training "
+            "diverged: retrain it (the engine never saw it)"
+        )
 
 
 def _inside(root: Path, files: list[Path], name: str) -> None:
@@ -227,44 +117,8 @@ def _inspect(
 ) -> AdapterInfo:
     """inspect_adapter; with no base, the checks against the base model are left out."""
     name = path.name
-    if not path.is_dir():
-        raise AdapterError(f"adapter '{name}': folder {path} does not exist (train it with ragtune train)")
-    cfg_path = path / PEFT_CONFIG
-    if not cfg_path.is_file():
-        raise AdapterError(f"adapter '{name}': {PEFT_CONFIG} is missing from {path}; not a PEFT adapter")
-    _inside(root or path.resolve().parent, [p for p in path.iterdir() if p.is_file()], name)
-    try:
-        cfg = json.loads(cfg_path.read_text())
-        if not isinstance(cfg, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterError(
-            f"adapter '{name}': {cfg_path} is corrupt ({exc}); retrain or restore it"
-        ) from None
-    if str(cfg.get("peft_type", "")).upper() != "LORA":
-        raise AdapterError(
-            f"adapter '{name}': peft_type is {cfg.get('peft_type')!r}; only LoRA adapters can be served"
-        )
-    if cfg.get("modules_to_save"):
-        raise AdapterError(
-            f"adapter '{name}': modules_to_save={cfg['modules_to_save']} is set; vLLM cannot serve adapters "
-            "that replace whole modules; retrain without modules_to_save"
-        )
-    rank = cfg.get("r")
-    if not isinstance(rank, int) or rank < 1:
-        raise AdapterError(f"adapter '{name}': adapter_config.json has no valid rank 'r' (got {rank!r})")
-    ranks = [rank, *(v for v in (cfg.get("rank_pattern") or {}).values() if isinstance(v, int))]
-    for r in ranks:
-        if r not in VLLM_LORA_RANKS:
-            raise AdapterError(
-                f"adapter '{name}': rank {r} is not one vLLM supports {VLLM_LORA_RANKS}; "
-                "retrain with --rank 8, 16, 32 or 64"
-            )
-        if r > max_lora_rank:
-            raise AdapterError(
-                f"adapter '{name}': rank {r} exceeds the server's max_lora_rank {max_lora_rank}; "
-                f"raise RAGTUNE_ENGINE__MAX_LORA_RANK to {r} or retrain with a smaller --rank"
-            )
+    cfg = _read_config(path, root=root)
+    rank = _check_ranks(name, cfg, max_lora_rank)
     weights = path / WEIGHTS
     if not weights.is_file():
         raise AdapterError(f"adapter '{name}': {WEIGHTS} is missing from {path}; retrain it")
@@ -280,50 +134,7 @@ def _inspect(
     targets = cfg.get("target_modules") or []
     if not targets:
         raise AdapterError(f"adapter '{name}': adapter_config.json lists no target_modules; retrain it")
-    if base_model_path is not None:
-        problem = check_model_dir(base_model_path)
-        if problem is not None:
-            raise AdapterError(f"adapter '{name}': its base model is unusable: {problem}")
-    # The base it was trained on is checked before its modules and shapes: an adapter of another
-    # base is unavailable here, not damaged.
-    manifest = None
-    manifest_path = path / MANIFEST
-    if manifest_path.exists():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            if not isinstance(manifest, dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise AdapterError(f"adapter '{name}': {manifest_path} is corrupt ({exc}); retrain it") from None
-    base_name = manifest.get("base_model_name") if manifest else None
-    base_fp = manifest.get("base_fingerprint") if manifest else None
-    if base_model_path is not None and manifest is not None:
-        actual = model_fingerprint(base_model_path)
-        if base_fp != actual:
-            raise BaseModelMismatch(
-                f"adapter '{name}' was trained on base model '{base_name}' (fingerprint {base_fp}); "
-                f"the server's base {base_model_path.name} has fingerprint {actual}; "
-                "serve it with its own base or retrain it on this one"
-            )
-    elif base_model_path is not None:
-        declared = cfg.get("base_model_name_or_path")
-        if declared:
-            base_name = Path(str(declared)).name
-            if base_name != base_model_path.name:
-                raise BaseModelMismatch(
-                    f"adapter '{name}' declares base model '{base_name}' but the server's base is "
-                    f"'{base_model_path.name}'; serve it with its own base or retrain it"
-                )
-    if base_model_path is not None:
-        try:
-            missing = _targets_present(targets, base_module_names(base_model_path))
-        except (OSError, ValueError) as exc:
-            raise AdapterError(f"adapter '{name}': cannot read the base model's weights ({exc})") from None
-        if missing:
-            raise BaseModelMismatch(
-                f"adapter '{name}': target modules {missing} do not exist in the base model "
-                f"{base_model_path.name}; it was trained for another architecture"
-            )
+    manifest, base_name, base_fp = _check_base(path, cfg, base_model_path)
     try:
         check_tensors(
             name,
@@ -350,6 +161,109 @@ def _inspect(
         manifest=manifest,
         fingerprint=adapter_fingerprint(path),
     )
+
+
+def _read_config(path: Path, *, root: Path | None) -> dict[str, Any]:
+    """The folder's PEFT config, once the folder is a LoRA adapter vLLM can serve at all: every
+    file inside `root`, a readable config, LoRA, no whole modules replaced."""
+    name = path.name
+    if not path.is_dir():
+        raise AdapterError(f"adapter '{name}': folder {path} does not exist (train it with ragtune train)")
+    cfg_path = path / PEFT_CONFIG
+    if not cfg_path.is_file():
+        raise AdapterError(f"adapter '{name}': {PEFT_CONFIG} is missing from {path}; not a PEFT adapter")
+    _inside(root or path.resolve().parent, [p for p in path.iterdir() if p.is_file()], name)
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        if not isinstance(cfg, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AdapterError(
+            f"adapter '{name}': {cfg_path} is corrupt ({exc}); retrain or restore it"
+        ) from None
+    if str(cfg.get("peft_type", "")).upper() != "LORA":
+        raise AdapterError(
+            f"adapter '{name}': peft_type is {cfg.get('peft_type')!r}; only LoRA adapters can be served"
+        )
+    if cfg.get("modules_to_save"):
+        raise AdapterError(
+            f"adapter '{name}': modules_to_save={cfg['modules_to_save']} is set; vLLM cannot serve adapters "
+            "that replace whole modules; retrain without modules_to_save"
+        )
+    return cfg
+
+
+def _check_ranks(name: str, cfg: dict[str, Any], max_lora_rank: int) -> int:
+    """The adapter's rank `r`, once it and every rank_pattern rank are ones vLLM and this
+    server's max_lora_rank take."""
+    rank = cfg.get("r")
+    if not isinstance(rank, int) or rank < 1:
+        raise AdapterError(f"adapter '{name}': adapter_config.json has no valid rank 'r' (got {rank!r})")
+    ranks = [rank, *(v for v in (cfg.get("rank_pattern") or {}).values() if isinstance(v, int))]
+    for r in ranks:
+        if r not in VLLM_LORA_RANKS:
+            raise AdapterError(
+                f"adapter '{name}': rank {r} is not one vLLM supports {VLLM_LORA_RANKS}; "
+                "retrain with --rank 8, 16, 32 or 64"
+            )
+        if r > max_lora_rank:
+            raise AdapterError(
+                f"adapter '{name}': rank {r} exceeds the server's max_lora_rank {max_lora_rank}; "
+                f"raise RAGTUNE_ENGINE__MAX_LORA_RANK to {r} or retrain with a smaller --rank"
+            )
+    return rank
+
+
+def _check_base(
+    path: Path, cfg: dict[str, Any], base_model_path: Path | None
+) -> tuple[dict | None, str | None, str | None]:
+    """The manifest and the base the adapter was trained on (name, fingerprint), once that base
+    is `base_model_path` (when given) and holds every target module. The base is checked
+    before the adapter's modules and shapes: an adapter of another base is unavailable here
+    (BaseModelMismatch), not damaged."""
+    name = path.name
+    if base_model_path is not None:
+        problem = check_model_dir(base_model_path)
+        if problem is not None:
+            raise AdapterError(f"adapter '{name}': its base model is unusable: {problem}")
+    manifest = None
+    manifest_path = path / MANIFEST
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            if not isinstance(manifest, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise AdapterError(f"adapter '{name}': {manifest_path} is corrupt ({exc}); retrain it") from None
+    base_name = manifest.get("base_model_name") if manifest else None
+    base_fp = manifest.get("base_fingerprint") if manifest else None
+    if base_model_path is None:
+        return manifest, base_name, base_fp
+    if manifest is not None:
+        actual = model_fingerprint(base_model_path)
+        if base_fp != actual:
+            raise BaseModelMismatch(
+                f"adapter '{name}' was trained on base model '{base_name}' (fingerprint {base_fp}); "
+                f"the server's base {base_model_path.name} has fingerprint {actual}; "
+                "serve it with its own base or retrain it on this one"
+            )
+    elif cfg.get("base_model_name_or_path"):
+        base_name = Path(str(cfg["base_model_name_or_path"])).name
+        if base_name != base_model_path.name:
+            raise BaseModelMismatch(
+                f"adapter '{name}' declares base model '{base_name}' but the server's base is "
+                f"'{base_model_path.name}'; serve it with its own base or retrain it"
+            )
+    try:
+        missing = _targets_present(cfg.get("target_modules") or [], base_module_names(base_model_path))
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"adapter '{name}': cannot read the base model's weights ({exc})") from None
+    if missing:
+        raise BaseModelMismatch(
+            f"adapter '{name}': target modules {missing} do not exist in the base model "
+            f"{base_model_path.name}; it was trained for another architecture"
+        )
+    return manifest, base_name, base_fp
 
 
 def adapter_fingerprint(path: Path) -> str:

