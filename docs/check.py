@@ -327,6 +327,28 @@ class Result:
     detail: str = ""
 
 
+def run_group(cmd: list[str], ws: Workspace, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a block in a process group of its own: past its time, the whole group is killed
+    (a training run or server it started included), not only the shell."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ws.root,
+        env=ws.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def run_shell(ws: Workspace, block: Block, timeout: float) -> tuple[bool, str]:
     """Run one shell block; with `# ->` outputs, print a separator after each commented part."""
     lines = []
@@ -335,14 +357,7 @@ def run_shell(ws: Workspace, block: Block, timeout: float) -> tuple[bool, str]:
             lines.append(f"echo {SEGMENT}")
         lines.append(line)
     script = "\n".join(lines)
-    proc = subprocess.run(
-        ["bash", "-c", "set -eo pipefail\n" + script],
-        cwd=ws.root,
-        env=ws.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = run_group(["bash", "-c", "set -eo pipefail\n" + script], ws, timeout)
     out = proc.stdout
     if proc.returncode != 0:
         return (
@@ -369,14 +384,7 @@ def run_shell(ws: Workspace, block: Block, timeout: float) -> tuple[bool, str]:
 def run_python(ws: Workspace, block: Block, timeout: float) -> tuple[bool, str]:
     script = ws.root / f"block-{block.path.stem}-{block.line}.py"
     script.write_text(ws.text(block.text))
-    proc = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "python"), script.name],
-        cwd=ws.root,
-        env=ws.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = run_group([str(REPO / ".venv" / "bin" / "python"), script.name], ws, timeout)
     if proc.returncode != 0:
         return False, f"exit status {proc.returncode}\n{proc.stderr[-3000:]}"
     if block.expected is not None and not matches(block.expected, proc.stdout):
@@ -442,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default=None, help="only files whose path holds this, or one block: README.md:22"
     )
     ap.add_argument("--timeout", type=float, default=600, help="seconds one block may take")
+    ap.add_argument("--slow-timeout", type=float, default=7200, help="seconds one slow block may take")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (its path is printed)")
     ap.add_argument("--workdir", type=Path, help="work in this folder (kept); made like a clone if new")
     ap.add_argument("--port", type=int, help="use the server already healthy on this port (started there)")
@@ -501,15 +510,16 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(Result(b, "skipped", 0.0, f"{b.mode}: {b.reason}"))
                 continue
             t0 = time.time()
+            limit = args.timeout if b.mode == "run" else args.slow_timeout
             try:
                 if b.mode == "serves":
-                    ok, detail = run_serves(ws, b, args.timeout)
+                    ok, detail = run_serves(ws, b, limit)
                 elif b.kind == "shell":
-                    ok, detail = run_shell(ws, b, args.timeout)
+                    ok, detail = run_shell(ws, b, limit)
                 else:
-                    ok, detail = run_python(ws, b, args.timeout)
+                    ok, detail = run_python(ws, b, limit)
             except subprocess.TimeoutExpired:
-                ok, detail = False, f"still running after {args.timeout:.0f} s"
+                ok, detail = False, f"still running after {limit:.0f} s"
             r = Result(b, "ok" if ok else "FAIL", time.time() - t0, detail)
             results.append(r)
             print(f"{r.status:7} {b.where:28} {b.kind:6} {r.seconds:6.1f} s", flush=True)
