@@ -12,13 +12,41 @@ the original. `abstain`: the abstention, unless another passage still holds the 
 from __future__ import annotations
 
 import importlib.util
+import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ragtune.training.qa import ABSTAIN, QASet, Question, cited_numbers, contains, is_abstention, token_f1
+from ragtune.training.qa import ABSTAIN, QASet, Question, contains, normalize
+
+_ABSTAIN_PATTERNS = re.compile(
+    r"(sources? (do|does) not (answer|say|mention|contain)|"
+    r"(do not|don't|doesn't|does not|cannot|can't|could not|couldn't) (know|find|answer|determine|tell)|"
+    r"not (mentioned|stated|provided|specified|given) in|no information|not enough information|"
+    r"i'm not sure|i am not sure|unable to (answer|find|determine))",
+    re.IGNORECASE,
+)
+
+
+def token_f1(prediction: str, answer: str) -> float:
+    pred, gold = normalize(prediction).split(), normalize(answer).split()
+    common = Counter(pred) & Counter(gold)
+    same = sum(common.values())
+    if not pred or not gold or same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def is_abstention(text: str) -> bool:
+    return ABSTAIN.lower() in text.lower() or bool(_ABSTAIN_PATTERNS.search(text))
+
+
+def cited_numbers(text: str) -> list[int]:
+    return [int(n) for n in re.findall(r"\[(\d{1,3})\]", text)]
 
 
 def load_behaviour_scorer(dataset: Path) -> Callable[[str, dict], dict[str, float]] | None:

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from ragtune.evaluation.qa import EvalError, QAEvalOptions, run_qa_eval
+from ragtune.evaluation.qa_score import is_abstention, token_f1
 from ragtune.retrieval import Document, Library
 from ragtune.serving.app import create_app
 from ragtune.serving.engine import AdapterRef, Delta, SamplingOptions
@@ -35,12 +36,10 @@ from ragtune.training.qa import (
     answer_type,
     contains,
     counterfactuals,
-    is_abstention,
     is_held_out,
     load_qa_set,
     pick_substitute,
     split_questions,
-    token_f1,
 )
 from ragtune.training.reader import build_reader_examples
 from tests.doubles import EchoEngine

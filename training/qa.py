@@ -1,18 +1,18 @@
-"""Question-answering data sets: loading, the passage split, answer scoring and counterfactuals.
+"""Question-answering data sets: loading, the passage split, answers in text and counterfactuals.
 
 A QA set is in BEIR layout (`corpus.jsonl`, `queries.jsonl`, `qrels/test.tsv`) whose queries
 carry an `answer` string (SQuAD style: a span of the gold passage). Shared by the reader-data
 builder (`training.reader`) and `ragtune eval qa`, so that both agree on which passages are
-held out, how an answer is judged and how a counterfactual passage is made.
+held out, when a text holds an answer and how a counterfactual passage is made.
 
 - **Split by passage**: a passage is held out when a hash of its id says so. Every question of a
   held-out passage is held out with it, so no evaluation passage is ever trained on.
 - **Counterfactual**: the gold passage's answer span is replaced by another answer of the same
   type (a year by a year, a name by a name) taken from other questions; a model that follows the
   document answers with the substitute, one that answers from memory does not.
-- **Scoring**: SQuAD's normalisation (lower case, no punctuation or articles), containment of
-  the gold answer and token F1; abstention is the reader's fixed sentence or a common phrasing of
-  "the sources do not say".
+- **Answers in text**: SQuAD's normalisation (lower case, no punctuation or articles) and
+  containment of the gold answer, which tell whether a passage holds it (and judge a reply in
+  evaluation.qa_score, beside token F1, abstention and citations).
 - **Unanswerable questions** (SQuAD 2.0's: the gold passage is on the topic but does not answer):
   a query with `"answerable": false`, or whose answer is `unknown` (`NO_ANSWER`, BIG-bench's
   disfl_qa marks them so) when its gold passage does not hold that word. The right reply is the
@@ -26,7 +26,7 @@ import json
 import random
 import re
 import string
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +38,6 @@ from ragtune.core.prompt import SENTENCE_END as SENTENCE_END
 HELD_OUT_FRACTION = 0.25  # passages held out for evaluation (by hash of the passage id)
 SPLIT_SALT = "ragtune-qa-split-v1"
 
-_ABSTAIN_PATTERNS = re.compile(
-    r"(sources? (do|does) not (answer|say|mention|contain)|"
-    r"(do not|don't|doesn't|does not|cannot|can't|could not|couldn't) (know|find|answer|determine|tell)|"
-    r"not (mentioned|stated|provided|specified|given) in|no information|not enough information|"
-    r"i'm not sure|i am not sure|unable to (answer|find|determine))",
-    re.IGNORECASE,
-)
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 _PUNCTUATION_AS_SPACE = str.maketrans(string.punctuation, " " * len(string.punctuation))
 # The answer a SQuAD 2.0-derived set gives a question its passage does not answer.
@@ -173,7 +166,7 @@ def split_questions(qa: QASet, split: str) -> list[Question]:
         rank += 1
 
 
-# -- scoring -------------------------------------------------------------------------------------
+# -- answers in text -----------------------------------------------------------------------------
 
 
 def normalize(text: str, *, spaced: bool = False) -> str:
@@ -194,24 +187,6 @@ def contains(prediction: str, answer: str) -> bool:
         if gold and f" {gold} " in f" {normalize(prediction, spaced=spaced)} ":
             return True
     return False
-
-
-def token_f1(prediction: str, answer: str) -> float:
-    pred, gold = normalize(prediction).split(), normalize(answer).split()
-    common = Counter(pred) & Counter(gold)
-    same = sum(common.values())
-    if not pred or not gold or same == 0:
-        return 0.0
-    precision, recall = same / len(pred), same / len(gold)
-    return 2 * precision * recall / (precision + recall)
-
-
-def is_abstention(text: str) -> bool:
-    return ABSTAIN.lower() in text.lower() or bool(_ABSTAIN_PATTERNS.search(text))
-
-
-def cited_numbers(text: str) -> list[int]:
-    return [int(n) for n in re.findall(r"\[(\d{1,3})\]", text)]
 
 
 # -- answer sentences and counterfactuals --------------------------------------------------------
