@@ -1,6 +1,7 @@
-"""An installed ragtune coexists with other packages named core, serving, retrieval or training.
+"""An installed ragtune coexists with other packages named core, serving, retrieval, training or
+evaluation.
 
-A clean virtual environment gets such a package first (all four names), then ragtune built as a
+A clean virtual environment gets such a package first (all five names), then ragtune built as a
 wheel, both installed by pip. Its dependencies come from this environment's site-packages as a
 plain path (its .pth files, the editable install among them, are not run), and nothing runs
 from the repository's folder, so only what pip installed can be imported.
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = ("core", "serving", "retrieval", "training")
+NAMES = ("core", "serving", "retrieval", "training", "evaluation")
 
 
 def pip(*args: str | Path) -> None:
@@ -32,7 +33,7 @@ def pip(*args: str | Path) -> None:
 
 
 def other_project(root: Path) -> Path:
-    """A project that owns the four generic names, as some other distribution might."""
+    """A project that owns the five generic names, as some other distribution might."""
     root.mkdir()
     (root / "pyproject.toml").write_text(
         textwrap.dedent(
@@ -44,7 +45,7 @@ def other_project(root: Path) -> Path:
             name = "generic-names"
             version = "1.0"
             [tool.setuptools]
-            packages = ["core", "serving", "retrieval", "training"]
+            packages = ["core", "serving", "retrieval", "training", "evaluation"]
             """
         )
     )
@@ -87,20 +88,21 @@ def run(env_dir: Path, *args: str | Path, cwd: Path) -> subprocess.CompletedProc
 def test_both_import_from_where_pip_put_them(venv: Path, tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
-        import core, serving, retrieval, training
+        import core, serving, retrieval, training, evaluation
         import ragtune.serving.app, ragtune.retrieval.collection, ragtune.training.train
-        import ragtune.core.errors
-        for m in (core, serving, retrieval, training):
+        import ragtune.core.errors, ragtune.evaluation.cli
+        for m in (core, serving, retrieval, training, evaluation):
             print(m.OWNER, m.NAME)
         print(ragtune.serving.app.__file__)
         print(ragtune.training.train.__file__)
+        print(ragtune.evaluation.cli.__file__)
         """
     )
     r = run(venv, venv / "bin" / "python", "-c", code, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[:4] == [f"generic-names {name}" for name in NAMES]
-    for path in lines[4:]:
+    assert lines[:5] == [f"generic-names {name}" for name in NAMES]
+    for path in lines[5:]:
         assert Path(path).is_relative_to(venv), path  # the installed copy, not the repository's
 
 
