@@ -59,17 +59,25 @@ demo-adapter: model
 
 # The grounded reader (docs/grounding.md): examples built from the train passages of a QA
 # set in BEIR layout (never from its held-out passages), then one pass of `ragtune train`:
-# prompts of ~570 tokens, LoRA on the top 15 of 30 layers. The mix of examples is `ragtune data
-# reader`'s defaults (training/reader.py's READER_DEFAULTS), the one set code, CLI and this share.
-QA_SET ?= ../shared/data/disflqa
-# As many examples as trained within 20 minutes on the kind of CPU, measured on 2 cores: 240 took
-# about 17 min on an AMD EPYC, 800 (95 steps, bf16) 14.5 min on a Xeon with AMX, and scored better
-# (bench/results/qa-disflqa-reader5.md). 1600 (31 min on AMX) scored better again (reader6.md).
-READER_EXAMPLES ?= $(shell grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null && echo 800 || echo 240)
+# prompts of ~570 tokens, LoRA on the top 15 decoder layers (of 30 in SmolLM2, 28 in Qwen2.5
+# 1.5B, 24 in 0.5B; q/k/v/o and MLP projections, named alike in both families). The mix of
+# examples is `ragtune data reader`'s defaults (training/reader.py's READER_DEFAULTS), the one set
+# code, CLI and this share. The QA set ships in examples/disflqa (CC BY-SA 4.0, its README says
+# whence); QA_SET=DIR takes another BEIR set with answers (e.g. ../shared/data/disflqa).
+QA_SET ?= examples/disflqa
+# As many examples as trained within 20 minutes on the kind of CPU, measured on 2 cores with the
+# 135M model: 240 took about 17 min on an AMD EPYC, 800 (95 steps, bf16) 14.5 min on a Xeon with
+# AMX, and scored better (bench/results/qa-disflqa-reader5.md); 1600 (31 min on AMX) scored better
+# again (reader6.md), so a GPU trains 1600. Larger models take longer on a CPU
+# (bench/results/reader-recipe.md).
+READER_EXAMPLES ?= $(if $(filter gpu,$(ENGINE_EXTRA)),1600,$(shell grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null && echo 800 || echo 240))
+READER_LAYERS ?= 15
+# With MODEL=, the reader is trained on (and recorded for) that base; adapters/reader is the one
+# reader of a clone, so training it for another base replaces it.
 reader-adapter: model
 	$(BIN)/ragtune data reader --dataset $(QA_SET) --out examples/grounded/train.jsonl --examples $(READER_EXAMPLES)
-	$(BIN)/ragtune train --data examples/grounded/train.jsonl --name reader --batch-size 2 --grad-accum 4 \
-	  --epochs 1 --layers 15 --eval-split 0.05 --overwrite
+	$(BIN)/ragtune $(if $(MODEL_FLAG),--base-model $(MODEL)) train --data examples/grounded/train.jsonl \
+	  --name reader --batch-size 2 --grad-accum 4 --epochs 1 --layers $(READER_LAYERS) --eval-split 0.05 --overwrite
 
 # The 2x2 (models with and without retrieval): base, the `grounded` profile (extractive grounding;
 # the reader adapter once trained) and the reader itself, on the held-out passages of QA_SET, on
