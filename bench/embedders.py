@@ -36,6 +36,7 @@ from ragtune.retrieval.embedder import DEFAULT_EMBEDDER, Embedder, resolve_model
 
 RESULTS = Path(__file__).parent / "results"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DISFLQA = Path(__file__).resolve().parents[1] / "examples" / "disflqa"
 BACKENDS = [("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx-int8", "fp32")]
 
 
@@ -62,7 +63,7 @@ def quality(data: Dataset, ids: list[str], docs: np.ndarray, queries: np.ndarray
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", default=f"{SHARED / 'cranfield'},{SHARED / 'disflqa'}")
+    parser.add_argument("--sets", default=f"{SHARED / 'cranfield'},{DISFLQA}")
     parser.add_argument("--queries", type=int, default=2000, help="at most this many queries per set")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

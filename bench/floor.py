@@ -8,7 +8,7 @@ most of the terms) abstains in each case; the floor that separates the two best 
 the rate where the gold is gone minus the rate where it was shown) is the `grounded` profile's
 default. The cosine alone is reported beside it.
 
-    .venv/bin/python -m bench.floor --dataset ../shared/data/disflqa [--split train] [--limit 600]
+    .venv/bin/python -m bench.floor --dataset examples/disflqa [--split train] [--limit 600]
 
 "Gone" takes the best `top_k` hits of other passages (the gold passage's chunks left out of the
 list; `ragtune eval qa` deletes them from the collection, which also moves BM25's statistics a

@@ -48,6 +48,7 @@ from ragtune.retrieval.embedder import DEFAULT_EMBEDDER  # noqa: E402
 from ragtune.retrieval.ingest import load_beir, upsert_batches  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DISFLQA = Path(__file__).resolve().parents[1] / "examples" / "disflqa"
 PRECISIONS = ("fp32", "fp16", "bf16")
 ORDER = PRECISIONS + PRECISIONS[::-1]  # A B C C B A
 
@@ -169,7 +170,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument(
-        "--sets", default=f"{SHARED / 'cranfield'},{SHARED / 'disflqa'}", help="BEIR folders, comma-separated"
+        "--sets", default=f"{SHARED / 'cranfield'},{DISFLQA}", help="BEIR folders, comma-separated"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """Replays who chooses a ranked quotation on the answers `ragtune eval qa --answers FILE` saved:
 as served, the ranker's first always, or the model's choice kept inside a `quote_window`.
 
-    .venv/bin/python -m bench.quote_window --dataset ../shared/data/disflqa \\
+    .venv/bin/python -m bench.quote_window --dataset examples/disflqa \\
         --answers indexes/.eval/qa-disflqa.jsonl --config grounded+RAG [--window 0.25 --window 0.5]
 
 Each saved quotation is ranked again from the sources it was given (serving.grounding.

@@ -43,7 +43,8 @@ from ragtune.retrieval.sparse import Tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEFAULT_SETS = [f"{SHARED / 'cranfield'}", f"{SHARED / 'disflqa'}:1000", "/tmp/pyfaq"]
+DISFLQA = Path(__file__).resolve().parents[1] / "examples" / "disflqa"
+DEFAULT_SETS = [f"{SHARED / 'cranfield'}", f"{DISFLQA}:1000", "/tmp/pyfaq"]
 DEPTH = 200  # chunks asked for per query (ragtune eval retrieval asks k=200)
 Ranking = list[tuple[int, float]]  # (chunk row, score), best first
 

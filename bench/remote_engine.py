@@ -1,6 +1,6 @@
 """Remote engine vs in-process, side by side in one run.
 
-    .venv/bin/python -m bench.remote_engine [--quick] [--dataset ../shared/data/disflqa]
+    .venv/bin/python -m bench.remote_engine [--quick] [--dataset examples/disflqa]
 
 Both are ragtune servers with the same engine settings (ragtune's `EngineSettings` defaults):
 "in-process" starts vLLM itself; "remote" has `RAGTUNE_ENGINE__URL` pointing at vLLM's own

@@ -37,7 +37,7 @@ from bench.serving_servers import KV_CACHE_GIB, REPO, Server, ragtune, raw_vllm
 from ragtune.serving.settings import EngineSettings
 
 RESULTS = REPO / "bench" / "results"
-DEFAULT_DATASET = REPO.parent / "shared" / "data" / "disflqa"
+DEFAULT_DATASET = REPO / "examples" / "disflqa"  # shipped with the repository
 ADAPTERS = ["bench-a1", "bench-a2", "bench-a3", "bench-a4"]
 # Question offsets per phase: each server gets the same questions, none repeats within a server.
 Q_PHASE1, Q_ADAPTERS, Q_RAG = 0, 3000, 4500
