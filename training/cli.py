@@ -153,7 +153,6 @@ def train_command(
         ) from None
 
 
-@adapters_app.command("list")
 def _with_flags(training: TrainingSettings, flags: dict[str, Any]) -> TrainingSettings:
     """The `training` settings with the flags given on top, checked again; a bad value names
     its flag."""
@@ -170,6 +169,7 @@ def _with_flags(training: TrainingSettings, flags: dict[str, Any]) -> TrainingSe
         raise fail(problems) from None
 
 
+@adapters_app.command("list")
 def adapters_list(ctx: typer.Context) -> None:
     """Show each adapter, its rank, base model, metrics and whether it is servable."""
     from ragtune.core.adapters import Unavailable, list_adapters
