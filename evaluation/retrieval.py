@@ -19,6 +19,7 @@ import numpy as np
 
 from ragtune.core.errors import RagtuneError
 from ragtune.retrieval.collection import Collection
+from ragtune.retrieval.search import search_options
 
 
 class DatasetError(RagtuneError):
@@ -120,7 +121,7 @@ def evaluate(
     lat = np.asarray(latencies) if latencies else np.zeros(1)
     return {
         "mode": mode,
-        "fusion": (fusion or collection.settings.fusion) if mode == "hybrid" else None,
+        "fusion": search_options(collection.settings, fusion=fusion).fusion if mode == "hybrid" else None,
         "queries": len(dataset.queries),
         **{k: round(v / n, 4) for k, v in totals.items()},
         "latency_ms": {

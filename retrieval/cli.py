@@ -315,12 +315,9 @@ def search_command(
     """Search a collection."""
     from dataclasses import asdict
 
-    settings, _ = _settings(ctx)
     where = _parse_filter(filter)
     with _library(ctx) as library:
-        hits = library.open(collection).search(
-            query, k=k or settings.top_k, mode=mode or settings.mode, filter=where, fusion=fusion
-        )
+        hits = library.open(collection).search(query, k=k, mode=mode, filter=where, fusion=fusion)
     if as_json:
         print(json.dumps({"query": query, "hits": [asdict(h) for h in hits]}, ensure_ascii=False))
         return
