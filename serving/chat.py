@@ -6,7 +6,6 @@ Used by both /v1/chat/completions and /v1/completions; the routes only parse and
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
@@ -23,17 +22,8 @@ from ragtune.retrieval.search import search_options
 from ragtune.serving.adapters import AdapterNotFound, AdapterRegistry
 from ragtune.serving.auth import UNLIMITED, Scope
 from ragtune.serving.engine import AdapterRef, Delta, Engine, SamplingOptions, TokenLogprob
-from ragtune.serving.grounding import (
-    PROBE_TOKENS,
-    QUOTE_LEAD,
-    QUOTES,
-    Ranked,
-    allowed_token_ids,
-    choice_grammar,
-    extractive_grammar,
-    opens_abstention,
-    rank_quotations,
-)
+from ragtune.serving.grounded import Grounder, GroundingAsked, option
+from ragtune.serving.grounding import PROBE_TOKENS, opens_abstention
 from ragtune.serving.metrics import Metrics
 from ragtune.serving.prompts import ContextLengthExceeded, PromptBuilder
 from ragtune.serving.protocol import ChatCompletionRequest, CompletionRequest, RagOptions
@@ -110,6 +100,7 @@ class GenerationService:
         self.prompts = PromptBuilder(
             tokenizer, max_model_len=engine.max_model_len, reserve_tokens=settings.context_reserve_tokens
         )
+        self.grounder = Grounder(tokenizer, self.prompts.count_tokens, engine.max_model_len)
         template = getattr(tokenizer, "chat_template", None)
         self.formats_tools = template_formats_tools(template)
         self.parser_name = settings.tool_parser or template_parser(template)
@@ -147,11 +138,11 @@ class GenerationService:
         # Request, then profile, then the server's retrieval settings (retrieval.search.search_options).
         options = search_options(
             self.library.settings,
-            k=_option(rag, target, "top_k", None),
-            mode=_option(rag, target, "mode", None),
-            fusion=_option(rag, target, "fusion", None),
+            k=option(rag, target, "top_k", None),
+            mode=option(rag, target, "mode", None),
+            fusion=option(rag, target, "fusion", None),
         )
-        filt = _option(rag, target, "filter", None)
+        filt = option(rag, target, "filter", None)
         coll = await asyncio.to_thread(self.library.open, collection)
         started = time.perf_counter()
         hits = await asyncio.to_thread(
@@ -177,49 +168,21 @@ class GenerationService:
         kept: list[ContextChunk],
         max_tokens: int | None,
     ) -> dict[str, Any]:
-        """What grounding holds the answer to (serving.grounding), as SamplingOptions fields:
-        the abstention alone when no run of the sources comes within the relevance floor
-        (`min_similarity`) of the question; else strict, the tokens it may use; extractive, the
-        grammar of its quotations (by default after a short probe of the model's own opening,
-        unless `model_abstains` is false, and a ranking of what it may quote). Nothing when
-        retrieval is off or decoding is free. Tokenising, building and ranking run in a thread,
-        like the prompt."""
+        """What grounding holds the answer to (serving.grounded), as SamplingOptions fields;
+        nothing when retrieval is off."""
         collection = self._collection(target, rag)
         if collection is None:
             return {}
-        grounding = _option(rag, target, "grounding", "free")
-        floor = _option(rag, target, "min_similarity", 0.0)
-        quotes = _option(rag, target, "quotes", QUOTES)
-        texts = [c.text for c in kept]
-        ranked: Ranked | None = None
-        if floor or (grounding == "extractive" and quotes and texts):
-            coll = await asyncio.to_thread(self.library.open, collection)
-            # A quotation the reply's token budget cannot hold would end cut, without its marker.
-            budget = max_tokens or self.engine.max_model_len - len(prompt_ids)
-
-            def fits(answer: str) -> bool:
-                return self.prompts.count_tokens(answer) < budget  # and the end of the turn
-
-            ranked = await asyncio.to_thread(
-                rank_quotations, query, texts, coll.embedder, k=max(quotes, 1), fits=fits
-            )
-            if ranked.off_topic(floor):
-                return {"grammar": choice_grammar([])}
-        if grounding == "free":
-            return {}
-        if grounding == "extractive":
-            if ranked is None or not quotes:
-                return {"grammar": await asyncio.to_thread(extractive_grammar, texts)}
-            probe = _option(rag, target, "model_abstains", True)
-            if not ranked.quotes or (probe and await self._opens_with_abstention(target, prompt_ids)):
-                return {"grammar": choice_grammar([])}
-            # A clear lead is quoted as ranked; a close call is the model's to make, among the close.
-            lead = _option(rag, target, "quote_lead", QUOTE_LEAD)
-            window = _option(rag, target, "quote_window", math.inf)
-            offered = ranked.quotes[:1] if ranked.lead > lead else ranked.close(window)
-            return {"grammar": choice_grammar(offered, abstain=False)}
-        allowed = await asyncio.to_thread(allowed_token_ids, self.tokenizer, prompt_ids, texts)
-        return {"allowed_token_ids": tuple(allowed)}
+        coll = await asyncio.to_thread(self.library.open, collection)
+        return await self.grounder.constraint(
+            GroundingAsked.of(rag, target),
+            query=query,
+            texts=[c.text for c in kept],
+            embedder=coll.embedder,
+            prompt_ids=prompt_ids,
+            max_tokens=max_tokens,
+            opens_with_abstention=partial(self._opens_with_abstention, target, prompt_ids),
+        )
 
     def _target(self, model: str, scope: Scope) -> Target:
         """The model a request names, refused before any work if its adapter is not loaded (the
@@ -278,14 +241,14 @@ class GenerationService:
         """serving.structured.check_shape, with the grounding this request retrieves under; and a
         grounded request that retrieves nothing is refused: it would answer from memory."""
         retrieves = self._collection(target, rag) is not None
-        grounding = _option(rag, target, "grounding", "free")
+        grounding = option(rag, target, "grounding", "free")
         if grounding != "free" and not retrieves:
             raise RagtuneError(
                 f"model {target.name!r} holds answers to retrieved sources (grounding {grounding!r}), "
                 "and this request retrieves none: name a collection in rag.collection",
                 param="rag.collection",
             )
-        floor = _option(rag, target, "min_similarity", 0.0) if retrieves else 0.0
+        floor = option(rag, target, "min_similarity", 0.0) if retrieves else 0.0
         check_shape(shape, parser=self.parser_name, grounding=grounding, floor=floor)
 
     def tool_parser(self) -> Any:
@@ -422,13 +385,3 @@ async def _prepend(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIter
     yield first
     async for delta in rest:
         yield delta
-
-
-def _option(rag: RagOptions | bool | None, target: Target, name: str, default: Any) -> Any:
-    """A retrieval or grounding option: the request's (`rag.<name>`), else the model's profile's,
-    else `default`."""
-    for source in (rag if isinstance(rag, RagOptions) else None, target.profile):
-        value = getattr(source, name, None)
-        if value is not None:
-            return value
-    return default
