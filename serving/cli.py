@@ -239,7 +239,7 @@ def chat(
             "--rag",
             metavar="KEY=VALUE",
             help="any other field of the request's `rag`, as KEY=VALUE (a JSON value, else text), "
-            "once per field: --rag min_similarity=0.67 --rag quote_window=0.5",
+            "once per field: --rag mode=sparse --rag 'filter={\"lang\": \"fr\"}'",
         ),
     ] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="longest answer")] = 256,
@@ -322,7 +322,7 @@ def _key_values(pairs: list[str], *, flag: str) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise fail(f"{flag} {pair!r}: write KEY=VALUE, e.g. {flag} min_similarity=0.67")
+            raise fail(f"{flag} {pair!r}: write KEY=VALUE, e.g. {flag} mode=sparse")
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
