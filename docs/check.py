@@ -262,7 +262,8 @@ class Workspace:
     def text(self, block_text: str, port: int | None = None) -> str:
         port = port or self.port
         text = re.sub(r"(localhost|127\.0\.0\.1):8000\b", rf"\g<1>:{port}", block_text)
-        return text
+        # Data sets the docs find beside the clone (../shared/data) are beside the repository.
+        return text.replace("../shared/", f"{REPO.parent}/shared/")
 
     def start_server(self, timeout: float = 900) -> None:
         log = (self.root / "server.log").open("w")
