@@ -72,11 +72,15 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.path.relative_to(REPO)}:{self.line}"
+        return f"{rel(self.path)}:{self.line}"
 
     @property
     def needs_server(self) -> bool:
         return bool(SERVER_USE.search(self.text))
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def doc_files() -> list[Path]:
@@ -98,7 +102,7 @@ def parse(path: Path) -> list[Block]:
             (j for j in range(i + 1, len(lines)) if lines[j].startswith(ticks) and not lines[j].strip("`")),
             None,
         )
-        where = f"{path.relative_to(REPO)}:{i + 1}"
+        where = f"{rel(path)}:{i + 1}"
         if end is None:
             raise DocError(f"{where}: unclosed fence")
         marker = MARKER.match(lines[i - 1]) if i else None
@@ -185,9 +189,9 @@ def broken_links(path: Path) -> list[str]:
         file, _, frag = target.partition("#")
         dest = (path.parent / file).resolve() if file else path
         if not dest.exists():
-            broken.append(f"{path.relative_to(REPO)}: link to a missing file: {target}")
+            broken.append(f"{rel(path)}: link to a missing file: {target}")
         elif frag and dest.suffix == ".md" and frag not in anchors(dest):
-            broken.append(f"{path.relative_to(REPO)}: link to a missing heading: {target}")
+            broken.append(f"{rel(path)}: link to a missing heading: {target}")
     return broken
 
 

@@ -80,13 +80,10 @@ def test_unknown_fences_and_markers_are_errors(check: ModuleType, tmp_path: Path
         ("<!-- check: output -->\n```text\nx\n```\n", "follows the block"),
         ("```bash\nls\n", "unclosed"),
     ]:
-        page = check.REPO / "docs" / f".test-{tmp_path.name}.md"
-        try:
-            page.write_text(text)
-            with pytest.raises(check.DocError, match=message):
-                check.parse(page)
-        finally:
-            page.unlink()
+        page = tmp_path / "page.md"
+        page.write_text(text)
+        with pytest.raises(check.DocError, match=message):
+            check.parse(page)
 
 
 def test_shown_output_is_compared_past_ids_times_and_ellipses(check: ModuleType) -> None:
@@ -99,11 +96,9 @@ def test_shown_output_is_compared_past_ids_times_and_ellipses(check: ModuleType)
 
 def test_links_between_the_docs_reach_a_file_and_heading(check: ModuleType, tmp_path: Path) -> None:
     assert [b for path in check.doc_files() for b in check.broken_links(path)] == []
-    page = check.REPO / "docs" / f".test-{tmp_path.name}.md"
-    try:
-        page.write_text(
-            "[a](nope.md) [b](grounding.md#nope) [c](grounding.md#the-reader-adapter) [d](https://x)\n"
-        )
-        assert len(check.broken_links(page)) == 2
-    finally:
-        page.unlink()
+    (tmp_path / "grounding.md").write_text("# The reader adapter\n")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "[a](nope.md) [b](grounding.md#nope) [c](grounding.md#the-reader-adapter) [d](https://x)\n"
+    )
+    assert len(check.broken_links(page)) == 2
