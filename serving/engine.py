@@ -160,6 +160,7 @@ def engine_args(model_path: Path, settings: EngineSettings) -> dict[str, Any]:
         # between tokens ('{\n\n"country"\n\n:'), spending its token budget on them.
         # (vLLM allows that only with a named backend; xgrammar was "auto"'s choice here too.)
         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+        "use_tqdm_on_load": False,  # ragtune says the engine is starting, and when it is ready
     }
     if settings.enable_lora:
         args |= {

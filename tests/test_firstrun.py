@@ -326,6 +326,10 @@ def test_server_log_says_ready_once_and_names_each_adapter(live_server) -> None:
     assert log.count(f"ragtune ready on {live_server.url}") == 1, log[-3000:]
     assert "adapter style loaded from" in log
     assert log.index("adapter style loaded from") < log.index("ragtune ready on")
+    # vLLM's and torch's notices about the machine (Triton, tcmalloc, NUMA, deprecations) stay out
+    start = log[: log.index("ragtune ready on")]
+    for notice in ("WARNING", "Warning", "Triton", "tcmalloc", "Loading safetensors"):
+        assert notice not in start, start[-3000:]
 
 
 @pytest.mark.engine

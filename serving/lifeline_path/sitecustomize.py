@@ -1,5 +1,6 @@
 """Run at start-up by every Python process the ragtune server spawns (see serving/lifeline.py):
-SIGKILL when the parent dies. Standalone (ctypes only): it runs before anything is imported."""
+SIGKILL when the parent dies; and vLLM's log level from its first line. Standalone (ctypes and
+logging only): it runs before anything is imported."""
 
 import os
 import sys
@@ -19,4 +20,16 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _vllm_log_level() -> None:
+    """vLLM sets its log level (VLLM_LOGGING_LEVEL) once imported; what it logs while importing
+    itself ("Triton is installed, but ...") would pass below that level. ragtune's CLI sets
+    ERROR unless the operator chose a level (ragtune/cli.py)."""
+    level = os.environ.get("VLLM_LOGGING_LEVEL", "")
+    if level in ("ERROR", "CRITICAL"):
+        import logging
+
+        logging.getLogger("vllm").setLevel(level)
+
+
 _die_with_parent()
+_vllm_log_level()
