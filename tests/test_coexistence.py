@@ -22,12 +22,18 @@ REPO = Path(__file__).resolve().parents[1]
 NAMES = ("core", "serving", "retrieval", "training", "evaluation")
 
 
+def clean_env() -> dict[str, str]:
+    """The environment without a PYTHONPATH (a checkout on it would count as installed)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
 def pip(*args: str | Path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=600,
+        env=clean_env(),
     )
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -81,8 +87,8 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(env_dir: Path, *args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    return subprocess.run(list(map(str, args)), capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    cmd = list(map(str, args))
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=clean_env(), timeout=300)
 
 
 def test_both_import_from_where_pip_put_them(venv: Path, tmp_path: Path) -> None:
