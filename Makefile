@@ -68,8 +68,8 @@ QA_SET ?= examples/disflqa
 # As many examples as trained within 20 minutes on the kind of CPU, measured on 2 cores with the
 # 135M model: 240 took about 17 min on an AMD EPYC, 800 (95 steps, bf16) 14.5 min on a Xeon with
 # AMX, and scored better (bench/results/qa-disflqa-reader5.md); 1600 (31 min on AMX) scored better
-# again (reader6.md), so a GPU trains 1600. Larger models take longer on a CPU
-# (bench/results/reader-recipe.md).
+# again (reader6.md), so a GPU trains 1600. Larger bases take longer: 800 on the 1.5B model about
+# 80 min on a quiet AMX machine, hours on a busy one (bench/results/reader-recipe.md).
 READER_EXAMPLES ?= $(if $(filter gpu,$(ENGINE_EXTRA)),1600,$(shell grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null && echo 800 || echo 240))
 READER_LAYERS ?= 15
 # With MODEL=, the reader is trained on (and recorded for) that base; adapters/reader is the one
