@@ -18,6 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
+from ragtune.core.errors import InvalidDocument
+from ragtune.retrieval.ingest import load_file
+from ragtune.serving.routes.files import UPLOAD_SUFFIXES
 from tests.conftest import LiveServer
 
 pytestmark = pytest.mark.engine
@@ -165,6 +168,24 @@ def test_citations_in_an_answer_highlight_their_sources(page: Any) -> None:
     }"""
     )
     assert drawn == {"cites": ["[1]"], "classes": ["source cited", "source"]}
+
+
+def test_the_file_picker_offers_the_types_the_upload_takes(page: Any, tmp_path: Path) -> None:
+    """The page's list of upload types (the picker's `accept` and the hint beside it) is the
+    server's UPLOAD_SUFFIXES, and those are the types the upload's loader reads: a BEIR corpus
+    (.jsonl) is for `ragtune ingest`, not for upload."""
+    assert page.get_attribute("#upload-file", "accept").split(",") == list(UPLOAD_SUFFIXES)
+    assert "upload a file (" + " ".join(UPLOAD_SUFFIXES) + ")" in page.inner_text("#upload-form label")
+    assert "{{" not in page.content()  # every placeholder of index.html filled in
+    for suffix in (*UPLOAD_SUFFIXES, ".jsonl", ".docx"):
+        path = tmp_path / ("note" + suffix)
+        path.write_text("hello", encoding="utf-8")
+        try:
+            load_file(path, "note")
+            unsupported = False
+        except InvalidDocument as exc:  # an unreadable PDF is refused as such, not for its type
+            unsupported = "unsupported file type" in exc.message
+        assert unsupported == (suffix not in UPLOAD_SUFFIXES), suffix
 
 
 def test_add_a_document_ask_again_see_it_cited_then_delete_it(

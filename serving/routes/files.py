@@ -1,7 +1,8 @@
 """File upload into a collection: `POST /v1/collections/{name}/files` (multipart/form-data).
 
-The files go through the loaders `ragtune ingest` uses (.txt .md .html .pdf), one document
-each, named by the file's name unless an `id` is given: uploading a file again replaces it.
+The files go through the loaders `ragtune ingest` uses (UPLOAD_SUFFIXES: .txt .md .markdown
+.html .htm .pdf), one document each, named by the file's name unless an `id` is given: uploading
+a file again replaces it. The playground's file picker offers the same list.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from fastapi import APIRouter, File, Form, UploadFile
 
 from ragtune.core.errors import InvalidDocument
 from ragtune.retrieval import Document
-from ragtune.retrieval.ingest import load_file
+from ragtune.retrieval.ingest import SUFFIXES, load_file
 from ragtune.serving.deps import LibraryDep
 from ragtune.serving.resources import UpsertResponse
+
+# What load_file reads: every type `ragtune ingest` takes but a BEIR corpus (.jsonl), which is
+# many documents, not one file's.
+UPLOAD_SUFFIXES = tuple(s for s in SUFFIXES if s != ".jsonl")
 
 router = APIRouter(prefix="/v1/collections")
 
@@ -27,7 +32,7 @@ router = APIRouter(prefix="/v1/collections")
 async def upload_files(
     name: str,
     library: LibraryDep,
-    file: Annotated[list[UploadFile], File(description="one or more .txt .md .html .pdf files")],
+    file: Annotated[list[UploadFile], File(description=f"one or more {' '.join(UPLOAD_SUFFIXES)} files")],
     id: Annotated[str | None, Form(description="document id for a single file (default: its name)")] = None,
 ) -> dict[str, Any]:
     coll = await asyncio.to_thread(library.open, name)  # an unknown collection is a 404 before any read
