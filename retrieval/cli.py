@@ -251,7 +251,9 @@ def _open_or_create(library: Library, name: str) -> Any:
 
 def ingest_command(
     ctx: typer.Context,
-    paths: Annotated[list[Path], Arg(help="files or folders: .txt .md .html .pdf, BEIR corpus .jsonl")],
+    paths: Annotated[
+        list[Path], Arg(help="files or folders: .txt .md .markdown .html .htm .pdf, BEIR corpus .jsonl")
+    ],
     collection: CollectionOpt,
     batch_size: Annotated[int, Opt("--batch-size", min=1, help="documents per atomic batch")] = 64,
 ) -> None:
@@ -261,7 +263,9 @@ def ingest_command(
     with _library(ctx) as library:
         docs = collect(paths)
         if not docs:
-            raise fail(f"no supported files in {', '.join(map(str, paths))} (.txt .md .html .pdf .jsonl)")
+            from ragtune.retrieval.ingest import SUFFIXES
+
+            raise fail(f"no supported files in {', '.join(map(str, paths))} ({' '.join(SUFFIXES)})")
         c = _open_or_create(library, collection)
         with progress_bar() as bar:
             task = bar.add_task(f"ingest into {collection}", total=len(docs))

@@ -1,4 +1,4 @@
-"""Files -> Documents (.txt .md .html .pdf and BEIR corpus .jsonl), and `sync` of a folder.
+"""Files -> Documents (.txt .md .markdown .html .htm .pdf, and BEIR corpus .jsonl), and `sync` of a folder.
 
 Every loader raises InvalidDocument naming the file and what is wrong with it, so the CLI can
 refuse a whole batch before anything is written.
