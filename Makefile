@@ -131,8 +131,8 @@ bench: model
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: install
-	$(BIN)/ruff check ragtune/*.py core serving retrieval training evaluation tests bench
-	$(BIN)/ruff format --check ragtune/*.py core serving retrieval training evaluation tests bench
+	$(BIN)/ruff check ragtune tests bench docs/*.py
+	$(BIN)/ruff format --check ragtune tests bench docs/*.py
 	$(BIN)/mypy
 
 clean:

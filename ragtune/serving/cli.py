@@ -239,7 +239,7 @@ def chat(
             "--rag",
             metavar="KEY=VALUE",
             help="any other field of the request's `rag`, as KEY=VALUE (a JSON value, else text), "
-            "once per field: --rag mode=sparse --rag 'filter={\"lang\": \"fr\"}'",
+            'once per field: --rag mode=sparse --rag \'filter={"lang": "fr"}\'',
         ),
     ] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="longest answer")] = 256,
