@@ -179,6 +179,30 @@ def test_eval_qa_scores_answers_grounding_and_abstention_and_resumes(app_client,
     assert scores(third) == scores(summary)
 
 
+def test_a_second_eval_of_the_same_folder_is_refused_while_the_first_holds_its_collection(
+    app_client, tmp_path: Path
+):
+    """Each phase rewrites the eval collection's passages: a second run in the same indexes folder
+    would answer from the first one's counterfactual texts. It is refused, naming the collection."""
+    from filelock import FileLock
+
+    app, engine, _ = app_client
+    opts = QAEvalOptions(models=["base"], rag=[True], split="all", top_k=2, concurrency=4)
+    locks = tmp_path / "indexes"
+
+    async def run() -> dict[str, Any]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://ragtune") as client:
+                return await run_qa_eval(client, QA, opts, results_file=tmp_path / "a.jsonl", lock_dir=locks)
+
+    collection = f"qa-{load_qa_set(QA).name}".lower()
+    with FileLock(locks / f".eval-{collection}.lock"), pytest.raises(EvalError, match=collection):
+        asyncio.run(run())
+    assert engine.calls == 0
+    assert asyncio.run(run())["configs"]["base+RAG"]["contains"] == 1.0  # free again once released
+
+
 def test_eval_qa_refuses_an_unknown_model_before_asking(app_client, tmp_path: Path):
     app, engine, _ = app_client
     opts = QAEvalOptions(models=["nosuch"], rag=[True])

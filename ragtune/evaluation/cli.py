@@ -340,8 +340,12 @@ def _run_qa(
             client_cm = (
                 server_client(server, api_key) if server else in_process_client(with_grounded(settings))
             )
+            # In this process the collection is the indexes folder's, which another eval there shares.
+            lock_dir = None if server else Path(settings.indexes_dir)
             async with client_cm as client:
-                return await run_qa_eval(client, dataset, opts, results_file=answers, progress=progress)
+                return await run_qa_eval(
+                    client, dataset, opts, results_file=answers, progress=progress, lock_dir=lock_dir
+                )
 
     try:
         return asyncio.run(main())

@@ -25,17 +25,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
+from filelock import FileLock, Timeout
 
 from ragtune.evaluation.qa_api import CollectionState, EvalError, ask, model_versions, resolve_models
 from ragtune.evaluation.qa_score import load_behaviour_scorer, summarize
 from ragtune.training.qa import (
     Counterfactual,
+    QASet,
     Question,
     counterfactuals,
     load_qa_set,
@@ -87,15 +90,52 @@ async def run_qa_eval(
     *,
     results_file: Path,
     progress: Callable[[str, int, int], None] = lambda *_: None,
+    lock_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """Every phase for every config; with `lock_dir`, no other eval of this folder may use the
+    same collection meanwhile (each phase rewrites its passages: two runs would read each other's)."""
     qa = load_qa_set(dataset)
+    collection = opts.collection or f"qa-{qa.name}".lower()[:60]
+    with _exclusive(lock_dir, collection):
+        return await _run_qa_eval(client, qa, dataset, opts, collection, results_file, progress)
+
+
+@contextmanager
+def _exclusive(lock_dir: Path | None, collection: str) -> Iterator[None]:
+    if lock_dir is None:
+        yield
+        return
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_dir / f".eval-{collection}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise EvalError(
+            f"another `ragtune eval qa` is using collection {collection!r} in {lock_dir}: its phases "
+            "rewrite the passages this run would read; wait for it, or run this one in another folder",
+            param="collection",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+async def _run_qa_eval(
+    client: httpx.AsyncClient,
+    qa: QASet,
+    dataset: Path,
+    opts: QAEvalOptions,
+    collection: str,
+    results_file: Path,
+    progress: Callable[[str, int, int], None],
+) -> dict[str, Any]:
     questions = split_questions(qa, opts.split)[: opts.limit]
     if not questions:
         raise EvalError(f"no questions in the {opts.split!r} split of {dataset}", param="dataset")
     names = await resolve_models(client, opts.models)
     versions = await model_versions(client, names)
     configs = [Config(m, r) for m in opts.models for r in opts.rag]
-    collection = opts.collection or f"qa-{qa.name}".lower()[:60]
     state = CollectionState(client, collection, qa, owned=opts.collection is None)
     await state.ensure()
     cf_texts, cf = counterfactuals(qa, questions, seed=opts.seed)
