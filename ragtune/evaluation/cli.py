@@ -14,7 +14,6 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,6 +24,7 @@ from ragtune.core.console import err_console, fail, progress_bar, root_settings
 from ragtune.core.errors import RagtuneError
 from ragtune.evaluation import report
 from ragtune.evaluation.qa import PHASES, QAEvalOptions
+from ragtune.retrieval.cli import open_library
 from ragtune.serving.routing import CHUNKS
 
 if TYPE_CHECKING:
@@ -46,25 +46,6 @@ def register(app: typer.Typer) -> None:
 
 # -- retrieval -----------------------------------------------------------------------------------
 MODES = ("dense", "sparse", "hybrid")
-
-
-@contextlib.contextmanager
-def _library(settings: RetrievalSettings, root: Path) -> Iterator[Library]:
-    """A library for one command; any RagtuneError becomes a clear message and exit code 2."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from ragtune.retrieval.library import Library
-
-    try:
-        library = Library(root, settings)  # a store that cannot be reached fails here
-    except RagtuneError as exc:
-        raise fail(exc.message) from None
-    try:
-        yield library
-    except RagtuneError as exc:
-        raise fail(exc.message) from None
-    finally:
-        library.close()
 
 
 @eval_app.command("retrieval")
@@ -100,7 +81,7 @@ def eval_retrieval_command(
     settings: RetrievalSettings = root.retrieval
     runs = _retrieval_runs(mode, fusion, compare=compare, default_fusion=settings.fusion)
     quiet = as_json or not sys.stderr.isatty()
-    with _library(settings, Path(root.indexes_dir)) as library:
+    with open_library(settings, Path(root.indexes_dir)) as library:
         data = load_dataset(dataset, max_queries=max_queries)
         name = collection or f"eval-{data.name}"
         c, ingest = _ingest_dataset(library, data, name, fresh=fresh, quiet=quiet)

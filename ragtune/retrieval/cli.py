@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -44,13 +44,13 @@ def _settings(ctx: typer.Context) -> tuple[RetrievalSettings, Path]:
 
 
 @contextmanager
-def _library(ctx: typer.Context) -> Iterator[Library]:
-    """A library for one command; any RagtuneError becomes a clear message and exit code 2."""
+def open_library(settings: RetrievalSettings, root: Path) -> Iterator[Library]:
+    """A library for one command (any package's); any RagtuneError becomes a clear message and
+    exit code 2."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from ragtune.retrieval.library import Library
 
-    settings, root = _settings(ctx)
     try:
         library = Library(root, settings)  # a store that cannot be reached fails here
     except RagtuneError as exc:
@@ -61,6 +61,10 @@ def _library(ctx: typer.Context) -> Iterator[Library]:
         raise fail(exc.message) from None
     finally:
         library.close()
+
+
+def _library(ctx: typer.Context) -> AbstractContextManager[Library]:
+    return open_library(*_settings(ctx))
 
 
 def _parse_filter(text: str | None) -> dict[str, Any] | None:
