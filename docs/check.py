@@ -289,7 +289,7 @@ class Workspace:
 
 def healthy(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
             return bool(r.status == 200)
     except OSError:
         return False
