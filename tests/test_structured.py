@@ -17,6 +17,7 @@ from ragtune.serving.structured import (
     ToolCall,
     ToolDef,
     calls_schema,
+    check_shape,
     instruct,
     plan,
     template_message,
@@ -183,3 +184,16 @@ def test_a_bare_call_to_a_listed_tool_is_a_call(base_model: Path) -> None:
     assert read_calls(auto, '{"city": "Paris"}', parser) == ('{"city": "Paris"}', [])
     held = AutoStream()
     assert [held.feed(p) for p in [" {", '"name": ', "1}"]] == ["", "", ""] and held.calling
+
+
+def test_a_schema_under_grounding_is_refused_naming_what_to_change() -> None:
+    """The floor is a profile's calibration: the refusal says how to do without it, never to send
+    a request field that is itself refused."""
+    shape = plan(ResponseFormat(type="json_object"), None, None, None)
+    check_shape(shape, parser=None, grounding="free", floor=0.0)  # nothing holds the reply: fine
+    with pytest.raises(RagtuneError, match="rag.grounding 'free'") as strict:
+        check_shape(shape, parser=None, grounding="strict", floor=0.0)
+    assert strict.value.param == "response_format"
+    with pytest.raises(RagtuneError, match=r"relevance floor \(min_similarity 0.67\)") as floor:
+        check_shape(shape, parser=None, grounding="free", floor=0.67)
+    assert "rag.min_similarity" not in floor.value.message

@@ -38,7 +38,7 @@ def load_dataset(root: Path, *, split: str = "test", max_queries: int | None = N
     if not root.is_dir():
         raise DatasetError(
             f"{root}: no such folder. A BEIR data set is a folder with corpus.jsonl, queries.jsonl "
-            "and qrels/<split>.tsv; the benchmark sets (cranfield, disflqa) are not part of a clone",
+            "and qrels/<split>.tsv (examples/disflqa ships one; Cranfield is not part of a clone)",
             param="dataset",
         )
     corpus, queries_file, qrels_file = (

@@ -85,7 +85,8 @@ def load_file(path: Path, doc_id: str, extra: dict[str, Any] | None = None) -> D
     elif suffix == ".pdf":
         title, text = load_pdf(path)
     else:
-        raise InvalidDocument(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+        readable = [s for s in SUFFIXES if s != ".jsonl"]  # a .jsonl is a corpus (`ragtune ingest`)
+        raise InvalidDocument(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(readable)}")
     if not text.strip():
         raise InvalidDocument(f"{path}: no text in this file", param="path")
     metadata = {"path": doc_id, "type": suffix.lstrip("."), "file_sha256": file_sha256(path), **(extra or {})}

@@ -130,7 +130,8 @@ class Library:
                 known = ", ".join(self.names()) or "none yet"
                 raise CollectionNotFound(
                     f"no collection {name!r} in {self.backend.where} (known: {known}); create it with "
-                    f"`ragtune collections create {name}`",
+                    f"`ragtune collections create {name}`, or over HTTP: POST /v1/collections "
+                    f'{{"name": "{name}"}}',
                     param="collection",
                 )
             collection = Collection(self.backend.open(name), self.settings, self.embedder)

@@ -17,7 +17,7 @@ from ragtune.serving.settings import ProfileSettings, Settings
 
 console = Console()
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "house-style"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "house-style"
 DEMO_ADAPTER = "house-style"
 READER_ADAPTER = "reader"
 GROUNDED_PROFILE = "grounded"

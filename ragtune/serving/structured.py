@@ -167,11 +167,15 @@ def check_shape(shape: Plan, *, parser: str | None, grounding: str, floor: float
     if not (shape.constrained or shape.tools) or (grounding == "free" and not floor):
         return
     what = "tool calls" if shape.tools else "response_format"
-    held = f"rag.grounding {grounding!r}" if grounding != "free" else f"rag.min_similarity {floor}"
+    if grounding != "free":
+        held = f"rag.grounding {grounding!r} (from the request or the model's profile)"
+        fix = "send rag.grounding 'free'"
+    else:
+        held = f"the profile's relevance floor (min_similarity {floor})"
+        fix = "ask a model whose profile sets no floor, or retrieve nothing (rag: false)"
     raise RagtuneError(
-        f"{what} cannot combine with {held} (from the request or the model's profile): grounding "
-        "holds the reply to its sources, a schema to JSON; send rag.grounding 'free' and "
-        "rag.min_similarity 0, or leave out the schema",
+        f"{what} cannot combine with {held}: grounding holds the reply to its sources, a schema "
+        f"to JSON; {fix}, or leave out the schema",
         param="tool_choice" if shape.tools else "response_format",
     )
 
