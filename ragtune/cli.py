@@ -8,28 +8,12 @@ Each package adds its own commands here: serving (serve, demo, chat, models), ev
 
 from __future__ import annotations
 
-import logging
-import os
-import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
-# vLLM's and torch's start-up notices about the machine (Triton absent on a CPU, tcmalloc not
-# preloaded, NUMA binding, deprecations inside vLLM) come before ragtune's ready line and ask
-# nothing of whoever runs ragtune; errors still show. Set before vLLM is imported, here and in the
-# engine processes that inherit the environment. An operator's own VLLM_LOGGING_LEVEL turns this
-# off (VLLM_LOGGING_LEVEL=INFO ragtune serve shows vLLM's whole log).
-if "VLLM_LOGGING_LEVEL" not in os.environ:
-    os.environ["VLLM_LOGGING_LEVEL"] = "ERROR"
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    logging.getLogger("vllm").setLevel(logging.ERROR)  # what vLLM logs before it configures itself
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
-    # the same for the engine's processes, which vLLM spawns
-    quiet = "ignore::FutureWarning:vllm.triton_utils.dispatcher"
-    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
+import typer
 
-import typer  # noqa: E402
-
+import ragtune.quiet  # noqa: F401  (first: vLLM's log level, before anything imports vLLM)
 from ragtune.core.console import fail
 from ragtune.evaluation import cli as evaluation_cli
 from ragtune.retrieval import cli as retrieval_cli

@@ -23,8 +23,8 @@ def _die_with_parent() -> None:
 def _vllm_log_level() -> None:
     """vLLM sets its log level (VLLM_LOGGING_LEVEL) once imported; what it logs while importing
     itself ("Triton is installed, but ...") would pass below that level. ragtune's CLI sets
-    ERROR unless the operator chose a level (ragtune/cli.py)."""
-    level = os.environ.get("VLLM_LOGGING_LEVEL", "")
+    ERROR unless the operator chose a level (ragtune/quiet.py)."""
+    level = os.environ.get("VLLM_LOGGING_LEVEL", "").upper()
     if level in ("ERROR", "CRITICAL"):
         import logging
 
