@@ -406,10 +406,10 @@ def test_terminal_chat_streams_answers_and_prints_their_sources(live_server) -> 
         # next is asked, and a pipe's exit says so.
         r = chat("--model", BASE, "--collection", "chat-cli", "--rag", "top_k=0", stdin="hi\nho\n")
         assert r.returncode == 1 and r.stderr.count("(field: rag.top_k)") == 2, r.stderr
+        assert "> ho" in r.stdout, r.stdout
         # Calibration is a profile's, not a request's: the error says where it is set.
         r = chat("--model", BASE, "--collection", "chat-cli", "--rag", "min_similarity=0.67", stdin="hi\n")
         assert r.returncode == 1 and "profile setting" in r.stderr, r.stderr
-        assert "> ho" in r.stdout, r.stdout
         r = chat("--rag", "min_similarity", stdin="hi\n")
         assert r.returncode == 2 and "KEY=VALUE" in r.stderr, r.stderr
         r = chat("--model", BASE, "--no-rag", stdin="What is the capital of France?\n\n/quit\nnot asked\n")
