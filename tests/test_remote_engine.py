@@ -221,7 +221,8 @@ def test_an_adapter_loaded_through_one_replica_is_served_by_the_other(
     # B checks the adapter on the shared engine as it takes it up (the canary probe). A request
     # batched with that probe is computed with other shapes, and greedy text can differ after a
     # few tokens (vLLM is not batch-invariant), so the answers are compared once B is done.
-    wait_until(served_by_b, "replica B serves the adapter loaded through A")
+    # Its probe is a generation on the engine both share: on busy cores that alone takes seconds.
+    wait_until(served_by_b, "replica B serves the adapter loaded through A", timeout=60)
     on_a = chat(a, "rs", FRANCE)["choices"][0]["message"]["content"]
     assert on_a != chat(a, BASE, FRANCE)["choices"][0]["message"]["content"]  # the adapter acts
     assert chat(b, "rs", FRANCE)["choices"][0]["message"]["content"] == on_a
