@@ -171,11 +171,12 @@ class GenerationService:
         """What grounding holds the answer to (serving.grounded), as SamplingOptions fields;
         nothing when retrieval is off."""
         collection = self._collection(target, rag)
-        if collection is None:
+        asked = GroundingAsked.of(rag, target)
+        if collection is None or not asked.constrains:
             return {}
         coll = await asyncio.to_thread(self.library.open, collection)
         return await self.grounder.constraint(
-            GroundingAsked.of(rag, target),
+            asked,
             query=query,
             texts=[c.text for c in kept],
             embedder=coll.embedder,

@@ -54,6 +54,11 @@ class GroundingAsked:
     quote_lead: float = QUOTE_LEAD
     quote_window: float = math.inf
 
+    @property
+    def constrains(self) -> bool:
+        """Whether anything holds the reply: free decoding without a floor has nothing to build."""
+        return self.grounding != "free" or bool(self.floor)
+
     @classmethod
     def of(cls, rag: RagOptions | bool | None, target: Target) -> GroundingAsked:
         return cls(
