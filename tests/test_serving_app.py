@@ -373,3 +373,33 @@ def test_below_the_relevance_floor_the_reply_is_the_abstention_in_every_groundin
             rag={"grounding": grounding},
         )
         assert calls[-1].grammar != choice_grammar([]), grounding
+
+
+def test_popular_context_order_lays_shared_chunks_out_alike(served) -> None:  # noqa: ANN001
+    """`context_order: popular`: the chunk retrieved most often comes first whatever its rank, so
+    requests answered from it share a prompt prefix; `sources` keep the prompt's numbering."""
+    client, engine, _ = served
+    assert (
+        client.put(
+            "/v1/profiles/hot", json={"collection": "notes", "top_k": 2, "context_order": "popular"}
+        ).status_code
+        == 201
+    )
+
+    def ask(question: str, model: str = "hot", **rag: object) -> tuple[dict, str]:
+        turn = [{"role": "user", "content": question}]
+        body = chat(client, model=model, max_tokens=1, messages=turn, rag=rag or None)
+        return body, engine.tokenizer.decode(engine.prompts[-1])
+
+    for _ in range(3):  # the lighthouse note becomes the most retrieved
+        assert ask("When was the lighthouse built?", top_k=1)[0]["sources"][0]["document_id"] == "b"
+    body, prompt = ask("What is the lighthouse keeper's cat called?")
+    ranked, _ = ask("What is the lighthouse keeper's cat called?", model="notes")
+    assert ranked["sources"][0]["document_id"] == "a"  # by rank the cat note is first...
+    assert [s["document_id"] for s in body["sources"]] == ["b", "a"]  # ...by popularity second
+    assert [s["index"] for s in body["sources"]] == [1, 2]
+    assert prompt.index("[1] Lighthouse") < prompt.index("[2] Cat")
+    assert (
+        client.put("/v1/profiles/hot", json={"collection": "notes", "context_order": "newest"}).status_code
+        == 400
+    )

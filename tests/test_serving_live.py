@@ -92,6 +92,21 @@ def test_stream_matches_plain_and_reports_usage(live_server: LiveServer) -> None
     assert any(c.choices and c.choices[0].finish_reason for c in chunks)
 
 
+def test_a_repeated_prompt_is_served_from_the_prefix_cache(live_server: LiveServer) -> None:
+    """The engine's prefix cache, seen by a client (usage.prompt_tokens_details.cached_tokens)
+    and by an operator (/metrics: ragtune_tokens_total{type="prompt_cached"})."""
+    client = live_server.client()
+    question = [{"role": "user", "content": "Name three rivers of Europe, one per line, " * 8}]
+    first = greedy(client, BASE, question)
+    second = greedy(client, BASE, question)
+    assert second.usage.prompt_tokens == first.usage.prompt_tokens > 64
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= second.usage.prompt_tokens - 32  # all but the last partial KV block
+    metrics = httpx.get(f"{live_server.url}/metrics").text
+    line = next(x for x in metrics.splitlines() if x.startswith('ragtune_tokens_total{type="prompt_cached"}'))
+    assert float(line.split()[-1]) >= cached
+
+
 def test_completions_endpoint(live_server: LiveServer) -> None:
     resp = live_server.client().completions.create(
         model=BASE, prompt="The capital of France is", max_tokens=5, temperature=0

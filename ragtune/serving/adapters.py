@@ -18,9 +18,11 @@ from pathlib import Path
 
 from ragtune.core.adapters import AdapterInfo, inspect_adapter
 from ragtune.core.errors import ConflictError, NotFoundError, RagtuneError
+from ragtune.core.merge import correction
 from ragtune.serving.canary import Canary
 from ragtune.serving.engine import AdapterRef, Engine
 from ragtune.serving.errors import AdapterRejected, EngineUnhealthy
+from ragtune.serving.merged import Merged
 
 log = logging.getLogger("ragtune.serving")
 
@@ -31,6 +33,18 @@ class AdapterNotFound(NotFoundError):
 
 class AdapterPathError(RagtuneError):
     code = "invalid_adapter_path"
+
+
+class MergedAdapterFixed(ConflictError):
+    """The adapter merged into the engine's weights changes only with a restart."""
+
+    code = "adapter_merged"
+
+
+class BaseNotServed(RagtuneError):
+    """The engine runs an adapter merged in, with LoRA off: nothing can take it back out."""
+
+    code = "model_not_served"
 
 
 class AdapterChanged(ConflictError):
@@ -57,8 +71,18 @@ class LoadedAdapter:
 
 
 class AdapterRegistry:
-    def __init__(self, engine: Engine, *, adapters_dir: Path, base_model_path: Path, max_lora_rank: int):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        adapters_dir: Path,
+        base_model_path: Path,
+        max_lora_rank: int,
+        merged: Merged | None = None,
+    ):
         self._engine = engine
+        self._merged = merged
+        self._base_ref: AdapterRef | None = None  # with a merge: the correction back to the base
         self._dir = adapters_dir.resolve()
         self._base = base_model_path
         self._max_rank = max_lora_rank
@@ -67,6 +91,26 @@ class AdapterRegistry:
         self._lock = asyncio.Lock()
         self._pending_removal: list[LoadedAdapter] = []
         self.canary: Canary | None = None  # set once the engine's reference answer is known
+
+    async def start(self) -> None:
+        """With a merge: list the merged adapter (it needs no LoRA) and load the base model's
+        correction into the engine (with LoRA on)."""
+        merged = self._merged
+        if merged is None:
+            return
+        ref = AdapterRef(name=merged.name, version=next(self._versions), path=merged.info.path,
+                         fingerprint=merged.info.fingerprint)  # fmt: skip
+        self._current[merged.name] = LoadedAdapter(ref=ref, info=merged.info)
+        if merged.lora:
+            folder = await asyncio.to_thread(correction, merged.folder, merged.info, None)
+            self._base_ref = AdapterRef(
+                name="base", version=next(self._versions), path=folder, engine_path=folder
+            )
+            await self._engine.add_adapter(self._base_ref)
+
+    @property
+    def merged(self) -> Merged | None:
+        return self._merged
 
     @property
     def root(self) -> Path:
@@ -121,9 +165,14 @@ class AdapterRegistry:
                 f"{fingerprint}; copy the same files to every replica, or load it again",
                 param="path",
             )
+        engine_path = await self._correction_for(name, info)
         async with self._lock:
             ref = AdapterRef(
-                name=name, version=next(self._versions), path=folder, fingerprint=info.fingerprint
+                name=name,
+                version=next(self._versions),
+                path=folder,
+                fingerprint=info.fingerprint,
+                engine_path=engine_path,
             )
             if self.canary is not None:
                 await self.canary.check()  # never load onto an engine that is already wrong
@@ -149,6 +198,26 @@ class AdapterRegistry:
                 await self._retire(old)
             log.info("adapter %s loaded from %s (rank %d)", name, folder, info.rank)
             return self._current[name], old is not None
+
+    async def _correction_for(self, name: str, info: AdapterInfo) -> Path | None:
+        """On an engine with an adapter merged in: the LoRA that serves `info` there."""
+        merged = self._merged
+        if merged is None:
+            return None
+        if name == merged.name:
+            raise MergedAdapterFixed(
+                f"adapter {name!r} is merged into the engine's weights (serving.merge); restart the "
+                "server to serve another version of it",
+                param="name",
+            )
+        if not merged.lora:
+            raise BaseNotServed(
+                f"adapter {name!r} cannot load: the engine runs {merged.name!r} merged into its weights "
+                "with LoRA off; start it with LoRA on (RAGTUNE_ENGINE__ENABLE_LORA=true) to serve other "
+                "adapters beside the merged one",
+                param="path",
+            )
+        return await asyncio.to_thread(correction, merged.folder, merged.info, info)
 
     async def _probe(self, canary: Canary, ref: AdapterRef) -> None:
         """After a load: the adapter answers, and the base model's answer is unchanged; else the
@@ -183,6 +252,12 @@ class AdapterRegistry:
         async with self._lock:
             if name not in self._current:
                 raise AdapterNotFound(f"adapter {name!r} is not loaded", param="name")
+            if self._merged is not None and name == self._merged.name:
+                raise MergedAdapterFixed(
+                    f"adapter {name!r} is merged into the engine's weights; restart the server without "
+                    "serving.merge to unload it",
+                    param="name",
+                )
             if record is not None:
                 await record()
             entry = self._current.pop(name)
@@ -213,12 +288,24 @@ class AdapterRegistry:
         return [self._current[n] for n in self.names()]
 
     @contextmanager
-    def use(self, name: str) -> Iterator[AdapterRef]:
+    def use(self, name: str) -> Iterator[AdapterRef | None]:
+        """The version a request runs on, held while it runs (None: no LoRA, the merged one)."""
         entry = self._current.get(name)
         if entry is None:
             raise AdapterNotFound(f"adapter {name!r} is not loaded", param="model")
         entry.in_flight += 1
         try:
-            yield entry.ref
+            yield None if self._merged is not None and name == self._merged.name else entry.ref
         finally:
             entry.in_flight -= 1
+
+    def base(self) -> AdapterRef | None:
+        """What a request for the base model runs on: no LoRA, or the correction from a merge."""
+        if self._merged is not None and self._base_ref is None:
+            raise BaseNotServed(
+                f"the base model is not served: the engine runs {self._merged.name!r} merged into its "
+                "weights with LoRA off; ask for that model, or start with LoRA on "
+                "(RAGTUNE_ENGINE__ENABLE_LORA=true)",
+                param="model",
+            )
+        return self._base_ref

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ragtune.core.errors import RagtuneError
 from ragtune.retrieval import Library
 from ragtune.retrieval.storage import hide_password
+from ragtune.serving import merged
 from ragtune.serving.adapters import AdapterRegistry
 from ragtune.serving.auth import AdminKey, KeyChecker, check_exposure
 from ragtune.serving.canary import Canary, EngineMismatch, reference_answer
@@ -57,21 +59,32 @@ def create_app(
         # The store first: an unreachable database fails the start before the engine's minutes.
         lib = library or Library(settings.indexes_dir, settings.retrieval)
         records = open_records(lib.backend)  # adapters and profiles changed over HTTP, in the same store
-        eng = engine or (engine_factory() if engine_factory else await _start_engine(settings))
+        try:
+            merge = await asyncio.to_thread(merged.prepare, settings)
+        except BaseException:
+            records.close()
+            raise
+        eng = engine or (engine_factory() if engine_factory else await _start_engine(settings, merge))
         metrics = Metrics()
         registry = AdapterRegistry(
             eng,
             adapters_dir=settings.adapters_dir,
             base_model_path=model_path,
             max_lora_rank=settings.engine.max_lora_rank,
+            merged=merge,
         )
         tokenizer = _load_tokenizer(model_path)
         resolver = ModelResolver(settings.base_model_name, registry, settings.serving.profiles)
         converger = Converger(records, registry, resolver)
         try:
-            registry.canary = await _start_canary(eng, tokenizer, settings, self_check=engine is None)
+            engine_model = merge.folder if merge else model_path
+            registry.canary = await _start_canary(
+                eng, tokenizer, settings, engine_model, self_check=engine is None
+            )
+            await registry.start()
             for name, path in settings.serving.adapters.items():
-                await registry.load(name, path)  # logs "adapter NAME loaded from ..."
+                if merge is None or name != merge.name:
+                    await registry.load(name, path)  # logs "adapter NAME loaded from ..."
             # What was changed over HTTP, on top of the config.
             restored = await converger.catch_up()
         except BaseException:
@@ -124,23 +137,27 @@ def create_app(
     return app
 
 
-async def _start_engine(settings: Settings) -> Engine:
-    """vLLM in this process, or the vLLM server at `engine.url`."""
+async def _start_engine(settings: Settings, merge: merged.Merged | None) -> Engine:
+    """vLLM in this process (on the merged weights with a merge), or the vLLM server at `engine.url`."""
     if settings.engine.url:
         from ragtune.serving.remote_engine import RemoteEngine
 
         return await RemoteEngine.connect(settings.engine, adapters_dir=settings.adapters_dir)
     from ragtune.serving.engine import VllmEngine
 
-    return VllmEngine(settings.base_model_path, settings.engine)
+    model = merge.folder if merge else settings.base_model_path
+    return VllmEngine(model, merged.engine_settings(settings.engine, merge))
 
 
-async def _start_canary(engine: Engine, tokenizer: Any, settings: Settings, *, self_check: bool) -> Canary:
-    """The engine's reference answer, checked against transformers when ragtune built the engine."""
+async def _start_canary(
+    engine: Engine, tokenizer: Any, settings: Settings, model: Path, *, self_check: bool
+) -> Canary:
+    """The engine's reference answer, checked against transformers on the folder the engine runs
+    (`model`) when ragtune built the engine."""
     canary = Canary(engine, tokenizer)
     expected = None
     if self_check and settings.engine.self_check:
-        expected = await asyncio.to_thread(reference_answer, settings.base_model_path, canary.prompt_ids)
+        expected = await asyncio.to_thread(reference_answer, model, canary.prompt_ids)
     try:
         await canary.calibrate(expected)
     except EngineMismatch as exc:

@@ -25,10 +25,10 @@ from ragtune.serving.engine import AdapterRef, Delta, Engine, SamplingOptions, T
 from ragtune.serving.grounded import Grounder, GroundingAsked, option
 from ragtune.serving.grounding import PROBE_TOKENS, opens_abstention
 from ragtune.serving.metrics import Metrics
-from ragtune.serving.prompts import ContextLengthExceeded, PromptBuilder
+from ragtune.serving.prompts import Arrange, ContextLengthExceeded, Popularity, PromptBuilder
 from ragtune.serving.protocol import ChatCompletionRequest, CompletionRequest, RagOptions
 from ragtune.serving.resolve import ModelResolver, Target
-from ragtune.serving.responses import Source, Usage, new_id
+from ragtune.serving.responses import PromptTokensDetails, Source, Usage, new_id
 from ragtune.serving.routing import AUTO, Route, Router
 from ragtune.serving.sampling import sampling_options
 from ragtune.serving.settings import ServingSettings
@@ -70,12 +70,21 @@ class Choice:
 class Result:
     prepared: Prepared
     choices: list[Choice] = field(default_factory=list)
+    cached_tokens: int | None = None  # prompt tokens from the engine's prefix cache
 
     @property
     def usage(self) -> Usage:
         completion = sum(c.tokens for c in self.choices)
         prompt = len(self.prepared.prompt_ids)
-        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        details = (
+            None if self.cached_tokens is None else PromptTokensDetails(cached_tokens=self.cached_tokens)
+        )
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            prompt_tokens_details=details,
+        )
 
 
 class GenerationService:
@@ -101,6 +110,7 @@ class GenerationService:
             tokenizer, max_model_len=engine.max_model_len, reserve_tokens=settings.context_reserve_tokens
         )
         self.grounder = Grounder(tokenizer, self.prompts.count_tokens, engine.max_model_len)
+        self.popularity = Popularity()
         template = getattr(tokenizer, "chat_template", None)
         self.formats_tools = template_formats_tools(template)
         self.parser_name = settings.tool_parser or template_parser(template)
@@ -150,6 +160,14 @@ class GenerationService:
         )
         self.metrics.retrieval.labels(mode=options.mode).observe(time.perf_counter() - started)
         return hits
+
+    def _arrange(self, target: Target, rag: RagOptions | bool | None) -> Arrange | None:
+        """How this request lays out its chunks: None keeps rank order (serving.prompts)."""
+        collection = self._collection(target, rag)
+        order = option(rag, target, "context_order", None) or self.settings.context_order
+        if collection is None or order == "rank":
+            return None
+        return partial(self.popularity.arrange, collection)
 
     @staticmethod
     def _collection(target: Target, rag: RagOptions | bool | None) -> str | None:
@@ -225,8 +243,13 @@ class GenerationService:
         hits = await self.retrieve(target, req.rag, query, scope=scope)
 
         # Tokenising runs in a thread: a prompt of megabytes would otherwise stall every request.
-        prompt_ids, kept = await asyncio.to_thread(
-            partial(self.prompts.chat, tools=tools, instruction=instruction),
+        prompt_ids, hits, kept = await asyncio.to_thread(
+            partial(
+                self.prompts.chat,
+                tools=tools,
+                instruction=instruction,
+                arrange=self._arrange(target, req.rag),
+            ),
             messages,
             system_prompt,
             hits,
@@ -265,7 +288,12 @@ class GenerationService:
         self._check_shape(shape, target, req.rag)
         prompt = req.prompt_text
         hits = await self.retrieve(target, req.rag, prompt, param="prompt", scope=scope)
-        prompt_ids, kept = await asyncio.to_thread(self.prompts.completion, prompt, hits, req.token_limit)
+        prompt_ids, hits, kept = await asyncio.to_thread(
+            partial(self.prompts.completion, arrange=self._arrange(target, req.rag)),
+            prompt,
+            hits,
+            req.token_limit,
+        )
         constraint = await self._constraint(target, req.rag, prompt, prompt_ids, kept, req.token_limit)
         prepared = self._finish(req, target, prompt_ids, hits, kept, shape, constraint)
         prepared.route = route
@@ -311,7 +339,7 @@ class GenerationService:
         generated = self._generate(prep.target, prep.prompt_ids, prep.options, prep.request_id)
         async with aclosing(generated) as deltas:
             async for delta in deltas:
-                first = self._observe(delta, first, started, kind)
+                first = self._observe(delta, first, started, kind, len(prep.prompt_ids))
                 yield delta
 
     async def _generate(
@@ -337,7 +365,7 @@ class GenerationService:
     def _adapter(self, target: Target) -> Iterator[AdapterRef | None]:
         """The adapter version a request runs on (None: the base model), held while it runs."""
         if target.adapter is None:
-            yield None
+            yield self.adapters.base()
             return
         with self.adapters.use(target.adapter) as ref:
             yield ref
@@ -363,9 +391,12 @@ class GenerationService:
             raise
         return _prepend(first, deltas)
 
-    def _observe(self, delta: Delta, first: bool, started: float, kind: str) -> bool:
+    def _observe(self, delta: Delta, first: bool, started: float, kind: str, prompt: int) -> bool:
         if first:
             self.metrics.ttft.labels(kind=kind).observe(time.perf_counter() - started)
+        if delta.cached_tokens is not None:
+            self.metrics.tokens.labels(type="prompt_cached").inc(delta.cached_tokens)
+            self.metrics.cached_share.labels(kind=kind).observe(delta.cached_tokens / max(prompt, 1))
         self.metrics.tokens.labels(type="completion").inc(delta.tokens)
         return False
 
@@ -377,6 +408,8 @@ class GenerationService:
             choice.tokens += delta.tokens
             choice.finish_reason = delta.finish_reason or choice.finish_reason
             choice.logprobs.extend(delta.logprobs)
+            if delta.cached_tokens is not None:
+                result.cached_tokens = delta.cached_tokens
         return result
 
 

@@ -159,15 +159,27 @@ ModelOpt = Annotated[
 ]
 
 
+MergeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--merge",
+        help="serve this adapter merged into the base weights, at the base model's speed (a name "
+        "under serving.adapters, or its folder under adapters/); the base model and other adapters "
+        "stay served through LoRA",
+    ),
+]
+
+
 def serve(
     ctx: typer.Context,
     host: HostOpt = None,
     port: PortOpt = None,
     config: ConfigOpt = None,
     model: ModelOpt = None,
+    merge: MergeOpt = None,
 ) -> None:
     """Serve the OpenAI-compatible API: base model, adapters, profiles and collections."""
-    settings = _reload(ctx, config, base_model=model, serving={"host": host, "port": port})
+    settings = _reload(ctx, config, base_model=model, serving={"host": host, "port": port, "merge": merge})
     sock = launch.bind(settings)
     launch.serve(with_grounded(settings), sock)
 

@@ -68,6 +68,8 @@ class Delta:
     tokens: int
     finish_reason: str | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
+    # Prompt tokens whose KV the engine took from its prefix cache; on a request's first delta.
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ class AdapterRef:
     version: int
     path: Path
     fingerprint: str = ""
+    # What the engine loads, where that is not `path`: on an engine that runs another adapter
+    # merged into its weights, the LoRA correction that serves this one (core/merge.py).
+    engine_path: Path | None = None
 
 
 class Engine(Protocol):
@@ -217,7 +222,7 @@ class VllmEngine:
         return LoRARequest(
             lora_name=f"{adapter.name}#{adapter.version}",
             lora_int_id=adapter.version,
-            lora_path=str(adapter.path),
+            lora_path=str(adapter.engine_path or adapter.path),
         )
 
     async def generate(
@@ -253,11 +258,15 @@ class VllmEngine:
             stream = self._llm.generate(
                 TokensPrompt(prompt_token_ids=prompt_ids), params, request_id, lora_request=lora
             )
+            cached: int | None = None
             async for out in stream:
                 for c in out.outputs:
                     if c.text or c.token_ids or c.finish_reason:
                         logprobs = _logprobs(c.token_ids, c.logprobs, options.logprobs)
-                        yield Delta(c.index, c.text, len(c.token_ids), c.finish_reason, logprobs)
+                        first = cached is None
+                        cached = out.num_cached_tokens or 0
+                        yield Delta(c.index, c.text, len(c.token_ids), c.finish_reason, logprobs,
+                                    cached if first else None)  # fmt: skip
         except VLLMClientError as exc:  # vLLM's own split: its client errors are the request's fault
             raise EngineRejected(
                 f"the engine refused the request: {exc}", param=getattr(exc, "parameter", None)

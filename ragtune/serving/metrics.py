@@ -28,7 +28,20 @@ class Metrics:
             registry=r,
             buckets=_LATENCY_BUCKETS,
         )
-        self.tokens = Counter("ragtune_tokens", "tokens processed", ["type"], registry=r)
+        self.tokens = Counter(
+            "ragtune_tokens",
+            "tokens processed; prompt_cached: prompt tokens the engine's prefix cache held "
+            "(the hit rate is prompt_cached / prompt)",
+            ["type"],
+            registry=r,
+        )
+        self.cached_share = Histogram(
+            "ragtune_prompt_cached_ratio",
+            "per request: the share of its prompt tokens served from the engine's prefix cache",
+            ["kind"],
+            registry=r,
+            buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+        )
         self.retrieval = Histogram(
             "ragtune_retrieval_seconds",
             "retrieval latency per request",

@@ -9,7 +9,7 @@ collection once, not chosen by each caller (GroundingOptions).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -18,6 +18,11 @@ from ragtune.retrieval.settings import SearchMode
 from ragtune.serving.grounding import Grounding
 
 Filter = Annotated[dict[str, Any] | None, AfterValidator(check_filter)]
+
+# How retrieved chunks are laid into the prompt: best first ("rank"), or the most often retrieved
+# first ("popular"), so that requests answered from the same popular chunks share a prompt prefix
+# whose KV the engine reuses (docs/performance.md has what it saves and what it costs).
+ContextOrder = Literal["rank", "popular"]
 
 
 class RetrievalOptions(BaseModel):

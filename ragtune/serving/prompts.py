@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ragtune.core.errors import RagtuneError
@@ -14,6 +14,41 @@ from ragtune.serving.structured import with_instruction
 
 class ContextLengthExceeded(RagtuneError):
     code = "context_length_exceeded"
+
+
+Arrange = Callable[[Sequence[Hit]], list[int]]
+
+
+class Popularity:
+    """How often each chunk was laid into a prompt, per collection: the `popular` order."""
+
+    def __init__(self, limit: int = 200_000):
+        self._counts: dict[tuple[str, str], int] = {}
+        self._limit = limit
+
+    def arrange(self, collection: str, hits: Sequence[Hit]) -> list[int]:
+        """Count these hits, then order them most counted first (ties by chunk id: stable)."""
+        counts = self._counts
+        for hit in hits:
+            key = (collection, hit.chunk_id)
+            counts[key] = counts.get(key, 0) + 1
+        if len(counts) > self._limit:  # keep the more popular half
+            keep = sorted(counts.items(), key=lambda kv: -kv[1])[: self._limit // 2]
+            self._counts = counts = dict(keep)
+        return sorted(
+            range(len(hits)), key=lambda i: (-counts.get((collection, hits[i].chunk_id), 0), hits[i].chunk_id)
+        )
+
+
+def _arranged(
+    hits: list[Hit], kept: list[ContextChunk], arrange: Arrange | None
+) -> tuple[list[Hit], list[ContextChunk]]:
+    """The kept chunks (a rank-order prefix of the hits) and their hits, in `arrange`'s order."""
+    used = hits[: len(kept)]
+    if arrange is None or not kept:
+        return used, kept
+    order = arrange(used)
+    return [used[i] for i in order], [kept[i] for i in order]
 
 
 class PromptBuilder:
@@ -60,9 +95,11 @@ class PromptBuilder:
         *,
         tools: list[dict[str, Any]] | None = None,
         instruction: str | None = None,
-    ) -> tuple[list[int], list[ContextChunk]]:
-        """The chat prompt with the context that fits, and the chunks it kept; `instruction` ends
-        the system turn (serving.structured), `tools` go to the template."""
+        arrange: Arrange | None = None,
+    ) -> tuple[list[int], list[Hit], list[ContextChunk]]:
+        """The chat prompt with the context that fits, and the hits and chunks it kept (chosen in
+        rank order, laid out in `arrange`'s); `instruction` ends the system turn
+        (serving.structured), `tools` go to the template."""
 
         def encode(chunks: list[ContextChunk]) -> list[int]:
             turns = apply_context(messages, chunks, system_prompt=system_prompt)
@@ -74,13 +111,15 @@ class PromptBuilder:
         # The context block's own cost is measured in the user turn it lands in.
         kept = fit_chunks(chunks, budget, self.count_tokens) if chunks else []
         if not kept:
-            return base_ids, kept
-        return encode(kept), kept
+            return base_ids, [], kept
+        used, kept = _arranged(hits, kept, arrange)
+        return encode(kept), used, kept
 
     def completion(
-        self, prompt: str, hits: list[Hit], requested: int | None
-    ) -> tuple[list[int], list[ContextChunk]]:
+        self, prompt: str, hits: list[Hit], requested: int | None, *, arrange: Arrange | None = None
+    ) -> tuple[list[int], list[Hit], list[ContextChunk]]:
         budget = self.context_budget(self.count_tokens(prompt), requested)
         chunks = [ContextChunk(h.text, h.title, h.source) for h in hits]
         kept = fit_chunks(chunks, budget, self.count_tokens) if chunks else []
-        return self.tokenizer.encode(with_context(prompt, kept), add_special_tokens=False), kept
+        used, kept = _arranged(hits, kept, arrange)
+        return self.tokenizer.encode(with_context(prompt, kept), add_special_tokens=False), used, kept

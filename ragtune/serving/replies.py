@@ -175,6 +175,8 @@ async def chat_events(
     completion = 0
     async for d in deltas:
         completion += d.tokens
+        if d.cached_tokens is not None:
+            result.cached_tokens = d.cached_tokens
         stream = streams[d.index]
         delta = stream.feed(d.text) if d.text else None
         if delta or (logprobs and d.logprobs):
@@ -199,8 +201,10 @@ async def completion_events(
     first = True
     logprobs = prep.options.logprobs is not None
     echoed: set[int] = set()
+    cached: int | None = None
     async for d in deltas:
         completion += d.tokens
+        cached = d.cached_tokens if d.cached_tokens is not None else cached
         text = d.text
         if echo and d.index not in echoed:  # each choice's first text starts with the prompt
             text = echo + text
@@ -219,9 +223,11 @@ async def completion_events(
         yield event
     if include_usage:
         prompt = len(prep.prompt_ids)
-        usage = {
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
+        if cached is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
         yield {**head, "choices": [], "usage": usage}

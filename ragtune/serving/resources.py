@@ -92,6 +92,9 @@ class AdapterOut(BaseModel):
     target_modules: list[str] | str
     base_model: str | None
     loaded_at: int = Field(description="Unix time")
+    merged: bool = Field(
+        False, description="served merged into the base weights, with no LoRA (serving.merge)"
+    )
     path: str | None = None
     in_flight: int | None = Field(None, description="requests using this version now")
     manifest: dict[str, Any] | None = Field(None, description="ragtune-adapter.json: how it was trained")

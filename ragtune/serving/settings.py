@@ -30,7 +30,7 @@ from pydantic_settings import (
 
 from ragtune.core.adapters import VLLM_LORA_RANKS
 from ragtune.retrieval.settings import Fusion, RetrievalSettings
-from ragtune.serving.options import GroundingOptions, RetrievalOptions
+from ragtune.serving.options import ContextOrder, GroundingOptions, RetrievalOptions
 from ragtune.training.settings import TrainingSettings
 
 ENV_PREFIX = "RAGTUNE_"
@@ -144,6 +144,9 @@ class ProfileSettings(RetrievalOptions, GroundingOptions):
         "the collection's documents and the adapter's training questions (serving.routing)",
     )
     fusion: Fusion | None = Field(None, description="hybrid fusion; None: retrieval.fusion")
+    context_order: ContextOrder | None = Field(
+        None, description="how its chunks are laid into the prompt; None: serving.context_order"
+    )
     system_prompt: str | None = None
 
     @model_validator(mode="before")
@@ -189,6 +192,13 @@ class ServingSettings(BaseModel):
     adapters: dict[str, str] = Field(
         default_factory=dict, description="adapters loaded at start: name -> folder"
     )
+    merge: str | None = Field(
+        None,
+        description="an adapter (a name under `adapters`, or its folder under the adapters folder) "
+        "served merged into the base weights: its requests run with no LoRA, at the base model's "
+        "speed; with LoRA on the base model and other adapters are served through exact LoRA "
+        "corrections (docs/performance.md)",
+    )
     profiles: dict[str, ProfileSettings] = Field(default_factory=dict)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     max_request_bytes: int = Field(
@@ -196,6 +206,11 @@ class ServingSettings(BaseModel):
     )
     shutdown_timeout_s: int = Field(
         30, ge=0, description="on SIGTERM, seconds requests in flight get to finish before the server exits"
+    )
+    context_order: ContextOrder = Field(
+        "rank",
+        description="retrieved chunks best first ('rank'), or most often retrieved first ('popular': "
+        "requests sharing popular chunks share a prompt prefix the engine reuses); a profile may choose",
     )
     context_reserve_tokens: int = Field(
         256, ge=0, description="tokens kept free for the answer when fitting retrieved context"

@@ -30,7 +30,7 @@ from ragtune.serving.settings import ProfileSettings
 router = APIRouter()
 
 
-def _adapter_json(entry: LoadedAdapter, scope: Scope) -> dict[str, Any]:
+def _adapter_json(entry: LoadedAdapter, scope: Scope, merged: str | None = None) -> dict[str, Any]:
     """An adapter as served: its folder and manifest (training data, base model and collection
     paths) only to a key that sees the server's paths."""
     info = entry.info
@@ -45,6 +45,7 @@ def _adapter_json(entry: LoadedAdapter, scope: Scope) -> dict[str, Any]:
         # a hand-written manifest may name the base model by its folder: the name alone
         "base_model": PurePath(base).name if base and not scope.sees_server else base,
         "loaded_at": int(entry.loaded_at),
+        "merged": entry.name == merged,
     }
     if scope.sees_server:
         data |= {"path": str(entry.ref.path), "in_flight": entry.in_flight, "manifest": info.manifest}
@@ -56,7 +57,8 @@ def _adapter_json(entry: LoadedAdapter, scope: Scope) -> dict[str, Any]:
 )
 async def list_adapters(adapters: AdaptersDep, scope: ScopeDep) -> dict[str, Any]:
     entries = [e for e in adapters.entries() if scope.allows_model(e.name)]
-    return {"object": "list", "data": [_adapter_json(e, scope) for e in entries]}
+    merged = adapters.merged.name if adapters.merged else None
+    return {"object": "list", "data": [_adapter_json(e, scope, merged) for e in entries]}
 
 
 @router.post(
