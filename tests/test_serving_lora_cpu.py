@@ -17,11 +17,13 @@ ORIGINAL = {name: getattr(vllm_ops, name) for name in lora_cpu.REPLACED}
 TOKENS, HIDDEN, OUT, RANK, SLOTS = 37, 24, 40, 8, 4
 
 
-@pytest.fixture(params=["one adapter", "mixed", "mixed with no-adapter tokens"])
+@pytest.fixture(params=["one adapter", "mixed", "mixed with no-adapter tokens", "no adapter at all"])
 def indices(request: pytest.FixtureRequest) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     if request.param == "one adapter":
         return torch.full((TOKENS,), 2, dtype=torch.long)
+    if request.param == "no adapter at all":  # a decode batch of base-model requests
+        return torch.full((TOKENS,), -1, dtype=torch.long)
     low = 0 if request.param == "mixed" else -1
     return torch.randint(low, SLOTS, (TOKENS,), generator=g)
 

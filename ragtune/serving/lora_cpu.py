@@ -8,7 +8,9 @@ retrieved context are long, so adapter requests were many times slower than the 
 
 These replacements compute the same products with one matmul per adapter present in the
 batch (usually one or two) and no per-token copies. Tokens whose index is -1 (no adapter)
-get no LoRA term, as in vLLM's GPU kernels (the gather picked the last slot for them).
+get no LoRA term, as in vLLM's GPU kernels (the gather picked the last slot for them); a decode
+batch with no adapter at all (vLLM skips only prefill then) costs nothing: no zeros are made and
+added for every projection of every layer.
 
 vLLM loads general plugins in every process it starts, including its engine core, which is
 where the model runs. The patch is applied only where ragtune asked for it: `VllmEngine` sets
@@ -45,9 +47,17 @@ def _lora_product(inputs: Any, weights: Any, indices: Any, dtype: Any) -> Any:
     return out
 
 
+def _none(indices: Any) -> bool:
+    """No token of the batch has an adapter."""
+    return bool((indices < 0).all())
+
+
 def bgmv_shrink(
     inputs: Any, lora_a_weights: Any, output_tensor: Any, lora_indices_tensor: Any, scaling: float = 1.0
 ) -> None:
+    if _none(lora_indices_tensor):
+        output_tensor[:, : lora_a_weights.shape[-2]] = 0
+        return
     outputs = _lora_product(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
     output_tensor[:, : outputs.shape[1]] = scaling * outputs
 
@@ -55,6 +65,10 @@ def bgmv_shrink(
 def bgmv_expand(
     inputs: Any, lora_b_weights: Any, output_tensor: Any, lora_indices_tensor: Any, add_inputs: bool = True
 ) -> None:
+    if _none(lora_indices_tensor):
+        if not add_inputs:
+            output_tensor[:, : lora_b_weights.shape[-2]] = 0
+        return
     outputs = _lora_product(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     limit = output_tensor.shape[0]
     if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
@@ -76,6 +90,10 @@ def bgmv_expand_slice(
     slice_size: int,
     add_inputs: bool = True,
 ) -> None:
+    if _none(lora_indices_tensor):
+        if not add_inputs:
+            output_tensor[:, slice_offset : slice_offset + slice_size] = 0
+        return
     outputs = _lora_product(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     if add_inputs:
         output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
