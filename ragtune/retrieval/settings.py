@@ -54,7 +54,9 @@ class RetrievalSettings(BaseModel):
     )
     chunk_tokens: int = Field(200, ge=16, description="chunk size in embedder tokens")
     chunk_overlap: int = Field(32, ge=0, description="overlap between chunks in tokens")
-    index_type: IndexType = "flat"
+    index_type: IndexType = Field(
+        "flat", description="FAISS index of a new collection: exact (flat) or approximate (hnsw, ivf)"
+    )
     vector_precision: VectorPrecision = Field(
         "bf16",
         description="flat index: how this replica holds the vectors in memory; 'bf16' and 'fp16' "
@@ -62,7 +64,7 @@ class RetrievalSettings(BaseModel):
         "changing it rebuilds the index without embedding); bench/results/precision.md",
     )
     top_k: int = Field(5, ge=1, le=100)
-    mode: SearchMode = "hybrid"
+    mode: SearchMode = Field("hybrid", description="dense vectors, BM25 (sparse), or both fused")
     fusion: Fusion = Field(
         "convex",
         description="hybrid search: 'convex' (z-scored dense and BM25 scores, weighted by fusion_weight) "

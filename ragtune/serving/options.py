@@ -29,7 +29,7 @@ class RetrievalOptions(BaseModel):
     """Where sources come from and what holds the answer to them; None: the profile's, else the
     server's retrieval settings (and grounding 'free')."""
 
-    collection: str | None = None
+    collection: str | None = Field(None, description="the collection to retrieve from (None: no retrieval)")
     top_k: int | None = Field(None, ge=1, le=100, description="sources per question; None: retrieval.top_k")
     mode: SearchMode | None = Field(None, description="dense, sparse or hybrid; None: retrieval.mode")
     filter: Filter = Field(None, description="metadata filter on the sources (docs/retrieval.md)")

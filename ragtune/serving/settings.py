@@ -63,7 +63,9 @@ class EngineSettings(BaseModel):
     )
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     max_num_seqs: int = Field(64, ge=1)
-    enable_lora: bool = True
+    enable_lora: bool = Field(
+        True, description="serve adapters; off runs the base model (or a merged one) with no LoRA at all"
+    )
     max_loras: int = Field(4, ge=1, description="adapters in one batch")
     max_lora_rank: int = Field(16, ge=1)
     cpu_lora_ops: bool = Field(
@@ -84,7 +86,7 @@ class EngineSettings(BaseModel):
         True,
         description="compare the engine's greedy answer with transformers' at start",
     )
-    seed: int = 0
+    seed: int = Field(0, description="the engine's sampling seed, for requests that give none")
     extra: dict[str, Any] = Field(
         default_factory=dict, description="more AsyncEngineArgs fields, passed through unchanged"
     )
@@ -136,7 +138,7 @@ class ProfileSettings(RetrievalOptions, GroundingOptions):
 
     model_config = ConfigDict(extra="forbid")
 
-    adapter: str | None = None
+    adapter: str | None = Field(None, description="the adapter it answers with (None: the base model)")
     description: str | None = Field(
         None,
         max_length=2000,
@@ -147,7 +149,9 @@ class ProfileSettings(RetrievalOptions, GroundingOptions):
     context_order: ContextOrder | None = Field(
         None, description="how its chunks are laid into the prompt; None: serving.context_order"
     )
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(
+        None, description="put first, unless the conversation starts with a system turn"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -186,7 +190,7 @@ class RoutingSettings(BaseModel):
 class ServingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="the address to bind; another than loopback needs keys")
     port: int = Field(8000, ge=1, le=65535)
     served_model_name: str | None = Field(None, description="name of the base model in the API")
     adapters: dict[str, str] = Field(
@@ -199,7 +203,9 @@ class ServingSettings(BaseModel):
         "speed; with LoRA on the base model and other adapters are served through exact LoRA "
         "corrections (docs/performance.md)",
     )
-    profiles: dict[str, ProfileSettings] = Field(default_factory=dict)
+    profiles: dict[str, ProfileSettings] = Field(
+        default_factory=dict, description="served domains by name (a profile's fields below)"
+    )
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     max_request_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="larger request bodies get 413 (counted as read, chunked too)"
@@ -245,7 +251,7 @@ class ScopedKey(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    key: SecretStr
+    key: SecretStr = Field(description="the secret a client sends as `Authorization: Bearer KEY`")
     admin: bool = Field(False, description="may also change the documents of its collections")
     collections: list[str] | None = Field(None, description="collections it may reach (None: all)")
     models: list[str] | None = Field(
@@ -266,9 +272,11 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    models_dir: Path = Path("models")
-    adapters_dir: Path = Path("adapters")
-    indexes_dir: Path = Path("indexes")
+    models_dir: Path = Field(
+        Path("models"), description="base models, one folder each (`ragtune models list`)"
+    )
+    adapters_dir: Path = Field(Path("adapters"), description="LoRA adapters, one folder each")
+    indexes_dir: Path = Field(Path("indexes"), description="collections: the SQLite store and FAISS files")
     base_model: str = Field(
         "smollm2-135m-instruct",
         description="a folder name under models_dir, or the path of any Hugging Face model folder",

@@ -22,15 +22,8 @@ class TrainingSettings(BaseModel):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(
-        default_factory=lambda: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="the linear layers that get LoRA (names as in the model)",
     )
     layers: int | None = Field(
         None,
@@ -45,7 +38,7 @@ class TrainingSettings(BaseModel):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     eval_split: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, description="for the data split, LoRA init and shuffling")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto",
         description="'auto': bf16 on CUDA or on CPUs with AVX512-BF16/AMX, else fp32 (fp16 on old GPUs)",
