@@ -15,6 +15,7 @@ import random
 import re
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from ragtune.training.qa import (
     pick_substitute,
     split_questions,
 )
-from ragtune.training.reader import build_reader_examples
+from ragtune.training.reader import ReaderMix, build_reader_examples
 from tests.doubles import EchoEngine
 
 QA = Path(__file__).parent / "fixtures" / "qa"
@@ -248,7 +249,9 @@ def test_reader_examples_use_the_serving_format_and_only_train_passages(tmp_path
     qa = load_qa_set(QA)
     library = Library(tmp_path / "indexes", settings.retrieval)
     try:
-        rows, stats = build_reader_examples(qa, library=library, n_examples=50, top_k=3, min_k=2, seed=3)
+        rows, stats = build_reader_examples(
+            qa, library=library, n_examples=50, mix=ReaderMix(top_k=3, min_k=2, seed=3)
+        )
     finally:
         library.close()
     train_docs = {q.doc_id for q in split_questions(qa, "train")}
@@ -283,9 +286,17 @@ def test_short_sources_teach_the_marker_on_a_whole_source(tmp_path: Path, base_m
     qa = load_qa_set(long_set)
     library = Library(tmp_path / "indexes", settings.retrieval)
     try:
-        kw = {"library": library, "n_examples": 50, "top_k": 3, "min_k": 2, "seed": 3}
-        plain, _ = build_reader_examples(qa, **kw, p_short=0.0, collection_name="a")
-        short, stats = build_reader_examples(qa, **kw, p_short=1.0, p_absent=0.2, collection_name="c")
+        mix = ReaderMix(top_k=3, min_k=2, seed=3)
+        plain, _ = build_reader_examples(
+            qa, library=library, n_examples=50, mix=replace(mix, p_short=0.0), collection_name="a"
+        )
+        short, stats = build_reader_examples(
+            qa,
+            library=library,
+            n_examples=50,
+            mix=replace(mix, p_short=1.0, p_absent=0.2),
+            collection_name="c",
+        )
     finally:
         library.close()
 

@@ -67,15 +67,16 @@ def test_reader_data_has_one_set_of_defaults(env: Path, tmp_path: Path, monkeypa
         asked.update(kw)
         return reader.ReaderStats()
 
+    for fn in (reader.build_reader_examples, reader.write_reader_data):
+        assert inspect.signature(fn).parameters["mix"].default is reader.READER_DEFAULTS
     monkeypatch.setattr(reader, "write_reader_data", record)
     root = typer.Typer()
     root.add_typer(data_app, name="data")
     args = ["data", "reader", "--dataset", str(tmp_path), "--out", str(tmp_path / "r.jsonl")]
     result = CliRunner().invoke(root, args, obj=load_settings())
     assert result.exit_code == 0, result.output
-    params = inspect.signature(reader.build_reader_examples).parameters
-    for name, value in asdict(reader.READER_DEFAULTS).items():
-        assert asked[name] == params[name].default == value, name
+    assert asked["mix"] == reader.READER_DEFAULTS  # the CLI's defaults are the same values
+    assert asdict(asked["mix"]) == asdict(reader.ReaderMix())
     makefile = (Path(__file__).parents[1] / "Makefile").read_text()
     recipe = makefile.split("\nreader-adapter:")[1].split("\n\n")[0]
     assert "ragtune data reader" in recipe and "--p-" not in recipe and "--top-k" not in recipe

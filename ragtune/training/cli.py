@@ -282,7 +282,7 @@ def data_reader(
     """Grounded-reader examples (RAFT, counterfactuals, abstentions) in the serving prompt format."""
     from rich.progress import Progress
 
-    from ragtune.training.reader import write_reader_data
+    from ragtune.training.reader import ReaderMix, write_reader_data
 
     settings = _settings(ctx)
     try:
@@ -293,12 +293,7 @@ def data_reader(
                 out,
                 settings=settings.retrieval,
                 n_examples=examples,
-                top_k=top_k,
-                min_k=min_k,
-                p_absent=p_absent,
-                p_counterfactual=p_counterfactual,
-                p_short=p_short,
-                seed=seed,
+                mix=ReaderMix(top_k, min_k, p_absent, p_counterfactual, p_short, seed),
                 on_example=lambda: bar.advance(task),
             )
     except RagtuneError as exc:

@@ -99,19 +99,14 @@ def build_reader_examples(
     *,
     library: Any,
     n_examples: int,
-    top_k: int = READER_DEFAULTS.top_k,
-    min_k: int = READER_DEFAULTS.min_k,
-    p_absent: float = READER_DEFAULTS.p_absent,
-    p_counterfactual: float = READER_DEFAULTS.p_counterfactual,
-    p_short: float = READER_DEFAULTS.p_short,
-    seed: int = READER_DEFAULTS.seed,
+    mix: ReaderMix = READER_DEFAULTS,
     collection_name: str = "reader-train",
     on_example: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, Any]], ReaderStats]:
     """Return chat examples ({"messages": [...]}) and what was built."""
     from ragtune.retrieval import Document
 
-    rng = random.Random(seed)
+    rng = random.Random(mix.seed)
     train = split_questions(qa, "train")
     questions = [q for q in train if q.answerable and find_answer(qa.passages[q.doc_id].text, q.answer) >= 0]
     train_docs = {q.doc_id for q in train}
@@ -124,12 +119,12 @@ def build_reader_examples(
         ]
     )
     picked = questions[:n_examples]
-    _, cf_list = counterfactuals(qa, picked, seed=seed)
+    _, cf_list = counterfactuals(qa, picked, seed=mix.seed)
     cf_of = {c.question.id: c.substitute for c in cf_list}
     stats = ReaderStats()
     out: list[dict[str, Any]] = []
     for q in picked:
-        hits = coll.search(q.text, k=top_k + 6, mode="hybrid")
+        hits = coll.search(q.text, k=mix.top_k + 6, mode="hybrid")
         gold = next(
             (h for h in hits if h.document_id == q.doc_id and find_answer(h.text, q.answer) >= 0), None
         )
@@ -137,20 +132,20 @@ def build_reader_examples(
             stats.gold_not_retrieved += 1
         gold_text = gold.text if gold is not None else _window(qa.passages[q.doc_id].text, q.answer)
         title = (gold.title if gold is not None else qa.passages[q.doc_id].title) or None
-        k = rng.randint(min(min_k, top_k), top_k)  # varied, so any served top_k looks familiar
+        k = rng.randint(min(mix.min_k, mix.top_k), mix.top_k)  # varied, so any served top_k looks familiar
         others = [h for h in hits if h.document_id != q.doc_id][:k]
-        short = p_short > 0 and rng.random() < p_short  # no draw at 0: the same examples as before
+        short = mix.p_short > 0 and rng.random() < mix.p_short  # no draw at 0: the same examples as before
         if short:
             others = [replace(h, text=_lead(h.text)) for h in others]
         roll = rng.random()
-        if roll < p_absent:
+        if roll < mix.p_absent:
             chunks = [ContextChunk(h.text, h.title) for h in others[:k]]
             rng.shuffle(chunks)
             target = ABSTAIN
             stats.abstain += 1
         else:
             answer = q.answer
-            if roll < p_absent + p_counterfactual and q.id in cf_of:
+            if roll < mix.p_absent + mix.p_counterfactual and q.id in cf_of:
                 answer = cf_of[q.id]
                 gold_text = substitute(gold_text, q.answer, answer)
                 stats.counterfactual += 1
@@ -181,12 +176,7 @@ def write_reader_data(
     *,
     settings: Any,
     n_examples: int,
-    top_k: int = READER_DEFAULTS.top_k,
-    min_k: int = READER_DEFAULTS.min_k,
-    p_absent: float = READER_DEFAULTS.p_absent,
-    p_counterfactual: float = READER_DEFAULTS.p_counterfactual,
-    p_short: float = READER_DEFAULTS.p_short,
-    seed: int = READER_DEFAULTS.seed,
+    mix: ReaderMix = READER_DEFAULTS,
     on_example: Callable[[], None] | None = None,
 ) -> ReaderStats:
     """Build reader examples from the QA set at `dataset` and write them as JSONL to `out`."""
@@ -202,12 +192,7 @@ def write_reader_data(
                 qa,
                 library=library,
                 n_examples=n_examples,
-                top_k=top_k,
-                min_k=min_k,
-                p_absent=p_absent,
-                p_counterfactual=p_counterfactual,
-                p_short=p_short,
-                seed=seed,
+                mix=mix,
                 on_example=on_example,
             )
         finally:
