@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ragtune.retrieval.embedder import Embedder
@@ -61,13 +61,13 @@ class GroundingAsked:
 
     @classmethod
     def of(cls, rag: RagOptions | bool | None, target: Target) -> GroundingAsked:
+        """Each field from the request, else the profile, else the default above (`floor` is
+        the option `min_similarity`)."""
         return cls(
-            grounding=option(rag, target, "grounding", "free"),
-            floor=option(rag, target, "min_similarity", 0.0),
-            quotes=option(rag, target, "quotes", QUOTES),
-            model_abstains=option(rag, target, "model_abstains", True),
-            quote_lead=option(rag, target, "quote_lead", QUOTE_LEAD),
-            quote_window=option(rag, target, "quote_window", math.inf),
+            **{
+                f.name: option(rag, target, "min_similarity" if f.name == "floor" else f.name, f.default)
+                for f in fields(cls)
+            }
         )
 
 
