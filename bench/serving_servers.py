@@ -42,6 +42,7 @@ def engine_flags(engine: EngineSettings) -> list[str]:
         "--max-loras", str(engine.max_loras),
         "--max-lora-rank", str(engine.max_lora_rank),
         "--max-cpu-loras", str(engine.max_cpu_loras),
+        *(["--block-size", str(engine.block_size)] if engine.block_size else []),
         *(["--distributed-executor-backend", executor] if (executor := resolved_executor(engine)) else []),
     ]  # fmt: skip
 

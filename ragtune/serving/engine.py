@@ -167,6 +167,8 @@ def engine_args(model_path: Path, settings: EngineSettings) -> dict[str, Any]:
         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         "use_tqdm_on_load": False,  # ragtune says the engine is starting, and when it is ready
     }
+    if settings.block_size is not None:
+        args["block_size"] = settings.block_size
     if settings.enable_lora:
         args |= {
             "enable_lora": True,

@@ -87,6 +87,13 @@ class EngineSettings(BaseModel):
         description="compare the engine's greedy answer with transformers' at start",
     )
     seed: int = Field(0, description="the engine's sampling seed, for requests that give none")
+    block_size: int | None = Field(
+        None,
+        ge=16,
+        description="tokens per KV-cache block; the prefix cache reuses whole blocks only, so smaller "
+        "blocks reuse more of a shared prompt prefix (docs/performance.md); None: vLLM's choice "
+        "(128 on a CPU)",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="more AsyncEngineArgs fields, passed through unchanged"
     )
