@@ -145,6 +145,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(asyncio.run(measure(args.one, args.adapter, args.quick))))
         return
+    if not (REPO / "adapters" / args.adapter).is_dir():
+        raise SystemExit(f"adapters/{args.adapter} is missing: `make demo-adapter` trains house-style")
     started = time.perf_counter()
     runs = []
     for kind in ORDER:

@@ -60,10 +60,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ragtune-parity-") as tmp:
         work = Path(tmp)
         (work / "adapters").mkdir()
-        order: list[tuple[str, bool] | int | None] = [*RAW, None, 32, *reversed(RAW)]
+        order: list[tuple[str, bool] | None] = [*RAW, None, *reversed(RAW)]
         for i, config in enumerate(order):
             q = questions.sub(1000 * i)
-            if config is None or isinstance(config, int):
+            if config is None:
                 server = ragtune(
                     model.parent,
                     workdir=work,
@@ -72,9 +72,6 @@ def main() -> None:
                     model_name=model.name,
                 )
                 name = "ragtune"
-                if config is not None:  # the prefix cache's finer blocks (bench.prefix_cache)
-                    server.env["RAGTUNE_ENGINE__BLOCK_SIZE"] = str(config)
-                    name = f"ragtune, {config}-token blocks"
             else:
                 executor, mp = config
                 engine = EngineSettings(executor=executor)
@@ -120,7 +117,8 @@ def markdown(record: dict[str, Any]) -> str:
         f"`{record['command']}` on {record['date']}: {m['cpu']}, {m['cores']} cores, the default model, "
         f"streamed chat, RAG off, {record['max_tokens']} output tokens (ignore_eos), every request its own "
         f"question; requests per level {record['levels']}. Order: {', '.join(r['server'] for r in runs)} "
-        "(each raw configuration twice, around ragtune; ragtune also with 32-token KV blocks).",
+        "(each raw configuration twice, around ragtune). Every server gets ragtune's engine defaults "
+        "(serving_servers.engine_flags: bf16 where native, LoRA on, 32-token KV blocks on a CPU).",
         "",
         "| server | " + " | ".join(f"c={c} tok/s | c={c} TTFT p50 ms" for c in record["levels"]) + " |",
         "|---|" + "---:|---:|" * len(record["levels"]),

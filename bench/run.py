@@ -1,7 +1,8 @@
 """`make bench`: every benchmark in turn, each writing bench/results/<name>.json and .md.
 
 Each runs in its own process (one vLLM engine or training run at a time on a small machine).
-`python -m bench.run [--quick] [NAME ...]`; names: retrieval, serving, training, hardening, schema, engines.
+`python -m bench.run [--quick] [NAME ...]`; names: retrieval, serving, training, hardening, schema, engines,
+parity, prefix_cache, merge (merge needs the demo's adapter: `make demo-adapter`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,17 @@ import subprocess
 import sys
 import time
 
-BENCHES = ("retrieval", "serving", "training", "hardening", "schema", "engines")
+BENCHES = (
+    "retrieval",
+    "serving",
+    "training",
+    "hardening",
+    "schema",
+    "engines",
+    "parity",
+    "prefix_cache",
+    "merge",
+)
 
 
 def main(argv: list[str]) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from ragtune.serving.engine import resolved_dtype, resolved_executor
+from ragtune.serving.engine import resolved_block_size, resolved_dtype, resolved_executor
 from ragtune.serving.settings import EngineSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def engine_flags(engine: EngineSettings) -> list[str]:
         "--max-loras", str(engine.max_loras),
         "--max-lora-rank", str(engine.max_lora_rank),
         "--max-cpu-loras", str(engine.max_cpu_loras),
-        *(["--block-size", str(engine.block_size)] if engine.block_size else []),
+        *(["--block-size", str(block)] if (block := resolved_block_size(engine.block_size)) else []),
         *(["--distributed-executor-backend", executor] if (executor := resolved_executor(engine)) else []),
     ]  # fmt: skip
 

@@ -252,7 +252,7 @@ def test_the_documented_multi_gpu_settings_reach_vllm_unchanged(base_model: Path
     assert plain.tensor_parallel_size == 2 and plain.distributed_executor_backend is None
     one = AsyncEngineArgs(**engine_args(base_model, load_settings().engine))
     assert (one.tensor_parallel_size, one.data_parallel_size) == (1, 1)
-    assert one.block_size is None  # vLLM's choice (128 on a CPU) unless engine.block_size says
+    assert one.block_size == 32  # on a CPU; vLLM's own choice there is 128 (serving.engine)
     finer = AsyncEngineArgs(**engine_args(base_model, load_settings(engine={"block_size": 32}).engine))
     assert finer.block_size == 32
 
