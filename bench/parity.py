@@ -51,7 +51,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="few requests per level, 16 tokens")
+    parser.add_argument(
+        "--lora-ops",
+        action="store_true",
+        help="instead: raw vLLM (uni, multiprocessing off) at concurrency 32 with vLLM's CPU LoRA ops "
+        "and with ragtune's (serving/lora_cpu.py, RAGTUNE_CPU_LORA_OPS=1), A B B A: where the lead "
+        "at 32 comes from",
+    )
     args = parser.parse_args()
+    if args.lora_ops:
+        lora_ops()
+        return
     levels, max_tokens = (QUICK_LEVELS, 16) if args.quick else (LEVELS, 64)
     questions, what = load_questions(DATASET)
     model = REPO / "models" / "smollm2-135m-instruct"
@@ -95,6 +105,46 @@ def main() -> None:
         "runs": runs,
     }
     write_result(RESULTS, "parity" + ("-quick" if args.quick else ""), record, markdown(record))
+
+
+def lora_ops() -> None:
+    """Raw vLLM with its own CPU LoRA ops against the same server with ragtune's, A B B A."""
+    questions, what = load_questions(DATASET)
+    model = REPO / "models" / "smollm2-135m-instruct"
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="ragtune-parity-") as tmp:
+        for i, ours in enumerate([False, True, True, False]):
+            name = "raw uni, multiprocessing off" + (", ragtune's LoRA ops" if ours else "")
+            server = raw_vllm(model, EngineSettings(executor="uni"), workdir=Path(tmp), model_name=model.name,
+                              multiprocessing=False, label=f"ops-{i}")  # fmt: skip
+            server.env["RAGTUNE_CPU_LORA_OPS"] = "1" if ours else "0"
+            runs.append({"server": name, **measure(server, questions.sub(1000 * i), {32: 64}, 64)})
+            print(json.dumps(runs[-1])[:300], flush=True)
+    record = {
+        "command": "python -m bench.parity --lora-ops",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "questions": what,
+        "levels": {"32": 64},
+        "max_tokens": 64,
+        "runs": runs,
+    }
+    m = record["machine"]
+    lines = [
+        "# Where ragtune's lead at concurrency 32 comes from: vLLM's CPU LoRA ops",
+        "",
+        f"`{record['command']}` on {record['date']}: {m['cpu']}, {m['cores']} cores; vLLM's OpenAI server "
+        "(uni, multiprocessing off, LoRA enabled, no adapter in any request), A B B A, 64 streamed "
+        "requests of 64 tokens at concurrency 32.",
+        "",
+        "| server | tok/s | TTFT p50 ms |",
+        "|---|---:|---:|",
+    ]
+    for name in dict.fromkeys(r["server"] for r in runs):
+        p = pooled(runs, name, "32")
+        assert p is not None
+        lines.append(f"| {name} | {p['tok_s']:.1f} | {p['ttft_p50_ms']:.0f} |")
+    write_result(RESULTS, "parity-lora-ops", record, "\n".join(lines) + "\n")
 
 
 def pooled(runs: list[dict[str, Any]], name: str, level: str) -> dict[str, float] | None:
