@@ -9,7 +9,6 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
 
@@ -21,14 +20,15 @@ from ragtune.retrieval import Hit, Library
 from ragtune.retrieval.search import search_options
 from ragtune.serving.adapters import AdapterNotFound, AdapterRegistry
 from ragtune.serving.auth import UNLIMITED, Scope
-from ragtune.serving.engine import AdapterRef, Delta, Engine, SamplingOptions, TokenLogprob
+from ragtune.serving.engine import AdapterRef, Delta, Engine, SamplingOptions
 from ragtune.serving.grounded import Grounder, GroundingAsked, option
 from ragtune.serving.grounding import PROBE_TOKENS, opens_abstention
 from ragtune.serving.metrics import Metrics
+from ragtune.serving.prepared import Choice, Prepared, Result
 from ragtune.serving.prompts import Arrange, ContextLengthExceeded, Popularity, PromptBuilder
 from ragtune.serving.protocol import ChatCompletionRequest, CompletionRequest, RagOptions
 from ragtune.serving.resolve import ModelResolver, Target
-from ragtune.serving.responses import PromptTokensDetails, Source, Usage, new_id
+from ragtune.serving.responses import Source, new_id
 from ragtune.serving.routing import AUTO, Route, Router
 from ragtune.serving.sampling import sampling_options
 from ragtune.serving.settings import ServingSettings
@@ -43,48 +43,6 @@ from ragtune.serving.structured import (
     tools_for_template,
 )
 from ragtune.serving.toolcalls import load_parser
-
-
-@dataclass
-class Prepared:
-    """Everything decided before generation starts."""
-
-    request_id: str
-    target: Target
-    prompt_ids: list[int]
-    options: SamplingOptions
-    sources: list[Source]
-    route: Route | None = None  # where `model: auto` sent the request (serving.routing)
-    plan: Plan = field(default_factory=Plan)  # structured output and tool calls (serving.structured)
-
-
-@dataclass
-class Choice:
-    text: str = ""
-    tokens: int = 0
-    finish_reason: str | None = None
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-
-
-@dataclass
-class Result:
-    prepared: Prepared
-    choices: list[Choice] = field(default_factory=list)
-    cached_tokens: int | None = None  # prompt tokens from the engine's prefix cache
-
-    @property
-    def usage(self) -> Usage:
-        completion = sum(c.tokens for c in self.choices)
-        prompt = len(self.prepared.prompt_ids)
-        details = (
-            None if self.cached_tokens is None else PromptTokensDetails(cached_tokens=self.cached_tokens)
-        )
-        return Usage(
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            total_tokens=prompt + completion,
-            prompt_tokens_details=details,
-        )
 
 
 class GenerationService:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ragtune.retrieval.filters import check_filter
-from ragtune.retrieval.settings import SearchMode
+from ragtune.retrieval.settings import Fusion, SearchMode
 from ragtune.serving.grounding import Grounding
 
 Filter = Annotated[dict[str, Any] | None, AfterValidator(check_filter)]
@@ -83,3 +83,43 @@ class GroundingOptions(BaseModel):
 
 
 CALIBRATION = tuple(GroundingOptions.model_fields)
+
+
+class ProfileSettings(RetrievalOptions, GroundingOptions):
+    """A served domain: an adapter, a collection, how to retrieve and ground, and a system prompt.
+    Its retrieval fields are the request's `rag` fields (a request overrides them one by one);
+    its grounding calibration is its own (serving.options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str | None = Field(None, description="the adapter it answers with (None: the base model)")
+    description: str | None = Field(
+        None,
+        max_length=2000,
+        description="what this profile knows, in a sentence or two: `model: auto` weighs it with "
+        "the collection's documents and the adapter's training questions (serving.routing)",
+    )
+    fusion: Fusion | None = Field(None, description="hybrid fusion; None: retrieval.fusion")
+    context_order: ContextOrder | None = Field(
+        None, description="how its chunks are laid into the prompt; None: serving.context_order"
+    )
+    system_prompt: str | None = Field(
+        None, description="put first, unless the conversation starts with a system turn"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, data: Any) -> Any:
+        from ragtune.serving.protocol import text_only  # protocol imports retrieval only; no cycle
+
+        return text_only(data)
+
+    @field_validator("filter", mode="wrap")
+    @classmethod
+    def _filter(cls, v: Any, handler: Any) -> Any:
+        from ragtune.core.errors import InvalidFilter
+
+        try:
+            return handler(v)
+        except InvalidFilter as exc:  # a settings error, with the key named by pydantic
+            raise ValueError(exc.message) from None

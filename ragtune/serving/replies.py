@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ragtune.serving.chat import Prepared, Result
 from ragtune.serving.engine import Delta, TokenLogprob
+from ragtune.serving.prepared import Prepared, Result
 from ragtune.serving.responses import (
     AssistantMessage,
     ChatChoice,

@@ -18,7 +18,6 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -29,8 +28,8 @@ from pydantic_settings import (
 )
 
 from ragtune.core.adapters import VLLM_LORA_RANKS
-from ragtune.retrieval.settings import Fusion, RetrievalSettings
-from ragtune.serving.options import ContextOrder, GroundingOptions, RetrievalOptions
+from ragtune.retrieval.settings import RetrievalSettings
+from ragtune.serving.options import ContextOrder, ProfileSettings
 from ragtune.training.settings import TrainingSettings
 
 ENV_PREFIX = "RAGTUNE_"
@@ -136,46 +135,6 @@ class EngineSettings(BaseModel):
         if v not in VLLM_LORA_RANKS:
             raise ValueError(f"must be one of {VLLM_LORA_RANKS} (vLLM's supported LoRA ranks)")
         return v
-
-
-class ProfileSettings(RetrievalOptions, GroundingOptions):
-    """A served domain: an adapter, a collection, how to retrieve and ground, and a system prompt.
-    Its retrieval fields are the request's `rag` fields (a request overrides them one by one);
-    its grounding calibration is its own (serving.options)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    adapter: str | None = Field(None, description="the adapter it answers with (None: the base model)")
-    description: str | None = Field(
-        None,
-        max_length=2000,
-        description="what this profile knows, in a sentence or two: `model: auto` weighs it with "
-        "the collection's documents and the adapter's training questions (serving.routing)",
-    )
-    fusion: Fusion | None = Field(None, description="hybrid fusion; None: retrieval.fusion")
-    context_order: ContextOrder | None = Field(
-        None, description="how its chunks are laid into the prompt; None: serving.context_order"
-    )
-    system_prompt: str | None = Field(
-        None, description="put first, unless the conversation starts with a system turn"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _text(cls, data: Any) -> Any:
-        from ragtune.serving.protocol import text_only  # protocol imports retrieval only; no cycle
-
-        return text_only(data)
-
-    @field_validator("filter", mode="wrap")
-    @classmethod
-    def _filter(cls, v: Any, handler: Any) -> Any:
-        from ragtune.core.errors import InvalidFilter
-
-        try:
-            return handler(v)
-        except InvalidFilter as exc:  # a settings error, with the key named by pydantic
-            raise ValueError(exc.message) from None
 
 
 class RoutingSettings(BaseModel):

@@ -1,0 +1,54 @@
+"""A request as prepared for the engine, and what came back: shared by the generation service
+(serving.chat) and the response shapes (serving.replies)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ragtune.serving.engine import SamplingOptions, TokenLogprob
+from ragtune.serving.resolve import Target
+from ragtune.serving.responses import PromptTokensDetails, Source, Usage
+from ragtune.serving.routing import Route
+from ragtune.serving.structured import Plan
+
+
+@dataclass
+class Prepared:
+    """Everything decided before generation starts."""
+
+    request_id: str
+    target: Target
+    prompt_ids: list[int]
+    options: SamplingOptions
+    sources: list[Source]
+    route: Route | None = None  # where `model: auto` sent the request (serving.routing)
+    plan: Plan = field(default_factory=Plan)  # structured output and tool calls (serving.structured)
+
+
+@dataclass
+class Choice:
+    text: str = ""
+    tokens: int = 0
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    prepared: Prepared
+    choices: list[Choice] = field(default_factory=list)
+    cached_tokens: int | None = None  # prompt tokens from the engine's prefix cache
+
+    @property
+    def usage(self) -> Usage:
+        completion = sum(c.tokens for c in self.choices)
+        prompt = len(self.prepared.prompt_ids)
+        details = (
+            None if self.cached_tokens is None else PromptTokensDetails(cached_tokens=self.cached_tokens)
+        )
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            prompt_tokens_details=details,
+        )
