@@ -125,13 +125,13 @@ def merged_server(tmp_path: Path, base_model: Path, two_adapters, monkeypatch: p
     tokenizer = AutoTokenizer.from_pretrained(base_model)
 
     @contextmanager
-    def start(*, lora: bool = True) -> Iterator[tuple[TestClient, RecordingEngine]]:
+    def start(*, lora: bool = True, merge: bool = True) -> Iterator[tuple[TestClient, RecordingEngine]]:
         settings = load_settings(
             models_dir=base_model.parent,
             adapters_dir=adapters,
             indexes_dir=tmp_path / "indexes",
             engine={"enable_lora": lora},
-            serving={"adapters": {"domain": "domain"}, "merge": "domain"},
+            serving={"adapters": {"domain": "domain"}, "merge": "domain" if merge else None},
         )
         settings = settings.model_copy(update={"models_dir": tmp_path / "models"})  # merged/ goes here
         settings = settings.model_copy(update={"base_model": str(base_model)})
@@ -194,3 +194,15 @@ def test_merge_of_a_missing_adapter_fails_the_start_naming_it(merged_server, tmp
     shutil.rmtree(tmp_path / "adapters" / "domain")
     with pytest.raises(MergeError, match="--merge 'domain'"), merged_server():
         pass
+
+
+def test_a_stored_record_of_the_merged_adapter_waits_for_a_restart(merged_server) -> None:
+    """An adapter loaded over HTTP is recorded in the store and reloaded at start; under that
+    name another version is now merged into the weights: the start goes on, serving the merged."""
+    with merged_server(merge=False) as (client, _):
+        replaced = client.post("/v1/adapters", json={"name": "domain", "path": "other"})
+        assert replaced.status_code == 200, replaced.text
+    with merged_server() as (client, engine):
+        listed = {a["name"]: a["merged"] for a in client.get("/v1/adapters").json()["data"]}
+        assert listed == {"domain": True}
+        assert _ask(client, "domain").status_code == 200 and engine.used[-1] is None

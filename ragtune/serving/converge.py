@@ -124,6 +124,11 @@ class Converger:
         self.resolver.set_profile(name, profile)
 
     async def _apply_adapter(self, name: str, value: dict[str, Any] | None) -> None:
+        merged = self.adapters.merged
+        if merged is not None and name == merged.name:  # fixed in the weights until a restart
+            log.warning("adapter %s recorded in the store is served merged into the weights; its "
+                        "record applies after a restart without serving.merge", name)  # fmt: skip
+            return
         current = self.adapters.get(name)
         if value is None:
             if current is not None:

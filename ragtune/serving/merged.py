@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ragtune.core.adapters import VLLM_LORA_RANKS, AdapterInfo, inspect_adapter
@@ -59,7 +59,7 @@ def prepare(settings: Settings) -> Merged | None:
     info = inspect_adapter(
         folder, base_model_path=settings.base_model_path, max_lora_rank=max(VLLM_LORA_RANKS)
     )
-    info = AdapterInfo(**{**info.__dict__, "name": name})
+    info = replace(info, name=name)
     started = time.monotonic()
     merged = merge_adapter(settings.base_model_path, info, settings.models_dir / "merged")
     log.info("adapter %s merged into %s: %s (%.1f s)", name, settings.base_model_path.name, merged,
