@@ -70,7 +70,9 @@ def test_a_wrong_engine_is_refused_with_what_to_use_instead(
     settings = load_settings(models_dir=base_model.parent, engine=engine_settings)
     with pytest.raises(EngineMismatch) as exc:
         asyncio.run(
-            _start_canary(RecordedEngine(RECORDED_BF16_NO_LORA), tokenizer, settings, self_check=True)
+            _start_canary(
+                RecordedEngine(RECORDED_BF16_NO_LORA), tokenizer, settings, base_model, self_check=True
+            )
         )  # type: ignore[arg-type]
     message = str(exc.value)
     assert "L'Étoile" in message and "The capital of France is Paris" in message and advice in message
@@ -82,7 +84,9 @@ def test_a_remote_engine_that_answers_otherwise_is_refused_with_its_url(
     settings = load_settings(models_dir=base_model.parent, engine={"url": "http://gpu-box:8000/v1"})
     with pytest.raises(EngineMismatch) as exc:
         asyncio.run(
-            _start_canary(RecordedEngine(RECORDED_BF16_NO_LORA), tokenizer, settings, self_check=True)
+            _start_canary(
+                RecordedEngine(RECORDED_BF16_NO_LORA), tokenizer, settings, base_model, self_check=True
+            )
         )  # type: ignore[arg-type]
     message = str(exc.value)
     assert "The engine at http://gpu-box:8000/v1 serves another model" in message
@@ -122,11 +126,11 @@ def test_a_right_engine_passes_and_becomes_the_canary(
 ) -> None:
     settings = load_settings(models_dir=base_model.parent)
     engine = RecordedEngine(expected + " And more words that the canary never asks for.")
-    canary = asyncio.run(_start_canary(engine, tokenizer, settings, self_check=True))  # type: ignore[arg-type]
+    canary = asyncio.run(_start_canary(engine, tokenizer, settings, base_model, self_check=True))  # type: ignore[arg-type]
     assert canary.reference is not None and canary.reference.strip() == expected.strip()
     off = load_settings(models_dir=base_model.parent, engine={"self_check": False})
     wrong = RecordedEngine(RECORDED_BF16_NO_LORA)
-    assert asyncio.run(_start_canary(wrong, tokenizer, off, self_check=True)).reference  # type: ignore[arg-type]
+    assert asyncio.run(_start_canary(wrong, tokenizer, off, base_model, self_check=True)).reference  # type: ignore[arg-type]
 
 
 def test_the_reference_answer_is_kept_until_a_model_file_changes(

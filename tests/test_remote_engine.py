@@ -161,7 +161,9 @@ def test_the_remote_engine_answers_as_the_in_process_one(
             (c["index"], c["message"]["content"] if route == "chat" else c["text"], c["finish_reason"])
             for c in out["choices"]
         ]
-        answers.append((choices, out["usage"]))
+        # What the prefix cache held depends on each engine's history, not on the engine kind.
+        usage = {k: v for k, v in out["usage"].items() if k != "prompt_tokens_details"}
+        answers.append((choices, usage))
     assert answers[0] == answers[1]
 
 
