@@ -162,8 +162,3 @@ def correction(merged: Path, adapter: AdapterInfo, other: AdapterInfo | None) ->
         )
 
     return _atomic(merged / "corrections" / key, build)
-
-
-def correction_rank(adapter: AdapterInfo, other_rank: int) -> int:
-    """The rank a correction for an adapter of `other_rank` needs (0: the base model's)."""
-    return adapter.rank + other_rank

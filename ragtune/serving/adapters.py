@@ -22,7 +22,6 @@ from ragtune.core.merge import correction
 from ragtune.serving.canary import Canary
 from ragtune.serving.engine import AdapterRef, Engine
 from ragtune.serving.errors import AdapterRejected, EngineUnhealthy
-from ragtune.serving.merged import Merged
 
 log = logging.getLogger("ragtune.serving")
 
@@ -45,6 +44,39 @@ class BaseNotServed(RagtuneError):
     """The engine runs an adapter merged in, with LoRA off: nothing can take it back out."""
 
     code = "model_not_served"
+
+
+def adapter_folder(root: Path, path: str) -> Path:
+    """`path` resolved inside the adapters folder `root` (resolved; a bare name means root/NAME)."""
+    # No `~` expansion: a client names folders under adapters/, not the server user's home.
+    try:
+        candidate = Path(path)
+        if not candidate.is_absolute():
+            candidate = root / candidate
+        resolved = candidate.resolve()
+        resolved.exists()  # raises for a component longer than the file system allows
+    except (ValueError, OSError, RuntimeError) as exc:  # NUL bytes, names too long, loops
+        raise AdapterPathError(f"adapter path is not usable: {exc}", param="path") from None
+    if resolved != root and root not in resolved.parents:
+        raise AdapterPathError(
+            f"adapter path {path!r} is outside the adapters folder {root}; "
+            "copy the adapter there and pass its folder name",
+            param="path",
+        )
+    return resolved
+
+
+@dataclass(frozen=True)
+class Merged:
+    """The adapter the engine's weights hold (serving.merged), and the folder of those weights."""
+
+    info: AdapterInfo
+    folder: Path
+    lora: bool  # whether the engine has LoRA on: the base and other adapters need it
+
+    @property
+    def name(self) -> str:
+        return self.info.name
 
 
 class AdapterChanged(ConflictError):
@@ -119,22 +151,7 @@ class AdapterRegistry:
 
     def resolve_path(self, path: str) -> Path:
         """An adapter path is a folder inside the adapters folder (a bare name means adapters/NAME)."""
-        # No `~` expansion: a client names folders under adapters/, not the server user's home.
-        try:
-            candidate = Path(path)
-            if not candidate.is_absolute():
-                candidate = self._dir / candidate
-            resolved = candidate.resolve()
-            resolved.exists()  # raises for a component longer than the file system allows
-        except (ValueError, OSError, RuntimeError) as exc:  # NUL bytes, names too long, loops
-            raise AdapterPathError(f"adapter path is not usable: {exc}", param="path") from None
-        if resolved != self._dir and self._dir not in resolved.parents:
-            raise AdapterPathError(
-                f"adapter path {path!r} is outside the adapters folder {self._dir}; "
-                "copy the adapter there and pass its folder name",
-                param="path",
-            )
-        return resolved
+        return adapter_folder(self._dir, path)
 
     def relative_path(self, folder: Path) -> str:
         """A loaded adapter's folder as a path under the adapters folder (what `load` takes)."""

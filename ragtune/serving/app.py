@@ -24,7 +24,7 @@ from ragtune.core.errors import RagtuneError
 from ragtune.retrieval import Library
 from ragtune.retrieval.storage import hide_password
 from ragtune.serving import merged
-from ragtune.serving.adapters import AdapterRegistry
+from ragtune.serving.adapters import AdapterRegistry, Merged
 from ragtune.serving.auth import AdminKey, KeyChecker, check_exposure
 from ragtune.serving.canary import Canary, EngineMismatch, reference_answer
 from ragtune.serving.chat import GenerationService
@@ -137,7 +137,7 @@ def create_app(
     return app
 
 
-async def _start_engine(settings: Settings, merge: merged.Merged | None) -> Engine:
+async def _start_engine(settings: Settings, merge: Merged | None) -> Engine:
     """vLLM in this process (on the merged weights with a merge), or the vLLM server at `engine.url`."""
     if settings.engine.url:
         from ragtune.serving.remote_engine import RemoteEngine

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
-from ragtune.core.adapters import VLLM_LORA_RANKS, AdapterInfo, inspect_adapter
+from ragtune.core.adapters import VLLM_LORA_RANKS, inspect_adapter
 from ragtune.core.errors import RagtuneError
 from ragtune.core.merge import merge_adapter
+from ragtune.serving.adapters import AdapterPathError, Merged, adapter_folder
 from ragtune.serving.settings import EngineSettings, Settings
 
 log = logging.getLogger("ragtune.serving")
@@ -22,19 +22,6 @@ log = logging.getLogger("ragtune.serving")
 
 class MergeError(RagtuneError):
     code = "invalid_merge"
-
-
-@dataclass(frozen=True)
-class Merged:
-    """The adapter the engine's weights hold, and the folder of those weights."""
-
-    info: AdapterInfo
-    folder: Path
-    lora: bool  # whether the engine has LoRA on: the base and other adapters need it
-
-    @property
-    def name(self) -> str:
-        return self.info.name
 
 
 def prepare(settings: Settings) -> Merged | None:
@@ -49,8 +36,11 @@ def prepare(settings: Settings) -> Merged | None:
             param="merge",
         )
     root = settings.adapters_dir.resolve()
-    folder = (root / settings.serving.adapters.get(name, name)).resolve()
-    if root not in folder.parents or not folder.is_dir():
+    try:
+        folder = adapter_folder(root, settings.serving.adapters.get(name, name))
+    except AdapterPathError as exc:
+        raise MergeError(f"--merge {name!r}: {exc.message}", param="merge") from None
+    if not folder.is_dir():
         raise MergeError(
             f"--merge {name!r}: no adapter folder {folder} under {root}; give an adapter's name "
             "(`ragtune adapters list`) or its folder under the adapters folder",

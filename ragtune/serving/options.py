@@ -19,6 +19,37 @@ from ragtune.serving.grounding import Grounding
 
 Filter = Annotated[dict[str, Any] | None, AfterValidator(check_filter)]
 
+
+def _unencodable(value: Any, where: str = "") -> str | None:
+    """The location of the first string (or key) that is not valid Unicode text, e.g. a lone
+    surrogate "\\ud800" that JSON allows but UTF-8 (SQLite, the tokenizer) cannot hold."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "body"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _unencodable(k, where) or _unencodable(v, f"{where}.{k}" if where else str(k))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _unencodable(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def text_only(data: Any) -> Any:
+    """`data` unchanged, or a ValueError naming the first string that is not valid Unicode."""
+    where = _unencodable(data)
+    if where:
+        raise ValueError(f"{where} holds a lone UTF-16 surrogate; send valid Unicode text")
+    return data
+
+
 # How retrieved chunks are laid into the prompt: best first ("rank"), or the most often retrieved
 # first ("popular"), so that requests answered from the same popular chunks share a prompt prefix
 # whose KV the engine reuses (docs/performance.md has what it saves and what it costs).
@@ -110,8 +141,6 @@ class ProfileSettings(RetrievalOptions, GroundingOptions):
     @model_validator(mode="before")
     @classmethod
     def _text(cls, data: Any) -> Any:
-        from ragtune.serving.protocol import text_only  # protocol imports retrieval only; no cycle
-
         return text_only(data)
 
     @field_validator("filter", mode="wrap")

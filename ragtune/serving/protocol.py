@@ -24,38 +24,8 @@ from ragtune.core.names import NAME_PATTERN
 from ragtune.retrieval.documents import id_problem
 from ragtune.retrieval.filters import INT64_MAX, INT64_MIN
 from ragtune.retrieval.settings import Fusion, IndexType, SearchMode
-from ragtune.serving.options import CALIBRATION, Filter, RetrievalOptions
+from ragtune.serving.options import CALIBRATION, Filter, RetrievalOptions, text_only
 from ragtune.serving.structured import ResponseFormat, ToolCall, ToolChoice, ToolDef
-
-
-def _unencodable(value: Any, where: str = "") -> str | None:
-    """The location of the first string (or key) that is not valid Unicode text, e.g. a lone
-    surrogate "\\ud800" that JSON allows but UTF-8 (SQLite, the tokenizer) cannot hold."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return where or "body"
-        return None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            found = _unencodable(k, where) or _unencodable(v, f"{where}.{k}" if where else str(k))
-            if found:
-                return found
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found = _unencodable(v, f"{where}[{i}]")
-            if found:
-                return found
-    return None
-
-
-def text_only(data: Any) -> Any:
-    """`data` unchanged, or a ValueError naming the first string that is not valid Unicode."""
-    where = _unencodable(data)
-    if where:
-        raise ValueError(f"{where} holds a lone UTF-16 surrogate; send valid Unicode text")
-    return data
 
 
 class Body(BaseModel):
