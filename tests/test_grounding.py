@@ -1,5 +1,6 @@
-"""Strict grounding's vocabulary and extractive grounding's grammar (serving.grounding), with the
-default model's real tokenizer and the grammar engine vLLM runs them with."""
+"""Strict grounding's vocabulary, extractive grounding's ranked quotations and checked grounding's
+check (serving.grounding), with the default model's real tokenizer and the grammar engine vLLM
+runs them with."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ from ragtune.core.prompt import ABSTAIN, ContextChunk, apply_context
 from ragtune.serving.grounding import (
     QUOTE_LEAD,
     allowed_token_ids,
+    checked_reply,
     choice_grammar,
-    extractive_grammar,
-    opens_abstention,
     quotations,
     rank_quotations,
     sentences,
@@ -65,45 +65,6 @@ def accepts(tokenizer):  # noqa: ANN001, ANN201
         return matcher.accept_string(answer) and matcher.is_completed()
 
     return check
-
-
-SOURCES = [
-    "Havana is the capital of France. The government and parliament of France meets in Havana.",
-    'Trains leave Pier Street every 12 minutes.\n\nThe first leaves at 6:15 on "weekdays" ‘only’.',
-    "One . Two . Three . Four .",
-]
-
-
-def test_an_extractive_answer_quotes_consecutive_sentences_of_one_source_with_its_marker(accepts) -> None:  # noqa: ANN001
-    grammar = extractive_grammar(SOURCES)
-    quoted = [
-        "Havana is the capital of France [1].",
-        "The government and parliament of France meets in Havana [1].",
-        "Havana is the capital of France. The government and parliament of France meets in Havana [1].",
-        'The first leaves at 6:15 on "weekdays" ‘only’ [2].',  # quotes and Unicode survive
-        "Two . Three . Four [3].",  # up to three sentences
-        ABSTAIN,
-    ]
-    for answer in quoted:
-        assert accepts(grammar, answer), answer
-    invented = [
-        "Paris is the capital of France [1].",  # the memorised answer
-        "Havana is the capital of France [2].",  # the wrong marker
-        "Havana is the capital of France.",  # no marker
-        "Havana is the capital of France",  # unfinished
-        "Havana is the capital [1].",  # a sentence cut short
-        "The government and parliament of France meets in Havana. Havana is the capital of France [1].",
-        "Havana is the capital of France. Trains leave Pier Street every 12 minutes [1].",  # two sources
-        "One . Two . Three . Four [3].",  # four sentences
-    ]
-    for answer in invented:
-        assert not accepts(grammar, answer), answer
-
-
-def test_with_no_sources_the_extractive_answer_is_the_abstention(accepts) -> None:  # noqa: ANN001
-    grammar = extractive_grammar([])
-    assert accepts(grammar, ABSTAIN)
-    assert not accepts(grammar, "Paris [1].")
 
 
 def test_sentences_split_as_the_reader_was_trained() -> None:
@@ -232,13 +193,6 @@ def test_a_choice_grammar_admits_the_ranked_quotations_and_the_abstention_only(a
     assert not accepts(quoting, ABSTAIN)
 
 
-def test_the_abstention_is_recognised_from_its_opening_words() -> None:
-    for opening in ["The sources do not", " The  sources\ndo", ABSTAIN, ABSTAIN + " Sorry."]:
-        assert opens_abstention(opening), opening
-    for opening in ["", "The Wren Line was", "The sources say", "Sources do not"]:
-        assert not opens_abstention(opening), opening
-
-
 def test_quotations_the_reply_cannot_hold_are_left_out_unless_none_fits(embedder) -> None:  # noqa: ANN001
     question = "How often do trains run on the Larch Line?"
     short = rank_quotations(question, LINES, embedder, k=3, fits=lambda answer: len(answer) < 60).quotes
@@ -250,3 +204,40 @@ def test_quotations_the_reply_cannot_hold_are_left_out_unless_none_fits(embedder
     # max_tokens must not make the sources look off topic.
     tight = rank_quotations(question, LINES, embedder, k=3, fits=lambda answer: len(answer) < 60)
     assert tight[1:3] == pytest.approx(unbounded[1:3])
+
+
+HARBOR = [
+    "The Harbor Line runs every 15 minutes during the day. Pier Street opens at 5:15 on weekdays.",
+    "The Granite Line is worked by 6-car Pioneer trains.",
+]
+OFTEN = "How often does the Harbor Line run?"
+
+
+def test_a_checked_reply_its_cited_source_holds_is_sent_as_it_is() -> None:
+    for reply in [
+        "The Harbor Line runs every 15 minutes during the day [1].",
+        "According to [1], it runs every 15 minutes.",  # how it speaks of the source is no claim
+        "Every 15 minutes [1] [2].",  # one of two cited sources holding it is enough
+    ]:
+        assert checked_reply(reply, OFTEN, HARBOR) == reply
+
+
+def test_a_checked_reply_gets_the_marker_of_the_source_that_holds_it() -> None:
+    assert checked_reply("It runs every 15 minutes.", OFTEN, HARBOR) == "It runs every 15 minutes [1]."
+    assert checked_reply("It runs every 15 minutes [2].", OFTEN, HARBOR) == "It runs every 15 minutes [1]."
+    assert checked_reply("Every 15 minutes [7].", OFTEN, HARBOR) == "Every 15 minutes [1]."  # no source 7
+
+
+def test_a_checked_reply_no_source_holds_is_the_abstention() -> None:
+    for reply in [
+        "It runs every 20 minutes [1].",  # a number no source has
+        "It runs every 15 minutes, says Ines Varga [1].",  # a name no source has
+        "The Harbor Line runs [1].",  # nothing but the question's words
+        "[1]",
+        "The trains are comfortable, clean and quiet [1].",  # most of its words in no source
+        "",
+    ]:
+        assert checked_reply(reply, OFTEN, HARBOR) == ABSTAIN, reply
+    assert checked_reply("It runs every 15 minutes [1].", OFTEN, []) == ABSTAIN
+    # The model's own abstention is sent as the abstention sentence.
+    assert checked_reply("The sources do not say how often it runs.", OFTEN, HARBOR) == ABSTAIN

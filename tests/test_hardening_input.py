@@ -90,12 +90,11 @@ CHAT_CASES = [
     ({"rag": {"collection": "notes", "filter": {f"f{i}": i for i in range(3000)}}}, "filter"),
     ({"rag": {"collection": "notes", "grounding": "exact"}}, "rag.grounding"),
     ({"rag": {"collection": "notes", "top_k": 0}}, "rag.top_k"),
-    # Grounding calibration is a profile's, never a request's (serving.options).
-    ({"rag": {"collection": "notes", "quotes": 3}}, "rag.quotes"),
+    # Grounding calibration is a profile's, never a request's (serving.options); the removed
+    # options are refused naming them.
     ({"rag": {"collection": "notes", "min_similarity": 0.5}}, "rag.min_similarity"),
-    ({"rag": {"collection": "notes", "quote_lead": 1}}, "rag.quote_lead"),
+    ({"rag": {"collection": "notes", "quotes": 3}}, "rag.quotes"),
     ({"rag": {"collection": "notes", "quote_window": 0.5}}, "rag.quote_window"),
-    ({"rag": {"collection": "notes", "model_abstains": False}}, "rag.model_abstains"),
     ({"rag": {"collection": "notes", "fusion": "rrf"}}, "rag.fusion"),
     # A grounded answer with nothing retrieved would come from memory.
     ({"rag": {"grounding": "extractive"}}, "rag.collection"),
@@ -210,10 +209,9 @@ def test_names_collections_and_profiles(served: TestClient) -> None:
     headers = {"content-type": "application/json"}
     assert error_of(served.put("/v1/profiles/p", content=surrogate, headers=headers), 400)
     assert served.put("/v1/profiles/ok-name.v2", json={"collection": "notes"}).status_code == 201
-    # A profile's grounding calibration, out of range, is refused naming the field.
+    # A profile's grounding calibration, out of range or removed, is refused naming the field.
     for field, value in [
-        ("quotes", -1), ("quotes", 51), ("min_similarity", 1.5), ("min_similarity", "high"),
-        ("quote_lead", -1), ("quote_window", 101), ("model_abstains", "sometimes"),
+        ("min_similarity", 1.5), ("min_similarity", "high"), ("quote_lead", 1), ("model_abstains", False),
     ]:  # fmt: skip
         err = error_of(served.put("/v1/profiles/p", json={"collection": "notes", field: value}), 400)
         assert field in err["message"] or field in (err["param"] or ""), (field, err)

@@ -341,3 +341,29 @@ def test_replicas_starting_and_writing_at_once_agree_on_one_order(make_library: 
         )
         assert r.since(rows[2].seq) == rows[3:]
         r.close()
+
+
+def test_a_profile_recorded_with_removed_options_is_served_without_them(
+    start: Any, tmp_path: Path, make_library: MakeLibrary, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Extractive grounding's former calibration (serving.options.REMOVED), recorded by an
+    earlier version: the profile is served, its other fields kept, the log names what was
+    dropped; sent now, the same field is a 400 naming it."""
+    records = open_records(make_library().backend)
+    old = {
+        "collection": "kb",
+        "top_k": 2,
+        "grounding": "extractive",
+        "quote_window": 0.5,
+        "model_abstains": False,
+    }
+    records.put("profile", "old", old)
+    records.close()
+    with caplog.at_level(logging.WARNING), start(tmp_path / "adapters") as a:
+        profile = a.get("/v1/profiles/old").json()
+        assert (profile["collection"], profile["top_k"], profile["grounding"]) == ("kb", 2, "extractive")
+        assert "quote_window" not in profile and "model_abstains" not in profile
+        refused = a.put("/v1/profiles/new", json={"quote_window": 0.5})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "quote_window"
+    logged = [r.getMessage() for r in caplog.records if "removed options" in r.getMessage()]
+    assert logged and "model_abstains, quote_window" in logged[0], logged

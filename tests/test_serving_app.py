@@ -6,6 +6,7 @@ would have been given. The library is real (SQLite + FAISS + MiniLM in tmp_path)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,14 +56,6 @@ def served(
     with TestClient(create_app(settings, engine=engine, library=library)) as client:
         yield client, engine, library
     library.close()
-
-
-def calibrated(client: TestClient, **calibration: object) -> str:
-    """A profile over `notes` with extractive grounding calibrated so; returns its name."""
-    name = "cal-" + "-".join(f"{k}{v}".replace(".", "-") for k, v in calibration.items()).lower()
-    body = {"collection": "notes", "grounding": "extractive", **calibration}
-    assert client.put(f"/v1/profiles/{name}", json=body).status_code in (200, 201)
-    return name
 
 
 def chat(client: TestClient, **body: object) -> dict:
@@ -257,77 +250,81 @@ def test_the_documented_multi_gpu_settings_reach_vllm_unchanged(base_model: Path
     assert finer.block_size == 32
 
 
-def test_extractive_grounding_decides_whether_to_answer_apart_from_what_to_quote(
+def test_extractive_grounding_offers_the_ranked_quotations(
     served,  # noqa: ANN001
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The model's free opening (a short greedy probe, same prompt) decides whether to abstain;
-    the grammar then offers the abstention alone, or the ranked quotations without it. The
-    echo engine ignores grammars: what is checked is what the engine is asked for."""
-    from ragtune.core.prompt import ABSTAIN
-    from ragtune.serving.engine import Delta
-    from ragtune.serving.grounding import (
-        PROBE_TOKENS,
-        QUOTE_LEAD,
-        choice_grammar,
-        extractive_grammar,
-        rank_quotations,
-    )
+    """One engine call, whose grammar offers the ranker's first quotation alone when it leads
+    the second by more than QUOTE_LEAD, else the close ones; never the abstention above the
+    floor (the model is not asked whether to abstain). The echo engine ignores grammars: what is
+    checked is what the engine is asked for."""
+    from ragtune.serving.grounding import QUOTE_LEAD, QUOTE_WINDOW, choice_grammar, rank_quotations
 
     client, engine, library = served
-    calls: list[tuple[str, list[int], object]] = []
-    opening = {"text": ABSTAIN}
+    calls: list[object] = []
     echo = engine.generate
 
-    async def scripted(prompt_ids, options, request_id, adapter):  # noqa: ANN001, ANN202
-        calls.append((request_id, prompt_ids, options))
-        if request_id.startswith("probe"):
-            yield Delta(0, opening["text"], PROBE_TOKENS, "length")
-            return
+    async def recorded(prompt_ids, options, request_id, adapter):  # noqa: ANN001, ANN202
+        calls.append(options)
         async for delta in echo(prompt_ids, options, request_id, adapter):
             yield delta
 
+    monkeypatch.setattr(engine, "generate", recorded)
+    embedder = library.open("notes").embedder
+    offers = {}
+    for question in ["When was the lighthouse built?", "What is in the notes?"]:
+        calls.clear()
+        ask = {"model": "notes", "messages": [{"role": "user", "content": question}]}
+        body = chat(client, **ask, rag={"grounding": "extractive"})
+        ranking = rank_quotations(question, [s["text"] for s in body["sources"]], embedder, k=3)
+        offers[question] = ranking.quotes[:1] if ranking.lead > QUOTE_LEAD else ranking.close(QUOTE_WINDOW)
+        assert len(calls) == 1 and calls[0].grammar == choice_grammar(offers[question], abstain=False)
+    # The lighthouse's first quotation leads the second by 2 standard deviations: offered alone.
+    (alone,) = offers["When was the lighthouse built?"]
+    assert "1871" in alone
+
+
+def test_checked_grounding_sends_the_reply_once_checked_against_its_sources(
+    served,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The model answers freely (no grammar); its reply is held until whole, then sent as it is
+    when its cited source holds it, with the right marker when another source does, else as the
+    abstention sentence; streamed, it comes as one delta."""
+    from ragtune.core.prompt import ABSTAIN
+    from ragtune.serving.engine import Delta
+
+    client, engine, _ = served
+    calls: list[object] = []
+    reply = {"words": []}
+
+    async def scripted(prompt_ids, options, request_id, adapter):  # noqa: ANN001, ANN202
+        calls.append(options)
+        words = reply["words"]
+        for i, word in enumerate(words):
+            yield Delta(0, word, 1, "stop" if i == len(words) - 1 else None)
+
     monkeypatch.setattr(engine, "generate", scripted)
-    question = "When was the lighthouse built?"
-    ask = {"model": "notes", "messages": [{"role": "user", "content": question}]}
-
-    chat(client, **ask, rag={"grounding": "extractive"})
-    (probe_id, probe_prompt, probe), (_, prompt, answer) = calls
-    assert probe_id.startswith("probe") and probe_prompt == prompt
-    assert (probe.max_tokens, probe.temperature, probe.grammar) == (PROBE_TOKENS, 0.0, None)
-    assert answer.grammar == choice_grammar([])  # the abstention, and nothing else
-
-    calls.clear()
-    opening["text"] = "The lighthouse was"
-    body = chat(client, **{**ask, "model": calibrated(client, quote_lead=100)})
-    texts = [s["text"] for s in body["sources"]]
-    ranking = rank_quotations(question, texts, library.open("notes").embedder, k=3)
-    ranked = ranking.quotes
-    assert "1871" in ranked[0] and 0 < ranking.lead < 100
-    assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(ranked, abstain=False)
-    # A first quotation that leads the second by more than `quote_lead` is offered alone.
-    assert ranking.lead == ranking.behind[1] > 0 == ranking.behind[0]
-    calls.clear()
-    chat(client, **{**ask, "model": calibrated(client, quote_lead=0)})
-    assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(ranked[:1], abstain=False)
-    calls.clear()  # the default lead, QUOTE_LEAD
-    chat(client, **ask, rag={"grounding": "extractive"})
-    # Two sources here: the first of two quotations leads by 2 standard deviations, over QUOTE_LEAD.
-    assert ranking.lead == pytest.approx(2.0) and QUOTE_LEAD < 2.0
-    offered = ranked[:1]
-    assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(offered, abstain=False)
-    calls.clear()  # `quote_window`: a close call offers only the runs that near the first
-    chat(client, **{**ask, "model": calibrated(client, quote_lead=100, quote_window=ranking.lead / 2)})
-    assert len(calls) == 2 and calls[1][2].grammar == choice_grammar(ranked[:1], abstain=False)
-
-    calls.clear()  # `model_abstains: false`: no probe, so the opening cannot abstain
-    opening["text"] = ABSTAIN
-    chat(client, **{**ask, "model": calibrated(client, model_abstains=False)})
-    assert len(calls) == 1 and calls[0][2].grammar == choice_grammar(offered, abstain=False)
-
-    calls.clear()  # quotes 0: the single grammar, no probe
-    chat(client, **{**ask, "model": calibrated(client, quotes=0)})
-    assert len(calls) == 1 and calls[0][2].grammar == extractive_grammar(texts)
+    ask = {"model": "notes", "messages": [{"role": "user", "content": "When was the lighthouse built?"}]}
+    body = chat(client, **ask, rag={"grounding": "free"})
+    n = next(i for i, s in enumerate(body["sources"], start=1) if "1871" in s["text"])
+    for words, sent in [
+        (["It was ", "built in ", f"1871 [{n}]."], f"It was built in 1871 [{n}]."),
+        (["It was ", "built in ", "1871."], f"It was built in 1871 [{n}]."),
+        (["It was ", "built in ", "1923 ", f"[{n}]."], ABSTAIN),
+        (["The sources ", "do not say."], ABSTAIN),
+    ]:
+        reply["words"] = words
+        calls.clear()
+        body = chat(client, **ask, rag={"grounding": "checked"})
+        assert calls[0].grammar is None and calls[0].allowed_token_ids is None
+        assert body["choices"][0]["message"]["content"] == sent, words
+        assert body["usage"]["completion_tokens"] == len(words)
+        streamed = {**ask, "max_tokens": 50, "stream": True, "rag": {"grounding": "checked"}}
+        with client.stream("POST", "/v1/chat/completions", json=streamed) as resp:
+            lines = [line for line in resp.iter_lines() if line.startswith("data: {")]
+        texts = [c["delta"].get("content") for line in lines for c in json.loads(line[6:])["choices"]]
+        assert [t for t in texts if t] == [sent]
 
 
 def test_below_the_relevance_floor_the_reply_is_the_abstention_in_every_grounding(
@@ -365,7 +362,7 @@ def test_below_the_relevance_floor_the_reply_is_the_abstention_in_every_groundin
     # The floor is a profile's calibration; the request chooses the grounding it applies under.
     careful = client.put("/v1/profiles/careful", json={"collection": "notes", "min_similarity": floor})
     assert careful.status_code == 201
-    for grounding in ("free", "strict", "extractive"):
+    for grounding in ("free", "strict", "extractive", "checked"):
         calls.clear()
         chat(client, **{**ask, "model": "careful"}, rag={"grounding": grounding})
         assert len(calls) == 1 and calls[0].grammar == choice_grammar([]), grounding  # no probe either

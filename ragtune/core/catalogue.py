@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class Entry:
     imported_mb: int  # the bf16 folder on disk
     measured: Measured | None
     chat: bool = True
+    # How the `grounded` profile holds this model's answers (serving.builtin): 'checked', its own
+    # answer checked against the sources it cites, for a model that reads them; 'extractive', a
+    # quotation chosen by ranking, for one that does not (bench/results/checked.md measures both).
+    grounding: Literal["checked", "extractive"] = "checked"
 
     @property
     def packages(self) -> list[str]:
@@ -94,6 +99,7 @@ CATALOGUE: dict[str, Entry] = {
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
             imported_mb=273,
             measured=Measured(42.0, 273.0, _AMX, "2026-12-06"),
+            grounding="extractive",
         ),
         Entry(
             name="qwen2.5-coder-0.5b-instruct",

@@ -292,6 +292,12 @@ def list_models(models_dir: Path) -> list[ModelInfo]:
     return out
 
 
+def catalogue_entry(path: Path) -> Entry | None:
+    """The catalogue entry a model folder was imported from (its provenance), or None."""
+    name = ((_marker(path) or {}).get("provenance") or {}).get("catalogue")
+    return CATALOGUE.get(name) if isinstance(name, str) else None
+
+
 def model_fingerprint(path: Path) -> str:
     """A short, stable id of a model folder's config and weight file sizes (adapters record it)."""
     h = hashlib.sha256()

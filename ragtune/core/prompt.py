@@ -20,6 +20,22 @@ _HEADER = "Use the numbered sources below when they answer the question, and cit
 # strict grounding always allows it, and the evaluation counts it as an abstention.
 ABSTAIN = "The sources do not answer this question."
 
+# Other ways a reply says the same: counted as abstentions by the evaluation, and turned into
+# ABSTAIN by checked grounding (serving.grounding).
+_ABSTAINS = re.compile(
+    r"(sources? (do|does) not (answer|say|mention|contain)|"
+    r"(do not|don't|doesn't|does not|cannot|can't|could not|couldn't) (know|find|answer|determine|tell)|"
+    r"not (mentioned|stated|provided|specified|given) in|no information|not enough information|"
+    r"i'm not sure|i am not sure|unable to (answer|find|determine))",
+    re.IGNORECASE,
+)
+
+
+def is_abstention(text: str) -> bool:
+    """Whether a reply says that it cannot answer (ABSTAIN or its like)."""
+    return ABSTAIN.lower() in text.lower() or bool(_ABSTAINS.search(text))
+
+
 # Where a sentence ends: the reader's targets are whole sentences of a source (training.reader),
 # and extractive grounding lets an answer quote exactly such sentences (serving.grounding).
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")

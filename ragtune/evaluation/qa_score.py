@@ -20,15 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ragtune.core.prompt import is_abstention
 from ragtune.training.qa import ABSTAIN, QASet, Question, contains, normalize
-
-_ABSTAIN_PATTERNS = re.compile(
-    r"(sources? (do|does) not (answer|say|mention|contain)|"
-    r"(do not|don't|doesn't|does not|cannot|can't|could not|couldn't) (know|find|answer|determine|tell)|"
-    r"not (mentioned|stated|provided|specified|given) in|no information|not enough information|"
-    r"i'm not sure|i am not sure|unable to (answer|find|determine))",
-    re.IGNORECASE,
-)
 
 
 def token_f1(prediction: str, answer: str) -> float:
@@ -39,10 +32,6 @@ def token_f1(prediction: str, answer: str) -> float:
         return 0.0
     precision, recall = same / len(pred), same / len(gold)
     return 2 * precision * recall / (precision + recall)
-
-
-def is_abstention(text: str) -> bool:
-    return ABSTAIN.lower() in text.lower() or bool(_ABSTAIN_PATTERNS.search(text))
 
 
 def cited_numbers(text: str) -> list[int]:

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from ragtune.core.errors import RagtuneError
-from ragtune.serving.grounding import MIN_SIMILARITY, QUOTE_WINDOW
+from ragtune.serving.grounding import MIN_SIMILARITY, Grounding
 from ragtune.serving.settings import ProfileSettings, Settings
 
 console = Console()
@@ -40,6 +40,16 @@ def trained_adapter(settings: Settings, name: str, otherwise: str) -> str | None
     return name
 
 
+def model_grounding(path: Path) -> Grounding:
+    """How the `grounded` profile holds this base model's answers: as its catalogue entry says
+    (measured: `checked` where the model reads its sources, `extractive` where it does not,
+    bench/results/checked.md); `checked` for a model from outside the catalogue."""
+    from ragtune.core.models import catalogue_entry
+
+    entry = catalogue_entry(path)
+    return entry.grounding if entry else "checked"
+
+
 def with_grounded(settings: Settings) -> Settings:
     """Settings that also serve the `grounded` profile: answers from the sources of the collection
     a request names (`rag.collection`) with extractive grounding (serving.grounding: an answer
@@ -59,16 +69,11 @@ def with_grounded(settings: Settings) -> Settings:
         if adapter
         else settings.serving.adapters
     )
-    # The floor decides abstention, not the model's opening: measured, a 135M reader's opening
-    # adds little to the floor and costs answers (bench/results/model-abstains.md). The reader
-    # chooses only among quotations close to the ranker's first (bench/results/quote-window.md).
     profile = ProfileSettings(
         adapter=adapter,
         top_k=4,
-        grounding="extractive",
+        grounding="extractive" if adapter else model_grounding(settings.base_model_path),
         min_similarity=MIN_SIMILARITY,
-        model_abstains=False,
-        quote_window=QUOTE_WINDOW,
     )
     profiles = {**settings.serving.profiles, GROUNDED_PROFILE: profile}
     serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})

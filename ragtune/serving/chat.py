@@ -21,8 +21,7 @@ from ragtune.retrieval.search import search_options
 from ragtune.serving.adapters import AdapterNotFound, AdapterRegistry
 from ragtune.serving.auth import UNLIMITED, Scope
 from ragtune.serving.engine import AdapterRef, Delta, Engine, SamplingOptions
-from ragtune.serving.grounded import Grounder, GroundingAsked, option
-from ragtune.serving.grounding import PROBE_TOKENS, opens_abstention
+from ragtune.serving.grounded import Checked, Grounder, GroundingAsked, option
 from ragtune.serving.metrics import Metrics
 from ragtune.serving.prepared import Choice, Prepared, Result
 from ragtune.serving.prompts import Arrange, ContextLengthExceeded, Popularity, PromptBuilder
@@ -143,23 +142,25 @@ class GenerationService:
         prompt_ids: list[int],
         kept: list[ContextChunk],
         max_tokens: int | None,
-    ) -> dict[str, Any]:
-        """What grounding holds the answer to (serving.grounded), as SamplingOptions fields;
-        nothing when retrieval is off."""
+    ) -> tuple[dict[str, Any], Checked | None]:
+        """What grounding holds the answer to (serving.grounded): SamplingOptions fields, and for
+        checked grounding the check of the reply; nothing when retrieval is off."""
         collection = self._collection(target, rag)
         asked = GroundingAsked.of(rag, target)
-        if collection is None or not asked.constrains:
-            return {}
+        if collection is None or not (asked.constrains or asked.grounding == "checked"):
+            return {}, None
         coll = await asyncio.to_thread(self.library.open, collection)
-        return await self.grounder.constraint(
+        texts = [c.text for c in kept]
+        checked = Checked(query, texts) if asked.grounding == "checked" else None
+        constraint = await self.grounder.constraint(
             asked,
             query=query,
-            texts=[c.text for c in kept],
+            texts=texts,
             embedder=coll.embedder,
             prompt_ids=prompt_ids,
             max_tokens=max_tokens,
-            opens_with_abstention=partial(self._opens_with_abstention, target, prompt_ids),
         )
+        return constraint, checked
 
     def _target(self, model: str, scope: Scope) -> Target:
         """The model a request names, refused before any work if its adapter is not loaded (the
@@ -213,8 +214,8 @@ class GenerationService:
             hits,
             req.token_limit,
         )
-        constraint = await self._constraint(target, req.rag, query, prompt_ids, kept, req.token_limit)
-        prepared = self._finish(req, target, prompt_ids, hits, kept, shape, constraint)
+        held = await self._constraint(target, req.rag, query, prompt_ids, kept, req.token_limit)
+        prepared = self._finish(req, target, prompt_ids, hits, kept, shape, *held)
         prepared.route = route
         prepared.plan = shape
         return prepared
@@ -252,8 +253,8 @@ class GenerationService:
             hits,
             req.token_limit,
         )
-        constraint = await self._constraint(target, req.rag, prompt, prompt_ids, kept, req.token_limit)
-        prepared = self._finish(req, target, prompt_ids, hits, kept, shape, constraint)
+        held = await self._constraint(target, req.rag, prompt, prompt_ids, kept, req.token_limit)
+        prepared = self._finish(req, target, prompt_ids, hits, kept, shape, *held)
         prepared.route = route
         return prepared
 
@@ -266,6 +267,7 @@ class GenerationService:
         kept: list[ContextChunk],
         shape: Plan,
         constraint: dict[str, Any],
+        checked: Checked | None,
     ) -> Prepared:
         limit = self.engine.max_model_len
         if len(prompt_ids) >= limit:  # fit_chunks keeps this from happening; a guard, not a path
@@ -283,7 +285,7 @@ class GenerationService:
             req, max_tokens=max_tokens, vocab_size=len(self.tokenizer), shape=shape, constraint=constraint
         )
         sources = [Source.of(i, h, c.text) for i, (h, c) in enumerate(zip(hits, kept, strict=False), start=1)]
-        return Prepared(new_id("req"), target, prompt_ids, options, sources)
+        return Prepared(new_id("req"), target, prompt_ids, options, sources, checked=checked)
 
     # -- generation ----------------------------------------------------------------------
 
@@ -298,7 +300,10 @@ class GenerationService:
         async with aclosing(generated) as deltas:
             async for delta in deltas:
                 first = self._observe(delta, first, started, kind, len(prep.prompt_ids))
-                yield delta
+                if prep.checked is None:
+                    yield delta
+                elif (whole := await prep.checked.add(delta)) is not None:
+                    yield whole
 
     async def _generate(
         self, target: Target, prompt_ids: list[int], options: SamplingOptions, request_id: str
@@ -327,14 +332,6 @@ class GenerationService:
             return
         with self.adapters.use(target.adapter) as ref:
             yield ref
-
-    async def _opens_with_abstention(self, target: Target, prompt_ids: list[int]) -> bool:
-        """Whether the model, left free, starts its reply with the abstention sentence (its
-        first `PROBE_TOKENS` tokens, greedy; serving.grounding)."""
-        options = SamplingOptions(max_tokens=PROBE_TOKENS, temperature=0.0)
-        async with aclosing(self._generate(target, prompt_ids, options, new_id("probe"))) as deltas:
-            text = "".join([delta.text async for delta in deltas])
-        return opens_abstention(text)
 
     async def start(self, prep: Prepared) -> AsyncIterator[Delta]:
         """`stream` with its first delta already received: a request the engine refuses fails

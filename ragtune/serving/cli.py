@@ -104,7 +104,9 @@ def models_available(ctx: typer.Context) -> None:
     from ragtune.core.models import check_model_dir
 
     settings = settings_of(ctx)
-    table = Table("name", "params", "GGUF", "on disk", "license", "PyPI packages", "tok/s 1/8", "here")
+    table = Table(
+        "name", "params", "GGUF", "on disk", "license", "PyPI packages", "tok/s 1/8", "grounded", "here"
+    )
     table.columns[0].no_wrap = True
     cpus: set[str] = set()
     for entry in CATALOGUE.values():
@@ -120,11 +122,13 @@ def models_available(ctx: typer.Context) -> None:
             entry.license,
             entry.source,
             f"{m.tok_s_1:g}/{m.tok_s_8:g}" if m else "",
+            entry.grounding,
             "[green]yes[/]" if here else "",
         )
     console.print(table)
     for cpu in sorted(cpus):
         console.print(f"tok/s: greedy decoding through `ragtune serve`, bf16, on {cpu}")
+    console.print("grounded: how the `grounded` profile holds its answers (docs/grounding.md)")
     console.print("import one with: ragtune models import NAME (docs/models.md)")
 
 

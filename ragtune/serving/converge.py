@@ -26,6 +26,7 @@ from ragtune.core.errors import RagtuneError, StoreUnavailable
 from ragtune.core.packing import STORE_COPIES, pack_adapter, unpack_adapter
 from ragtune.serving.adapters import AdapterNotFound, AdapterRegistry, LoadedAdapter
 from ragtune.serving.engine import AdapterRef
+from ragtune.serving.options import REMOVED
 from ragtune.serving.records import Kind, Records, Row
 from ragtune.serving.resolve import ModelResolver
 from ragtune.serving.settings import ProfileSettings
@@ -114,6 +115,10 @@ class Converger:
         if value is None:
             self.resolver.remove_profile(name)
             return
+        if gone := sorted(set(value) & set(REMOVED)):
+            log.warning("profile %s recorded in the store sets %s, removed options: served without them",
+                        name, ", ".join(gone))  # fmt: skip
+            value = {k: v for k, v in value.items() if k not in REMOVED}
         try:
             profile = ProfileSettings.model_validate(value)
         except ValidationError as exc:

@@ -1,31 +1,32 @@
 """What grounding holds one request's answer to, from its `rag` and its model's profile.
 
 serving.grounding has the pieces (the relevance floor's ranking, strict grounding's vocabulary,
-extractive grounding's grammars); this module decides, per request, which of them the engine is
-handed: the abstention alone when no run of the sources comes within the relevance floor
-(`min_similarity`) of the question; else, for strict grounding, the tokens the answer may use;
-for extractive grounding, the grammar of its quotations (by default after a short probe of the
-model's own opening, unless the profile's `model_abstains` is false, and a ranking of what it
-may quote). Nothing for free decoding above the floor.
+extractive grounding's ranked quotations, checked grounding's check); this module decides, per
+request, which of them the engine is handed: the abstention alone when no run of the sources
+comes within the relevance floor (`min_similarity`) of the question; else, for strict grounding,
+the tokens the answer may use; for extractive grounding, the grammar of the quotations it may
+choose from. Nothing for free decoding above the floor; checked grounding's check runs on the
+whole reply, after generation (`Checked`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
 from ragtune.retrieval.embedder import Embedder
+from ragtune.serving.engine import Delta
 from ragtune.serving.grounding import (
     QUOTE_LEAD,
+    QUOTE_WINDOW,
     QUOTES,
     Grounding,
     Ranked,
     allowed_token_ids,
+    checked_reply,
     choice_grammar,
-    extractive_grammar,
     rank_quotations,
 )
 from ragtune.serving.protocol import RagOptions
@@ -44,25 +45,20 @@ def option(rag: RagOptions | bool | None, target: Target, name: str, default: An
 
 @dataclass(frozen=True)
 class GroundingAsked:
-    """The grounding one request runs under: its mode (request, then profile) and the profile's
-    calibration, defaults filled in."""
+    """The grounding one request runs under: its mode and relevance floor (each from the
+    request, else the profile, else the default here)."""
 
     grounding: Grounding = "free"
-    floor: float = 0.0
-    quotes: int = QUOTES
-    model_abstains: bool = True
-    quote_lead: float = QUOTE_LEAD
-    quote_window: float = math.inf
+    floor: float = 0.0  # the option `min_similarity`
 
     @property
     def constrains(self) -> bool:
-        """Whether anything holds the reply: free decoding without a floor has nothing to build."""
-        return self.grounding != "free" or bool(self.floor)
+        """Whether anything holds the reply before it is generated: free decoding and checked
+        grounding without a floor have nothing to build."""
+        return self.grounding in ("strict", "extractive") or bool(self.floor)
 
     @classmethod
     def of(cls, rag: RagOptions | bool | None, target: Target) -> GroundingAsked:
-        """Each field from the request, else the profile, else the default above (`floor` is
-        the option `min_similarity`)."""
         return cls(
             **{
                 f.name: option(rag, target, "min_similarity" if f.name == "floor" else f.name, f.default)
@@ -89,33 +85,55 @@ class Grounder:
         embedder: Embedder,
         prompt_ids: list[int],
         max_tokens: int | None,
-        opens_with_abstention: Callable[[], Awaitable[bool]],
     ) -> dict[str, Any]:
-        """SamplingOptions fields; `opens_with_abstention` runs the model's free opening (the
-        probe) and is called only where extractive grounding asks the model."""
+        """SamplingOptions fields."""
         ranked: Ranked | None = None
-        if asked.floor or (asked.grounding == "extractive" and asked.quotes and texts):
+        if asked.floor or (asked.grounding == "extractive" and texts):
             # A quotation the reply's token budget cannot hold would end cut, without its marker.
             budget = max_tokens or self.max_model_len - len(prompt_ids)
 
             def fits(answer: str) -> bool:
                 return self.count_tokens(answer) < budget  # and the end of the turn
 
-            ranked = await asyncio.to_thread(
-                rank_quotations, query, texts, embedder, k=max(asked.quotes, 1), fits=fits
-            )
+            ranked = await asyncio.to_thread(rank_quotations, query, texts, embedder, k=QUOTES, fits=fits)
             if ranked.off_topic(asked.floor):
                 return {"grammar": choice_grammar([])}
-        if asked.grounding == "free":
+        if asked.grounding in ("free", "checked"):  # checked: after generation (Checked)
             return {}
         if asked.grounding == "extractive":
-            if ranked is None or not asked.quotes:
-                return {"grammar": await asyncio.to_thread(extractive_grammar, texts)}
-            if not ranked.quotes or (asked.model_abstains and await opens_with_abstention()):
+            if ranked is None or not ranked.quotes:
                 return {"grammar": choice_grammar([])}
             # A clear lead is quoted as ranked; a close call is the model's to make, among the close.
-            lead = ranked.lead > asked.quote_lead
-            offered = ranked.quotes[:1] if lead else ranked.close(asked.quote_window)
+            offered = ranked.quotes[:1] if ranked.lead > QUOTE_LEAD else ranked.close(QUOTE_WINDOW)
             return {"grammar": choice_grammar(offered, abstain=False)}
         allowed = await asyncio.to_thread(allowed_token_ids, self.tokenizer, prompt_ids, texts)
         return {"allowed_token_ids": tuple(allowed)}
+
+
+class Checked:
+    """Checked grounding's hold on one request's replies: each choice's deltas are kept until it
+    is whole, then checked against the sources (serving.grounding.checked_reply) and sent as one
+    delta. A reply the check changes loses its logprobs: they were for the words it had."""
+
+    def __init__(self, question: str, texts: list[str]):
+        self.question = question
+        self.texts = texts
+        self.held: dict[int, list[Delta]] = {}
+
+    async def add(self, delta: Delta) -> Delta | None:
+        """The checked reply once `delta` ends its choice; else None."""
+        parts = self.held.setdefault(delta.index, [])
+        parts.append(delta)
+        if delta.finish_reason is None:
+            return None
+        del self.held[delta.index]
+        text = "".join(d.text for d in parts)
+        reply = await asyncio.to_thread(checked_reply, text, self.question, self.texts)
+        return Delta(
+            delta.index,
+            reply,
+            sum(d.tokens for d in parts),
+            delta.finish_reason,
+            tuple(lp for d in parts for lp in d.logprobs) if reply == text else (),
+            next((d.cached_tokens for d in parts if d.cached_tokens is not None), None),
+        )

@@ -7,40 +7,29 @@ in a short fixed list (citation markers, digits, punctuation, the abstention sen
 or number that is in no source cannot be generated. It does not make the model read better;
 it removes the tokens of the answers it would invent. `bench/results/grounding.md` measures it.
 
-With `grounding: extractive` the answer is a quotation: one to three consecutive sentences of one
+With `grounding: extractive` the answer is a quotation: one or two consecutive sentences of one
 source, word for word, closed by that source's marker ("... 12 minutes [2]."), or the abstention
 sentence. It is the reader adapter's own answer form (training.reader), handed to vLLM as a
 grammar (structured outputs), so a reply cannot misquote a source, cite the wrong number, or
-leave the marker out; the model still chooses which sentence. `bench/results/extractive.md`
-measures it.
+leave the marker out. Which run it quotes is mostly the ranker's choice: every run of one or two
+consecutive sentences is ranked against the question, the collection's embedder and BM25 fused
+as hybrid retrieval fuses them (retrieval.fusion.convex). When the first leads the second by
+more than `QUOTE_LEAD` standard deviations of the fused scores it alone is offered; else the
+model chooses among the best `QUOTES` that stay within `QUOTE_WINDOW` of the first. The ranker
+reads a disfluent or wordy question better than a small model choosing greedily, the model a
+close call better ("What trains run on the Heron Line?": "... is worked by 4-car Pioneer
+trains", which the ranker puts below "... runs between ... . Trains leave every 12 minutes").
+Two sentences, because a sentence often needs the one before it to say what it is about. Runs
+the reply's token budget cannot hold are left out, unless none fits: cut, they would lose their
+marker. The model is never asked whether to abstain: measured, a small model's opening adds
+little to the relevance floor and costs answers (bench/results/model-abstains.md); these
+numbers were profile options once, and bench/results/checked.md says why they are not now.
 
-A small model picks the sentence poorly under such a grammar, for two reasons. On long sources
-it often quotes the first source's first sentence. And the grammar turns greedy decoding into a
-trap: the abstention opens with "The", so the weight of every answer the model would open with
-"The" flows into the abstention once the other sentences are ruled out. So by default
-(`quotes: 3`) the two decisions are made apart:
-
-- whether to answer: the model's own reply, left free for its first `PROBE_TOKENS` tokens
-  (greedy, same prompt and adapter; the answer's prefill then reuses its cache). If it opens
-  with the abstention, that is the answer. With `model_abstains: false` (the `grounded`
-  profile) the model is not asked: only the relevance floor (below) abstains;
-- what to quote: every run of one or two consecutive sentences is ranked against the question,
-  the collection's embedder and BM25 fused as hybrid retrieval fuses them
-  (retrieval.fusion.convex), and the grammar admits the best `quotes` of them, among which the
-  model chooses, unless the first leads the second by more than `quote_lead` (`QUOTE_LEAD`)
-  standard deviations of the fused scores: then it alone is offered. `quote_window` (the
-  `grounded` profile's: `QUOTE_WINDOW`) also keeps the runs further than it behind the first
-  out of a close call: there a reader adapter mostly picks wrong, the base model often right.
-  The ranker reads a disfluent or wordy question better than a 135M model choosing greedily
-  (the grammar's choice falls to the run whose opening token it likes best), the model a close
-  call better ("What trains run on the Heron Line?": "... is worked by 4-car Pioneer trains",
-  which the ranker puts below "... runs between ... . Trains leave every 12 minutes"). Two
-  sentences, because a sentence often needs the one before it to say what it is about ("The
-  Heron Line runs between ... . Trains leave every 12 minutes"). Runs the reply's token budget
-  cannot hold are left out, unless none fits: cut, they would lose their marker.
-
-`quotes: 0` keeps the single grammar over every run of up to three sentences, abstention
-included. `bench/results/quotes.md` measures both.
+With `grounding: checked` the model answers freely and the reply is sent once it is whole and
+checked against its sources (`checked_reply`): kept when the sources it cites hold its words,
+its marker set right when another source holds them, else replaced by the abstention. For a
+model that reads its sources, a quotation caps the answer (the sentence nearest the question is
+often not the one with the answer); the check keeps what it invents out instead.
 
 The relevance floor (`min_similarity`, any grounding; the `grounded` profile's is
 `MIN_SIMILARITY`): when the sources are off the question's topic (`Ranked.off_topic`: no run
@@ -53,18 +42,19 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from ragtune.core.prompt import ABSTAIN, SENTENCE_END, cite
+from ragtune.core.prompt import ABSTAIN, SENTENCE_END, cite, is_abstention
 from ragtune.retrieval.embedder import Embedder
 from ragtune.retrieval.fusion import convex
 from ragtune.retrieval.sparse import SparseIndex, Tokenizer, count
 
-Grounding = Literal["free", "strict", "extractive"]
+Grounding = Literal["free", "strict", "extractive", "checked"]
 
 # Always allowed: enough to cite, to count, to punctuate, and to abstain.
 _ALWAYS = " ".join(
@@ -97,9 +87,6 @@ def allowed_token_ids(tokenizer: Any, prompt_ids: Sequence[int], context_texts: 
 # The longest quotation, in sentences: the reader's targets are one sentence, or two where a
 # short source's first is brief (training.reader); a third covers sentences split at
 # abbreviations ("U . S .").
-MAX_QUOTED = 3
-
-
 def _literal(text: str) -> str:
     """`text` as a string literal of vLLM's EBNF grammars (JSON escapes, UTF-8 kept)."""
     return json.dumps(text, ensure_ascii=False)
@@ -111,43 +98,13 @@ def sentences(text: str) -> list[str]:
     return [s for s in SENTENCE_END.split(" ".join(text.split())) if any(c.isalnum() for c in s)]
 
 
-def extractive_grammar(context_texts: Sequence[str], *, max_sentences: int = MAX_QUOTED) -> str:
-    """The EBNF grammar (vLLM structured outputs) of an extractive answer to these sources.
-
-    Rule `tn_i` is sentence i of source n without its full stop. Rule `sn_i_k` quotes from that
-    sentence on, at most k sentences: it ends there (" [n].") or goes on, full stop restored,
-    to the next. So a quotation is a run of 1 to `max_sentences` consecutive sentences from
-    any sentence start. With no sources the only answer is the abstention.
-    """
-    rules: list[str] = []
-    starts = [_literal(ABSTAIN)]
-    for n, text in enumerate(context_texts, start=1):
-        parts = sentences(text)
-        for i, sentence in enumerate(parts):
-            stem = cite(sentence, n)[: -len(f" [{n}].")]
-            rules.append(f"t{n}_{i} ::= {_literal(stem)}")
-            # Only the rules a start can reach: sentence i is at most the (i + 1)-th quoted.
-            for k in range(max(1, max_sentences - i), max_sentences + 1):
-                go_on = k > 1 and i + 1 < len(parts)
-                more = f" | {_literal(sentence[len(stem) :] + ' ')} s{n}_{i + 1}_{k - 1}" if go_on else ""
-                rules.append(f"s{n}_{i}_{k} ::= t{n}_{i} ({_literal(f' [{n}].')}{more})")
-            starts.append(f"s{n}_{i}_{max_sentences}")
-    return "\n".join([f"root ::= {' | '.join(starts)}", *rules])
-
-
-# How many ranked quotations an extractive answer chooses from, unless a profile or request says.
+# Extractive grounding's choice (see the module's docstring): the best QUOTES runs, of up to
+# RANKED_RUN sentences; the first alone when it leads the second by more than QUOTE_LEAD standard
+# deviations of the ranking's fused scores, else those within QUOTE_WINDOW of it
+# (bench/results/quote-lead.md, quote-window.md).
 QUOTES = 3
-# How much of the model's free reply decides between quoting and abstaining: enough tokens for
-# the abstention's opening words ("The sources do not").
-PROBE_TOKENS = 4
-# The longest quotation a ranked choice offers, in sentences (see the module's docstring).
 RANKED_RUN = 2
-# How far the first ranked quotation must lead the second, in standard deviations of the
-# ranking's fused scores, to be quoted without the model's choice (`Ranked.lead`;
-# bench/results/quote-lead.md).
 QUOTE_LEAD = 0.5
-# The `grounded` profile's limit on how far behind the first a quotation offered to the model's
-# choice may be, in the same units (`Ranked.close`; bench/results/quote-window.md).
 QUOTE_WINDOW = 0.5
 # The `grounded` profile's relevance floor (`Ranked.off_topic`): Youden's J on the questions of
 # DisflQA's training passages (`python -m bench.floor`, bench/results/floor.json).
@@ -240,7 +197,56 @@ def choice_grammar(answers: Sequence[str], *, abstain: bool = True) -> str:
     return "root ::= " + " | ".join(_literal(a) for a in [*([ABSTAIN] if abstain else []), *answers])
 
 
-def opens_abstention(text: str) -> bool:
-    """Whether a reply's opening words are those of the abstention sentence."""
-    words = " ".join(text.split())
-    return bool(words) and (ABSTAIN.startswith(words) or words.startswith(ABSTAIN))
+_MARKER = re.compile(r"\s*\[(\d{1,3})\]")
+_WORD = re.compile(r"[^\W_][\w'-]*")
+# Checked grounding: the share of an answer's own terms (those not in the question) that its
+# cited sources must hold; its names and numbers they must hold all of (bench/results/checked.md).
+SUPPORT = 0.7
+# How answers speak of their sources ("According to [1]", "as the passage states"): not claims.
+_CITING = (
+    "according source sources passage passages text document documents context information "
+    "provided given stated states mentioned mentions described found seen based refer refers"
+)
+
+
+def _named(text: str) -> list[str]:
+    """The words of `text` that name or count: with a digit, or capitalised where a sentence
+    does not start."""
+    out = []
+    for sentence in SENTENCE_END.split(text):
+        words = _WORD.findall(sentence)
+        out += [w for i, w in enumerate(words) if any(c.isdigit() for c in w) or (i and w[0].isupper())]
+    return out
+
+
+def checked_reply(reply: str, question: str, context_texts: Sequence[str]) -> str:
+    """A free reply as checked grounding sends it: as it is when the sources it cites hold its
+    terms; with its markers set to the one source that does, when it cites none or the wrong
+    one; else, or when it says it cannot answer, the abstention sentence.
+    Its terms are the store's (stemmed, stopwords out) that are not the question's: a reply that
+    only restates the question ("... is [1].") holds none. A name or number (a word with a
+    digit, or a capital inside a sentence) must be in the cited sources whatever the share: a
+    memorised answer is one. Words of how answers speak of sources ("according to [1]") are not
+    claims."""
+    body = _MARKER.sub("", reply).strip()
+    if is_abstention(body):
+        return ABSTAIN
+    tokenizer = _terms()
+    asked = set(tokenizer.terms(question))
+    own = set(tokenizer.query_terms(body)) - asked - tokenizer.stopwords - set(tokenizer.terms(_CITING))
+    if not own:
+        return ABSTAIN
+    named = {t for w in _named(body) for t in tokenizer.terms(w)} & own
+    held = [set(tokenizer.terms(text)) for text in context_texts]
+
+    def supported(numbers: Sequence[int]) -> bool:
+        terms = set().union(*(held[n - 1] for n in numbers))
+        return named <= terms and len(own & terms) >= SUPPORT * len(own)
+
+    cited = list(dict.fromkeys(int(n) for n in _MARKER.findall(reply) if 1 <= int(n) <= len(held)))
+    if cited and supported(cited):
+        return reply.strip()
+    best = max(range(1, len(held) + 1), key=lambda n: len(own & held[n - 1]), default=0)
+    if best and supported([best]):
+        return cite(body, best)
+    return ABSTAIN

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ragtune.core.errors import RagtuneError
 from ragtune.retrieval.filters import check_filter
 from ragtune.retrieval.settings import Fusion, SearchMode
 from ragtune.serving.grounding import Grounding
@@ -67,7 +68,9 @@ class RetrievalOptions(BaseModel):
     grounding: Grounding | None = Field(
         None,
         description="'strict': the answer may only use words of the prompt and its sources; "
-        "'extractive': it quotes sentences of one source with its [n], or abstains; 'free' (the "
+        "'extractive': it quotes sentences of one source with its [n], or abstains; 'checked': the "
+        "model's own answer, sent whole once the sources it cites hold its words (its marker set "
+        "right), else the abstention; 'free' (the "
         "default): the model answers from the sources as it reads them (serving.grounding)",
     )
 
@@ -75,34 +78,6 @@ class RetrievalOptions(BaseModel):
 class GroundingOptions(BaseModel):
     """How a profile calibrates grounding (serving.grounding); None: the built-in default."""
 
-    quotes: int | None = Field(
-        None,
-        ge=0,
-        le=50,
-        description="extractive grounding: how many ranked quotations an answer chooses from "
-        "(0: any run of sentences, unranked); None: 3 (serving.grounding.QUOTES)",
-    )
-    quote_lead: float | None = Field(
-        None,
-        ge=0.0,
-        le=100.0,
-        description="extractive grounding with ranked quotations: when the first leads the second by "
-        "more than this many standard deviations of the ranking's scores, it alone is offered; "
-        "None: 0.5 (serving.grounding.QUOTE_LEAD)",
-    )
-    quote_window: float | None = Field(
-        None,
-        ge=0.0,
-        le=100.0,
-        description="extractive grounding with ranked quotations: the model chooses only among the "
-        "runs within this many standard deviations of the ranking's scores of the first; None: no "
-        "limit",
-    )
-    model_abstains: bool | None = Field(
-        None,
-        description="extractive grounding with ranked quotations: whether the model's own opening "
-        "may make the reply the abstention; false: only the relevance floor abstains; None: true",
-    )
     min_similarity: float | None = Field(
         None,
         ge=0.0,
@@ -114,6 +89,21 @@ class GroundingOptions(BaseModel):
 
 
 CALIBRATION = tuple(GroundingOptions.model_fields)
+# Extractive grounding's former calibration, fixed since measured on a model that reads
+# (serving.grounding, bench/results/checked.md): a profile recorded with them is served without.
+REMOVED = ("quotes", "quote_lead", "quote_window", "model_abstains")
+
+
+def removed_option(data: Any, where: str) -> None:
+    """Refuse a removed calibration option, saying what became of it."""
+    gone = sorted(set(data) & set(REMOVED)) if isinstance(data, dict) else []
+    if gone:
+        raise RagtuneError(
+            f"{where}{gone[0]} was removed: extractive grounding's choice of quotation is fixed "
+            "(docs/grounding.md); leave it out",
+            param=f"{where}{gone[0]}",
+            code="unsupported_parameter",
+        )
 
 
 class ProfileSettings(RetrievalOptions, GroundingOptions):
@@ -141,6 +131,7 @@ class ProfileSettings(RetrievalOptions, GroundingOptions):
     @model_validator(mode="before")
     @classmethod
     def _text(cls, data: Any) -> Any:
+        removed_option(data, "")
         return text_only(data)
 
     @field_validator("filter", mode="wrap")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ragtune.serving.engine import SamplingOptions, TokenLogprob
+from ragtune.serving.grounded import Checked
 from ragtune.serving.resolve import Target
 from ragtune.serving.responses import PromptTokensDetails, Source, Usage
 from ragtune.serving.routing import Route
@@ -23,6 +24,7 @@ class Prepared:
     sources: list[Source]
     route: Route | None = None  # where `model: auto` sent the request (serving.routing)
     plan: Plan = field(default_factory=Plan)  # structured output and tool calls (serving.structured)
+    checked: Checked | None = None  # checked grounding's check of the replies (serving.grounded)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from ragtune.core.names import NAME_PATTERN
 from ragtune.retrieval.documents import id_problem
 from ragtune.retrieval.filters import INT64_MAX, INT64_MIN
 from ragtune.retrieval.settings import Fusion, IndexType, SearchMode
-from ragtune.serving.options import CALIBRATION, Filter, RetrievalOptions, text_only
+from ragtune.serving.options import CALIBRATION, Filter, RetrievalOptions, removed_option, text_only
 from ragtune.serving.structured import ResponseFormat, ToolCall, ToolChoice, ToolDef
 
 
@@ -49,6 +49,7 @@ class RagOptions(RetrievalOptions):
     @classmethod
     def _calibration(cls, data: Any) -> Any:
         """A profile's grounding calibration sent per request: say where it is set now."""
+        removed_option(data, "rag.")
         moved = sorted(set(data) & set(CALIBRATION)) if isinstance(data, dict) else []
         if moved:
             raise RagtuneError(

@@ -36,7 +36,7 @@ function fillRagCollections() {
 }
 
 // A profile's grounding calibration, under the names the API uses; shown only where it is set.
-const CALIBRATION = ["min_similarity", "quotes", "quote_lead", "quote_window", "model_abstains"];
+const CALIBRATION = ["min_similarity"];
 
 function showCalibration(profile) {
   const set = CALIBRATION.filter((k) => profile && profile[k] !== null && profile[k] !== undefined);
