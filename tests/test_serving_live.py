@@ -540,3 +540,34 @@ def test_unknown_route_and_oversized_body(live_server: LiveServer) -> None:
         headers={"content-type": "application/json"},
     )
     assert big.status_code == 413 and error_of(big)["code"] == "request_too_large"
+
+
+def test_the_newcomers_six_questions_through_grounded_never_answer_from_memory(
+    live_server: LiveServer,
+) -> None:
+    """bench.newcomer's questions about the demo handbook (examples/house-style), through the
+    `grounded` profile on the default model (extractive): every reply is a quotation of a source
+    with its marker, or the abstention; and as many are right as measured (4 of 6,
+    bench/results/checked.md: a model that reads gets 6 of 6)."""
+    from bench.newcomer import QUESTIONS, judge
+
+    http = httpx.Client(base_url=live_server.url, timeout=120)
+    assert http.post("/v1/collections", json={"name": "handbook"}).status_code in (201, 409)
+    lines = Path(__file__).resolve().parents[1] / "examples" / "house-style" / "docs.jsonl"
+    fields = ("id", "title", "text")
+    docs = [{k: json.loads(line)[k] for k in fields} for line in lines.read_text().splitlines()]
+    assert http.post("/v1/collections/handbook/documents", json={"documents": docs}).status_code == 200
+    client = live_server.client()
+    right = 0
+    for question, holds, doc in QUESTIONS:
+        reply = client.chat.completions.create(
+            model="grounded",
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=80,
+            extra_body={"rag": {"collection": "handbook"}},
+        )
+        text, sources = reply.choices[0].message.content, reply.model_extra["sources"]
+        assert text == ABSTAIN or quoted_source(text, sources) is not None, (question, text)
+        right += judge(text, sources, holds, doc)["right"]
+    assert right >= 4, right

@@ -22,6 +22,7 @@ from ragtune.serving import launch
 from ragtune.serving.builtin import (
     DEMO_ADAPTER,
     EXAMPLES,
+    model_grounding,
     sync_demo_documents,
     trained_adapter,
     with_grounded,
@@ -222,7 +223,13 @@ def demo(
     if adapter:
         adapters[adapter] = adapter
     profiles = dict(settings.serving.profiles)
-    profiles.setdefault("demo", ProfileSettings(adapter=adapter, collection="demo", top_k=3))
+    # Without the adapter's house style, a model that reads gets its answers checked against
+    # the handbook, as the `grounded` profile does; the style's own words need free decoding.
+    checked = adapter is None and model_grounding(settings.base_model_path) == "checked"
+    demo_profile = ProfileSettings(
+        adapter=adapter, collection="demo", top_k=3, grounding="checked" if checked else None
+    )
+    profiles.setdefault("demo", demo_profile)
     serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})
     settings = with_grounded(settings.model_copy(update={"serving": serving}))
     launch.serve(settings, sock)

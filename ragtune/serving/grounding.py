@@ -205,7 +205,8 @@ SUPPORT = 0.7
 # How answers speak of their sources ("According to [1]", "as the passage states"): not claims.
 _CITING = (
     "according source sources passage passages text document documents context information "
-    "provided given stated states mentioned mentions described found seen based refer refers"
+    "provided given stated states mentioned mentions described found seen based refer refers "
+    "first second third fourth fifth number numbered"
 )
 
 
