@@ -49,7 +49,7 @@ def test_without_a_reader_the_base_model_answers_and_the_log_says_how_to_train_i
     assert settings.serving.adapters == {}
     profile = settings.serving.profiles[GROUNDED_PROFILE]
     assert (profile.adapter, profile.top_k, profile.grounding) == (None, 4, "extractive")
-    out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
+    out = " ".join(capsys.readouterr().err.split())  # rich wraps at the terminal width
     assert "no reader adapter" in out and "make reader-adapter" in out
 
 

@@ -81,19 +81,12 @@ def create_app(
             registry.canary = await _start_canary(
                 eng, tokenizer, settings, engine_model, self_check=engine is None
             )
-            await registry.start()
-            for name, path in settings.serving.adapters.items():
-                if merge is None or name != merge.name:
-                    await registry.load(name, path)  # logs "adapter NAME loaded from ..."
-            # What was changed over HTTP, on top of the config.
-            restored = await converger.catch_up()
+            await _load_adapters(registry, converger, settings, merge)
         except BaseException:
             records.close()
             if engine is None:
                 eng.shutdown()
             raise
-        if restored:
-            log.info("%d adapter and profile changes restored from %s", restored, records.where)
         following = asyncio.create_task(converger.run(settings.serving.registry_poll_s))
         app.state.settings = settings
         app.state.engine = eng
@@ -135,6 +128,20 @@ def create_app(
     app.include_router(files.router, dependencies=[AdminKey])  # uploads change documents
     playground.install(app)
     return app
+
+
+async def _load_adapters(
+    registry: AdapterRegistry, converger: Converger, settings: Settings, merge: Merged | None
+) -> None:
+    """The adapters the config names (but the merged one), then what was changed over HTTP on
+    top of the config, from the store."""
+    await registry.start()
+    for name, path in settings.serving.adapters.items():
+        if merge is None or name != merge.name:
+            await registry.load(name, path)  # logs "adapter NAME loaded from ..."
+    restored = await converger.catch_up()
+    if restored:
+        log.info("%d adapter and profile changes restored from %s", restored, converger.records.where)
 
 
 async def _start_engine(settings: Settings, merge: Merged | None) -> Engine:

@@ -15,7 +15,7 @@ from ragtune.core.errors import RagtuneError
 from ragtune.serving.grounding import MIN_SIMILARITY, Grounding
 from ragtune.serving.settings import ProfileSettings, Settings
 
-console = Console()
+console = Console(stderr=True)  # notes about the start, never mixed into a command's output (`--json`)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "house-style"
 DEMO_ADAPTER = "house-style"
