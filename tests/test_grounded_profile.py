@@ -66,7 +66,12 @@ def test_the_grounding_follows_the_base_model(tmp_path: Path, base_model: Path) 
     import json
 
     assert model_grounding(base_model) == "extractive"  # the default, SmolLM2-135M
-    assert CATALOGUE["qwen2.5-coder-1.5b-instruct"].grounding == "checked"
+    measured = {name: entry.grounding for name, entry in CATALOGUE.items()}
+    assert measured == {  # bench/results/checked.md
+        "smollm2-135m-instruct": "extractive",
+        "qwen2.5-coder-0.5b-instruct": "extractive",
+        "qwen2.5-coder-1.5b-instruct": "checked",
+    }
     reader = tmp_path / "imported"
     reader.mkdir()
     marker = {"provenance": {"catalogue": "qwen2.5-coder-1.5b-instruct"}}

@@ -113,6 +113,7 @@ CATALOGUE: dict[str, Entry] = {
             gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
             imported_mb=1272,
             measured=Measured(15.7, 137.0, _AMX, "2026-12-06"),
+            grounding="extractive",  # its free answers are often a bare "[1]" (bench/results/checked.md)
         ),
         Entry(
             name="qwen2.5-coder-1.5b-instruct",
