@@ -94,15 +94,17 @@ CALIBRATION = tuple(GroundingOptions.model_fields)
 REMOVED = ("quotes", "quote_lead", "quote_window", "model_abstains")
 
 
-def removed_option(data: Any, where: str) -> None:
-    """Refuse a removed calibration option, saying what became of it."""
-    gone = sorted(set(data) & set(REMOVED)) if isinstance(data, dict) else []
-    if gone:
+REMOVED_WHY = (
+    "was removed: extractive grounding's choice of quotation is fixed (docs/grounding.md); leave it out"
+)
+
+
+def refuse(data: Any, names: tuple[str, ...], where: str, why: str) -> None:
+    """A 400 naming the first of `names` that `data` sets (as `where` + its name), saying `why`."""
+    found = sorted(set(data) & set(names)) if isinstance(data, dict) else []
+    if found:
         raise RagtuneError(
-            f"{where}{gone[0]} was removed: extractive grounding's choice of quotation is fixed "
-            "(docs/grounding.md); leave it out",
-            param=f"{where}{gone[0]}",
-            code="unsupported_parameter",
+            f"{where}{found[0]} {why}", param=f"{where}{found[0]}", code="unsupported_parameter"
         )
 
 
@@ -131,7 +133,7 @@ class ProfileSettings(RetrievalOptions, GroundingOptions):
     @model_validator(mode="before")
     @classmethod
     def _text(cls, data: Any) -> Any:
-        removed_option(data, "")
+        refuse(data, REMOVED, "", REMOVED_WHY)
         return text_only(data)
 
     @field_validator("filter", mode="wrap")

@@ -24,7 +24,15 @@ from ragtune.core.names import NAME_PATTERN
 from ragtune.retrieval.documents import id_problem
 from ragtune.retrieval.filters import INT64_MAX, INT64_MIN
 from ragtune.retrieval.settings import Fusion, IndexType, SearchMode
-from ragtune.serving.options import CALIBRATION, Filter, RetrievalOptions, removed_option, text_only
+from ragtune.serving.options import (
+    CALIBRATION,
+    REMOVED,
+    REMOVED_WHY,
+    Filter,
+    RetrievalOptions,
+    refuse,
+    text_only,
+)
 from ragtune.serving.structured import ResponseFormat, ToolCall, ToolChoice, ToolDef
 
 
@@ -49,15 +57,9 @@ class RagOptions(RetrievalOptions):
     @classmethod
     def _calibration(cls, data: Any) -> Any:
         """A profile's grounding calibration sent per request: say where it is set now."""
-        removed_option(data, "rag.")
-        moved = sorted(set(data) & set(CALIBRATION)) if isinstance(data, dict) else []
-        if moved:
-            raise RagtuneError(
-                f"rag.{moved[0]} is a profile setting (grounding calibration), not a request field: "
-                "set it on a profile (PUT /v1/profiles/NAME) and name that profile as the model",
-                param=f"rag.{moved[0]}",
-                code="unsupported_parameter",
-            )
+        refuse(data, REMOVED, "rag.", REMOVED_WHY)
+        why = "is a profile setting (grounding calibration), not a request field: set it on a profile "
+        refuse(data, CALIBRATION, "rag.", why + "(PUT /v1/profiles/NAME) and name that profile as the model")
         return data
 
 
