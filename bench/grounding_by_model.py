@@ -4,8 +4,8 @@
 
 DIR holds one summary per model, set and retrieval, named `MODEL__SET.json` (RAG on: the
 configurations `base+RAG` and `grounded+RAG`) and `MODEL__SET__off.json` (`base`, no retrieval),
-each what `ragtune --base-model MODEL eval qa --dataset examples/SET ... --json` printed. Writes
-OUT.json (the cells), OUT.md (the table) and OUT.png (the chart).
+each what `ragtune --base-model MODEL eval qa --dataset examples/SET ... --json` printed. Prints
+the table (markdown) and writes OUT.json (the cells) and OUT.png (the chart).
 """
 
 from __future__ import annotations
@@ -34,12 +34,18 @@ ROWS = [
 
 
 def load(runs: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """{model: {SET or SET__off: configs}} from the summaries in `runs`."""
+    """{model: {SET or SET__off: configs}} from the summaries in `runs`, catalogue models first,
+    smallest first."""
+    from ragtune.core.catalogue import CATALOGUE
+
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for path in sorted(runs.glob("*__*.json")):
         model, rest = path.stem.split("__", 1)
         out.setdefault(model, {})[rest] = json.loads(path.read_text())["configs"]
-    return out
+    order = list(CATALOGUE)
+    return dict(
+        sorted(out.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
+    )
 
 
 def cells(runs: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -71,13 +77,17 @@ def chart(table: dict[str, dict[str, dict[str, float | None]]], path: Path) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bars = [(model, row) for model, rows in table.items() for row in rows]
+    bars = [(m, model, j, row) for m, (model, rows) in enumerate(table.items()) for j, row in enumerate(rows)]
     width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(13, 4.5))
-    for i, (model, row) in enumerate(bars):
+    shades = plt.get_cmap("tab20c")  # four shades of one hue per model, darkest for `grounded`
+    for i, (m, model, j, row) in enumerate(bars):
         values = [table[model][row][c] for c, *_ in COLUMNS]
-        xs = [j + i * width for j, v in enumerate(values) if v is not None]
-        ax.bar(xs, [v for v in values if v is not None], width, label=f"{model}: {row}")
+        xs = [k + i * width for k, v in enumerate(values) if v is not None]
+        if not xs:
+            continue
+        color = shades((4 * m + 2 - j) % 20)
+        ax.bar(xs, [v for v in values if v is not None], width, label=f"{model}: {row}", color=color)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(COLUMNS))])
     ax.set_xticklabels([c.replace(": ", ":\n") for c, *_ in COLUMNS], fontsize=7)
     ax.set_ylim(0, 1.05)
@@ -94,7 +104,6 @@ def main() -> None:
     args = p.parse_args()
     table = cells(load(args.runs))
     args.out.with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(table))
     chart(table, args.out.with_suffix(".png"))
     print(markdown(table))
 
