@@ -7,7 +7,7 @@ says it (every `[n]` it writes points at that document); the sixth is right when
     make demo MODEL=qwen2.5-coder-1.5b-instruct      # in one terminal (or any `ragtune demo`)
     python -m bench.newcomer --out bench/results/newcomer-1.5b.json
 
-`tests/test_newcomer.py` asks the same questions of the default model in the test suite.
+tests/test_serving_live.py asks the same questions through `grounded` on the default model.
 """
 
 from __future__ import annotations
