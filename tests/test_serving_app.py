@@ -127,13 +127,19 @@ def test_streaming_events(served) -> None:  # noqa: ANN001
         },
     ) as resp:
         events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
-    import json
-
     assert events[-1] == "[DONE]"
     parsed = [json.loads(e) for e in events[:-1]]
     assert parsed[0]["choices"][0]["delta"]["role"] == "assistant" and parsed[0]["sources"]
     assert parsed[-1]["usage"]["completion_tokens"] == 5 and parsed[-1]["choices"] == []
     assert any(p["choices"] and p["choices"][0]["finish_reason"] == "length" for p in parsed)
+    # The completions stream reports usage in the same shape, as the whole response does.
+    body = {"model": "notes", "prompt": "cat", "max_tokens": 5}
+    whole = client.post("/v1/completions", json=body).json()["usage"]
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with client.stream("POST", "/v1/completions", json=streamed) as resp:
+        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {")]
+    assert events[-1]["usage"] == whole and whole["completion_tokens"] == 5 and events[-1]["choices"] == []
+    assert whole["total_tokens"] == whole["prompt_tokens"] + 5
 
 
 def test_profiles_over_http(served) -> None:  # noqa: ANN001

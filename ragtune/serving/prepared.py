@@ -43,14 +43,17 @@ class Result:
 
     @property
     def usage(self) -> Usage:
-        completion = sum(c.tokens for c in self.choices)
-        prompt = len(self.prepared.prompt_ids)
-        details = (
-            None if self.cached_tokens is None else PromptTokensDetails(cached_tokens=self.cached_tokens)
-        )
-        return Usage(
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            total_tokens=prompt + completion,
-            prompt_tokens_details=details,
-        )
+        return usage_of(self.prepared, sum(c.tokens for c in self.choices), self.cached_tokens)
+
+
+def usage_of(prepared: Prepared, completion: int, cached: int | None) -> Usage:
+    """OpenAI's usage of a request: its prompt, `completion` tokens generated, `cached` prompt
+    tokens from the engine's prefix cache (None: the engine does not say)."""
+    prompt = len(prepared.prompt_ids)
+    details = None if cached is None else PromptTokensDetails(cached_tokens=cached)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=details,
+    )

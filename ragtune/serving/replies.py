@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ragtune.serving.engine import Delta, TokenLogprob
-from ragtune.serving.prepared import Prepared, Result
+from ragtune.serving.prepared import Prepared, Result, usage_of
 from ragtune.serving.responses import (
     AssistantMessage,
     ChatChoice,
@@ -160,7 +160,7 @@ async def chat_events(
     deltas: AsyncIterator[Delta], prep: Prepared, *, model: str, include_usage: bool, parser: Any
 ) -> AsyncIterator[dict[str, Any]]:
     head = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": model}
-    result = Result(prep)
+    cached: int | None = None
     logprobs = prep.options.logprobs is not None
     streams = [_ChoiceStream(prep, i, parser) for i in range(prep.options.n)]
     for i in range(prep.options.n):
@@ -175,8 +175,7 @@ async def chat_events(
     completion = 0
     async for d in deltas:
         completion += d.tokens
-        if d.cached_tokens is not None:
-            result.cached_tokens = d.cached_tokens
+        cached = d.cached_tokens if d.cached_tokens is not None else cached
         stream = streams[d.index]
         delta = stream.feed(d.text) if d.text else None
         if delta or (logprobs and d.logprobs):
@@ -188,9 +187,7 @@ async def chat_events(
             last, reason = stream.finish(d.finish_reason)
             yield {**head, "choices": [{"index": d.index, "delta": last or {}, "finish_reason": reason}]}
     if include_usage:
-        usage = result.usage.model_copy(update={"completion_tokens": completion})
-        usage.total_tokens = usage.prompt_tokens + completion
-        yield {**head, "choices": [], "usage": usage.model_dump()}
+        yield {**head, "choices": [], "usage": usage_of(prep, completion, cached).model_dump()}
 
 
 async def completion_events(
@@ -222,12 +219,4 @@ async def completion_events(
             first = False
         yield event
     if include_usage:
-        prompt = len(prep.prompt_ids)
-        usage: dict[str, Any] = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-        if cached is not None:
-            usage["prompt_tokens_details"] = {"cached_tokens": cached}
-        yield {**head, "choices": [], "usage": usage}
+        yield {**head, "choices": [], "usage": usage_of(prep, completion, cached).model_dump()}
