@@ -147,7 +147,7 @@ class GenerationService:
         checked grounding the check of the reply; nothing when retrieval is off."""
         collection = self._collection(target, rag)
         asked = GroundingAsked.of(rag, target)
-        if collection is None or not (asked.constrains or asked.grounding == "checked"):
+        if collection is None or (asked.grounding == "free" and not asked.floor):
             return {}, None
         coll = await asyncio.to_thread(self.library.open, collection)
         texts = [c.text for c in kept]

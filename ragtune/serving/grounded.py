@@ -51,12 +51,6 @@ class GroundingAsked:
     grounding: Grounding = "free"
     floor: float = 0.0  # the option `min_similarity`
 
-    @property
-    def constrains(self) -> bool:
-        """Whether anything holds the reply before it is generated: free decoding and checked
-        grounding without a floor have nothing to build."""
-        return self.grounding in ("strict", "extractive") or bool(self.floor)
-
     @classmethod
     def of(cls, rag: RagOptions | bool | None, target: Target) -> GroundingAsked:
         return cls(

@@ -210,6 +210,11 @@ _CITING = (
 )
 
 
+@lru_cache(maxsize=1)
+def _citing() -> frozenset[str]:
+    return frozenset(_terms().terms(_CITING))
+
+
 def _named(text: str) -> list[str]:
     """The words of `text` that name or count: with a digit, or capitalised where a sentence
     does not start."""
@@ -234,10 +239,10 @@ def checked_reply(reply: str, question: str, context_texts: Sequence[str]) -> st
         return ABSTAIN
     tokenizer = _terms()
     asked = set(tokenizer.terms(question))
-    own = set(tokenizer.query_terms(body)) - asked - tokenizer.stopwords - set(tokenizer.terms(_CITING))
+    own = set(tokenizer.query_terms(body)) - asked - tokenizer.stopwords - _citing()
     if not own:
         return ABSTAIN
-    named = {t for w in _named(body) for t in tokenizer.terms(w)} & own
+    named = set(tokenizer.terms(" ".join(_named(body)))) & own
     held = [set(tokenizer.terms(text)) for text in context_texts]
 
     def supported(numbers: Sequence[int]) -> bool:
