@@ -91,7 +91,7 @@ eval: model
 	$(BIN)/ragtune $(if $(MODEL_FLAG),--base-model $(MODEL)) eval qa --dataset $(QA_SET) --models $$models \
 	  --rag on,off --limit $(EVAL_LIMIT) $(if $(MODEL_FLAG),--answers indexes/.eval/qa-$(notdir $(QA_SET))$(MODEL_TAG).jsonl) \
 	  --plot bench/results/qa-$(notdir $(QA_SET))$(MODEL_TAG).png --json > bench/results/qa-$(notdir $(QA_SET))$(MODEL_TAG).json && \
-	for set in northwind-qa world-qa; do \
+	for set in northwind-qa world-qa conflict-qa; do \
 	  $(BIN)/ragtune $(if $(MODEL_FLAG),--base-model $(MODEL)) eval qa --dataset examples/$$set --split all \
 	    --models $$models --rag on,off $(if $(MODEL_FLAG),--answers indexes/.eval/qa-$$set$(MODEL_TAG).jsonl) \
 	    --plot bench/results/qa-$$set$(MODEL_TAG).png --json > bench/results/qa-$$set$(MODEL_TAG).json || exit 1; \

@@ -373,3 +373,17 @@ def test_unanswerable_questions_are_loaded_and_scored_by_their_abstention(tmp_pa
     # With the gold passage removed it is an abstention question like any other.
     gone = {"phase": "abstain", "rag": True, "reply": ABSTAIN, "sources": ["p2"], "source_texts": ["x"]}
     assert score_row(gone, qs["c"], {}, None) == {"abstain": 1.0}
+
+
+def test_a_set_may_name_each_questions_rival():
+    """conflict-qa names each question's substitute: the counterfactual passage carries it, not a
+    random answer of the same type ("Who wrote Hamlet?" is never answered "1912")."""
+    qa = load_qa_set(Path("examples/conflict-qa"))
+    assert len(qa.questions) == 60
+    texts, changed = counterfactuals(qa, qa.questions)
+    assert len(changed) == 60
+    by_id = {c.question.id: c for c in changed}
+    hamlet = by_id["q-hamlet"]
+    assert hamlet.substitute == "Christopher Marlowe" == qa.extra["q-hamlet"]["substitute"]
+    assert "Christopher Marlowe" in texts["hamlet"] and "Shakespeare" not in texts["hamlet"]
+    assert all(c.substitute == qa.extra[c.question.id]["substitute"] for c in changed)

@@ -302,8 +302,9 @@ def counterfactuals(
     """Counterfactual passage texts and the questions they change.
 
     Up to `per_passage` questions of a passage get their answers replaced in one new text, when
-    their answers do not overlap one another. Returns {passage id: new text} and the changed
-    questions with their substitutes.
+    their answers do not overlap one another: by the question's own `substitute` where the set
+    gives one (a field of queries.jsonl), else by another answer of the same type. Returns
+    {passage id: new text} and the changed questions with their substitutes.
     """
     rng = random.Random(seed)
     pool = substitute_pool(qa.questions)
@@ -321,7 +322,8 @@ def counterfactuals(
             key = normalize(q.answer)
             if any(key in normalize(t) or normalize(t) in key for t in taken):
                 continue
-            other = pick_substitute(q.answer, qa.passages[doc_id].text, pool, rng)
+            named = qa.extra.get(q.id, {}).get("substitute")  # a set may name each question's rival
+            other = named or pick_substitute(q.answer, qa.passages[doc_id].text, pool, rng)
             if other is None or any(normalize(other) in normalize(t) for t in taken):
                 continue
             text = substitute(text, q.answer, other)
