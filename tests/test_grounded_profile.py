@@ -78,3 +78,9 @@ def test_the_grounding_follows_the_base_model(tmp_path: Path, base_model: Path) 
     (reader / "ragtune-model.json").write_text(json.dumps(marker))
     assert model_grounding(reader) == "checked"
     assert model_grounding(tmp_path / "from-a-folder") == "checked"
+    # The profile's relevance floor follows its grounding: the check abstains too, so the floor
+    # sits lower under it (serving.grounding.profile_floor, bench/results/checked.md).
+    checked = with_grounded(settings_with(tmp_path, reader)).serving.profiles[GROUNDED_PROFILE]
+    assert (checked.grounding, checked.min_similarity) == ("checked", 0.60)
+    quoting = with_grounded(settings_with(tmp_path, base_model)).serving.profiles[GROUNDED_PROFILE]
+    assert (quoting.grounding, quoting.min_similarity) == ("extractive", 0.67)

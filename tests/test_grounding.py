@@ -218,8 +218,20 @@ def test_a_checked_reply_its_cited_source_holds_is_sent_as_it_is() -> None:
         "The Harbor Line runs every 15 minutes during the day [1].",
         "According to [1], it runs every 15 minutes.",  # how it speaks of the source is no claim
         "Every 15 minutes [1] [2].",  # one of two cited sources holding it is enough
+        "Every 15 minutes. This can be confirmed in source [1].",  # a sentence that only cites
     ]:
         assert checked_reply(reply, OFTEN, HARBOR) == reply
+
+
+def test_a_checked_reply_that_names_its_answer_may_paraphrase_the_rest() -> None:
+    """Its names and numbers are the claim: all held, the words around them need not be the
+    source's ("was written by" where the source says "finished the novel")."""
+    orwell = ["George Orwell finished the novel in 1948 on a Scottish island."]
+    asked = "Who wrote the novel Nineteen Eighty-Four?"
+    reply = "The novel Nineteen Eighty-Four was authored by George Orwell. This is stated in source [1]."
+    assert checked_reply(reply, asked, orwell) == reply
+    # One name the source lacks, and it is no answer of the source's.
+    assert checked_reply("It was authored by Aldous Huxley [1].", asked, orwell) == ABSTAIN
 
 
 def test_a_checked_reply_gets_the_marker_of_the_source_that_holds_it() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from ragtune.core.errors import RagtuneError
-from ragtune.serving.grounding import MIN_SIMILARITY, Grounding
+from ragtune.serving.grounding import Grounding, profile_floor
 from ragtune.serving.settings import ProfileSettings, Settings
 
 console = Console(stderr=True)  # notes about the start, never mixed into a command's output (`--json`)
@@ -69,11 +69,9 @@ def with_grounded(settings: Settings) -> Settings:
         if adapter
         else settings.serving.adapters
     )
+    grounding: Grounding = "extractive" if adapter else model_grounding(settings.base_model_path)
     profile = ProfileSettings(
-        adapter=adapter,
-        top_k=4,
-        grounding="extractive" if adapter else model_grounding(settings.base_model_path),
-        min_similarity=MIN_SIMILARITY,
+        adapter=adapter, top_k=4, grounding=grounding, min_similarity=profile_floor(grounding)
     )
     profiles = {**settings.serving.profiles, GROUNDED_PROFILE: profile}
     serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})
