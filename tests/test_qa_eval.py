@@ -41,6 +41,7 @@ from ragtune.training.qa import (
     load_qa_set,
     pick_substitute,
     split_questions,
+    write_qa_set,
 )
 from ragtune.training.reader import ReaderMix, build_reader_examples
 from tests.doubles import EchoEngine
@@ -387,3 +388,12 @@ def test_a_set_may_name_each_questions_rival():
     assert hamlet.substitute == "Christopher Marlowe" == qa.extra["q-hamlet"]["substitute"]
     assert "Christopher Marlowe" in texts["hamlet"] and "Shakespeare" not in texts["hamlet"]
     assert all(c.substitute == qa.extra[c.question.id]["substitute"] for c in changed)
+
+
+def test_a_written_qa_set_reads_back(tmp_path: Path) -> None:
+    passages = [{"_id": "p1", "title": "Vorn", "text": "The Vorn bridge opened in 1871."}]
+    questions = [({"_id": "a", "text": "When did it open?", "answer": "1871", "substitute": "1902"}, "p1")]
+    write_qa_set(tmp_path / "set", passages, questions)
+    qa = load_qa_set(tmp_path / "set")
+    assert [(q.id, q.answer, q.doc_id) for q in qa.questions] == [("a", "1871", "p1")]
+    assert qa.passages["p1"].text == passages[0]["text"] and qa.extra["a"] == {"substitute": "1902"}

@@ -15,9 +15,10 @@ words; run this file to rewrite the set.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
+
+from ragtune.training.qa import write_qa_set
 
 HERE = Path(__file__).resolve().parent
 
@@ -104,19 +105,14 @@ def main() -> None:
         check(fact)
     if len({f[0] for f in FACTS}) != len(FACTS):
         raise ValueError("ids repeat")
-    with (HERE / "corpus.jsonl").open("w") as fh:
-        for doc_id, title, text, *_ in FACTS:
-            fh.write(json.dumps({"_id": doc_id, "title": title, "text": text}, ensure_ascii=False) + "\n")
-    with (HERE / "queries.jsonl").open("w") as fh:
-        for doc_id, _, _, question, answer, other in FACTS:
-            row = {"_id": f"q-{doc_id}", "text": question, "answer": answer, "substitute": other}
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (HERE / "qrels").mkdir(exist_ok=True)
-    with (HERE / "qrels" / "test.tsv").open("w") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        for doc_id, *_ in FACTS:
-            fh.write(f"q-{doc_id}\t{doc_id}\t1\n")
-
+    write_qa_set(
+        HERE,
+        ({"_id": doc_id, "title": title, "text": text} for doc_id, title, text, *_ in FACTS),
+        (
+            ({"_id": f"q-{doc_id}", "text": question, "answer": answer, "substitute": other}, doc_id)
+            for doc_id, _, _, question, answer, other in FACTS
+        ),
+    )
 
 if __name__ == "__main__":
     main()

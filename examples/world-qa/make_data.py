@@ -10,8 +10,9 @@ set.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ragtune.training.qa import write_qa_set
 
 HERE = Path(__file__).resolve().parent
 
@@ -74,20 +75,14 @@ def rows() -> list[tuple[str, str, str, str, str]]:
 
 def main() -> None:
     data = rows()
-    with (HERE / "corpus.jsonl").open("w") as fh:
-        for doc_id, title, text, _, _ in data:
-            fh.write(json.dumps({"_id": doc_id, "title": title, "text": text}, ensure_ascii=False) + "\n")
-    with (HERE / "queries.jsonl").open("w") as fh:
-        for doc_id, _, _, question, answer in data:
-            fh.write(
-                json.dumps({"_id": f"q-{doc_id}", "text": question, "answer": answer}, ensure_ascii=False)
-                + "\n"
-            )
-    (HERE / "qrels").mkdir(exist_ok=True)
-    with (HERE / "qrels" / "test.tsv").open("w") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        for doc_id, *_ in data:
-            fh.write(f"q-{doc_id}\t{doc_id}\t1\n")
+    write_qa_set(
+        HERE,
+        ({"_id": doc_id, "title": title, "text": text} for doc_id, title, text, _, _ in data),
+        (
+            ({"_id": f"q-{doc_id}", "text": question, "answer": answer}, doc_id)
+            for doc_id, _, _, question, answer in data
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -86,6 +86,20 @@ class QASet:
     extra: dict[str, dict] = field(default_factory=dict)  # per question id: other query fields
 
 
+def write_qa_set(dest: Path, passages: Iterable[dict], questions: Iterable[tuple[dict, str]]) -> None:
+    """Write a QA set in the BEIR layout `load_qa_set` reads: passages (`_id`, `title`, `text`)
+    and questions (`_id`, `text`, `answer`, any other fields), each with its passage's id."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "qrels").mkdir(exist_ok=True)
+    questions = list(questions)
+    lines = [json.dumps(p, ensure_ascii=False) for p in passages]
+    (dest / "corpus.jsonl").write_text("".join(f"{line}\n" for line in lines))
+    lines = [json.dumps(q, ensure_ascii=False) for q, _ in questions]
+    (dest / "queries.jsonl").write_text("".join(f"{line}\n" for line in lines))
+    rels = "".join(f"{q['_id']}\t{doc_id}\t1\n" for q, doc_id in questions)
+    (dest / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + rels)
+
+
 def load_qa_set(path: Path) -> QASet:
     """Load and check a BEIR-layout QA set; every problem is a QADataError naming the file."""
     path = Path(path)
