@@ -23,6 +23,9 @@ COLUMNS = [
     ("northwind-qa: answers", "northwind-qa", "contains"),
     ("northwind-qa: follows altered source", "northwind-qa", "grounded"),
     ("northwind-qa: abstains, gold gone", "northwind-qa", "abstain"),
+    ("conflict-qa: answers", "conflict-qa", "contains"),
+    ("conflict-qa: follows altered source", "conflict-qa", "grounded"),
+    ("conflict-qa: abstains, gold gone", "conflict-qa", "abstain"),
     ("Disfl-QA: follows altered source", "disflqa", "grounded"),
     ("far answers: follows altered source", "far", "grounded"),
 ]
@@ -79,7 +82,7 @@ def chart(table: dict[str, dict[str, dict[str, float | None]]], path: Path) -> N
 
     bars = [(m, model, j, row) for m, (model, rows) in enumerate(table.items()) for j, row in enumerate(rows)]
     width = 0.8 / len(bars)
-    fig, ax = plt.subplots(figsize=(13, 4.5))
+    fig, ax = plt.subplots(figsize=(16, 4.5))
     shades = plt.get_cmap("tab20c")  # four shades of one hue per model, darkest for `grounded`
     for i, (m, model, j, row) in enumerate(bars):
         values = [table[model][row][c] for c, *_ in COLUMNS]
