@@ -201,6 +201,34 @@ def test_a_second_eval_of_the_same_folder_is_refused_while_the_first_holds_its_c
     assert asyncio.run(run())["configs"]["base+RAG"]["contains"] == 1.0  # free again once released
 
 
+def test_a_profile_held_to_its_sources_is_asked_with_retrieval_only(tmp_path: Path, base_model: Path):
+    """`--models base,grounded --rag on,off` (as `make eval` asks): the server refuses a profile
+    whose grounding holds answers to sources a request without retrieval, so the eval has no such
+    configuration for it; asked for nothing else, it says to ask with retrieval."""
+    from transformers import AutoTokenizer
+
+    settings = load_settings(
+        models_dir=base_model.parent,
+        adapters_dir=tmp_path / "adapters",
+        indexes_dir=tmp_path / "indexes",
+        serving={"profiles": {"held": {"grounding": "checked"}}},
+    )
+    engine = ReaderDouble(AutoTokenizer.from_pretrained(base_model))
+    library = Library(settings.indexes_dir, settings.retrieval)
+    app = create_app(settings, engine=engine, library=library)
+    try:
+        opts = QAEvalOptions(models=["base", "held"], rag=[True, False], split="all", phases=("answer",))
+        summary = asyncio.run(_run(app, opts, tmp_path / "a.jsonl"))
+        assert set(summary["configs"]) == {"base+RAG", "base", "held+RAG"}
+        assert summary["configs"]["held+RAG"]["contains"] == 1.0
+        asked = engine.calls
+        with pytest.raises(EvalError, match="held answer only from retrieved sources"):
+            asyncio.run(_run(app, replace(opts, models=["held"], rag=[False]), tmp_path / "b.jsonl"))
+        assert engine.calls == asked
+    finally:
+        library.close()
+
+
 def test_eval_qa_refuses_an_unknown_model_before_asking(app_client, tmp_path: Path):
     app, engine, _ = app_client
     opts = QAEvalOptions(models=["nosuch"], rag=[True])

@@ -34,7 +34,14 @@ from typing import IO, Any
 import httpx
 from filelock import FileLock, Timeout
 
-from ragtune.evaluation.qa_api import CollectionState, EvalError, ask, model_versions, resolve_models
+from ragtune.evaluation.qa_api import (
+    CollectionState,
+    EvalError,
+    ask,
+    model_versions,
+    resolve_models,
+    source_bound,
+)
 from ragtune.evaluation.qa_score import load_behaviour_scorer, summarize
 from ragtune.training.qa import (
     Counterfactual,
@@ -135,7 +142,13 @@ async def _run_qa_eval(
         raise EvalError(f"no questions in the {opts.split!r} split of {dataset}", param="dataset")
     names = await resolve_models(client, opts.models)
     versions = await model_versions(client, names)
-    configs = [Config(m, r) for m in opts.models for r in opts.rag]
+    bound = await source_bound(client, opts.models)  # `grounded` without retrieval is refused
+    configs = [Config(m, r) for m in opts.models for r in opts.rag if r or m not in bound]
+    if not configs:
+        raise EvalError(
+            f"{', '.join(sorted(bound))} answer only from retrieved sources: ask them with --rag on",
+            param="rag",
+        )
     state = CollectionState(client, collection, qa, owned=opts.collection is None)
     await state.ensure()
     cf_texts, cf = counterfactuals(qa, questions, seed=opts.seed)

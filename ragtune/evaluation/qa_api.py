@@ -155,6 +155,20 @@ async def resolve_models(client: httpx.AsyncClient, models: list[str]) -> dict[s
     return out
 
 
+async def source_bound(client: httpx.AsyncClient, models: list[str]) -> set[str]:
+    """The requested profiles that answer only from retrieved sources (a grounding other than
+    `free`, like `grounded`): the server refuses them a request without retrieval, so they have
+    no configuration with retrieval off."""
+    listed = {m["id"]: m for m in (await _call(client, "GET", "/v1/models"))["data"]}
+    out = set()
+    for name in models:
+        if listed.get(name, {}).get("kind") == "profile":
+            profile = await _call(client, "GET", f"/v1/profiles/{name}")
+            if (profile.get("grounding") or "free") != "free":
+                out.add(name)
+    return out
+
+
 async def model_versions(client: httpx.AsyncClient, names: dict[str, str]) -> dict[str, str]:
     """What each model answers with now: an adapter's content fingerprint, a profile's adapter's
     (or `base`). Answers recorded under another version are asked again, so a retrained adapter
