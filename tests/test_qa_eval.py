@@ -112,17 +112,25 @@ def test_a_set_without_answers_or_files_is_refused(tmp_path: Path):
         load_qa_set(tmp_path)
 
 
-@pytest.fixture
-def app_client(tmp_path: Path, base_model: Path):  # noqa: ANN201
+def _reader_app(tmp_path: Path, base_model: Path, **overrides: Any) -> tuple[Any, ReaderDouble, Library]:
+    """The app on the reader double, with settings `overrides` (e.g. `serving`)."""
     from transformers import AutoTokenizer
 
     settings = load_settings(
-        models_dir=base_model.parent, adapters_dir=tmp_path / "adapters", indexes_dir=tmp_path / "indexes"
+        models_dir=base_model.parent,
+        adapters_dir=tmp_path / "adapters",
+        indexes_dir=tmp_path / "indexes",
+        **overrides,
     )
-    (tmp_path / "adapters").mkdir()
+    (tmp_path / "adapters").mkdir(exist_ok=True)
     engine = ReaderDouble(AutoTokenizer.from_pretrained(base_model))
     library = Library(settings.indexes_dir, settings.retrieval)
-    app = create_app(settings, engine=engine, library=library)
+    return create_app(settings, engine=engine, library=library), engine, library
+
+
+@pytest.fixture
+def app_client(tmp_path: Path, base_model: Path):  # noqa: ANN201
+    app, engine, library = _reader_app(tmp_path, base_model)
     yield app, engine, library
     library.close()
 
@@ -205,17 +213,9 @@ def test_a_profile_held_to_its_sources_is_asked_with_retrieval_only(tmp_path: Pa
     """`--models base,grounded --rag on,off` (as `make eval` asks): the server refuses a profile
     whose grounding holds answers to sources a request without retrieval, so the eval has no such
     configuration for it; asked for nothing else, it says to ask with retrieval."""
-    from transformers import AutoTokenizer
-
-    settings = load_settings(
-        models_dir=base_model.parent,
-        adapters_dir=tmp_path / "adapters",
-        indexes_dir=tmp_path / "indexes",
-        serving={"profiles": {"held": {"grounding": "checked"}}},
+    app, engine, library = _reader_app(
+        tmp_path, base_model, serving={"profiles": {"held": {"grounding": "checked"}}}
     )
-    engine = ReaderDouble(AutoTokenizer.from_pretrained(base_model))
-    library = Library(settings.indexes_dir, settings.retrieval)
-    app = create_app(settings, engine=engine, library=library)
     try:
         opts = QAEvalOptions(models=["base", "held"], rag=[True, False], split="all", phases=("answer",))
         summary = asyncio.run(_run(app, opts, tmp_path / "a.jsonl"))

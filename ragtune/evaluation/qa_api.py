@@ -159,14 +159,9 @@ async def source_bound(client: httpx.AsyncClient, models: list[str]) -> set[str]
     """The requested profiles that answer only from retrieved sources (a grounding other than
     `free`, like `grounded`): the server refuses them a request without retrieval, so they have
     no configuration with retrieval off."""
-    listed = {m["id"]: m for m in (await _call(client, "GET", "/v1/models"))["data"]}
-    out = set()
-    for name in models:
-        if listed.get(name, {}).get("kind") == "profile":
-            profile = await _call(client, "GET", f"/v1/profiles/{name}")
-            if (profile.get("grounding") or "free") != "free":
-                out.add(name)
-    return out
+    profiles = (await _call(client, "GET", "/v1/profiles"))["data"]
+    held = {p["name"] for p in profiles if (p.get("grounding") or "free") != "free"}
+    return held & set(models)
 
 
 async def model_versions(client: httpx.AsyncClient, names: dict[str, str]) -> dict[str, str]:
