@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from bench.machine import bf16_class
+
 REPO = Path(__file__).resolve().parents[1]
 # The demo questions the README shows (its quick start and grounding sections).
 README_QUESTIONS = [
@@ -81,10 +83,8 @@ def cpu() -> str:
     except (OSError, subprocess.CalledProcessError):
         return platform.processor()
     fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = fields.get("Flags", "")
-    extra = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "AVX2"
     name, model = fields.get("Model name", "?").strip(), fields.get("Model", "?").strip()
-    return f"{name} (model {model}, {extra}), {os.cpu_count()} cores"
+    return f"{name} (model {model}, {bf16_class()}), {os.cpu_count()} cores"
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ runs them with."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from retrieval_fixtures import real_embedder
 from ragtune.core.prompt import ABSTAIN, ContextChunk, apply_context
 from ragtune.serving.grounding import (
     QUOTE_LEAD,
+    CheckedReply,
     allowed_token_ids,
     checked_reply,
     choice_grammar,
@@ -235,7 +237,8 @@ def test_a_checked_reply_that_names_its_answer_may_paraphrase_the_rest() -> None
 
 
 def test_a_checked_reply_gets_the_marker_of_the_source_that_holds_it() -> None:
-    assert checked_reply("It runs every 15 minutes.", OFTEN, HARBOR) == "It runs every 15 minutes [1]."
+    # One that cites nothing ends with the marker of the source that holds it.
+    assert checked_reply("It runs every 15 minutes.", OFTEN, HARBOR) == "It runs every 15 minutes. [1]"
     assert checked_reply("It runs every 15 minutes [2].", OFTEN, HARBOR) == "It runs every 15 minutes [1]."
     assert checked_reply("Every 15 minutes [7].", OFTEN, HARBOR) == "Every 15 minutes [1]."  # no source 7
 
@@ -243,7 +246,7 @@ def test_a_checked_reply_gets_the_marker_of_the_source_that_holds_it() -> None:
 def test_a_checked_reply_no_source_holds_is_the_abstention() -> None:
     for reply in [
         "It runs every 20 minutes [1].",  # a number no source has
-        "It runs every 15 minutes, says Ines Varga [1].",  # a name no source has
+        "It runs every 15 minutes for Ines Varga [1].",  # a name no source has
         "The Harbor Line runs [1].",  # nothing but the question's words
         "[1]",
         "The trains are comfortable, clean and quiet [1].",  # most of its words in no source
@@ -253,3 +256,60 @@ def test_a_checked_reply_no_source_holds_is_the_abstention() -> None:
     assert checked_reply("It runs every 15 minutes [1].", OFTEN, []) == ABSTAIN
     # The model's own abstention is sent as the abstention sentence.
     assert checked_reply("The sources do not say how often it runs.", OFTEN, HARBOR) == ABSTAIN
+
+
+def test_a_checked_reply_streams_from_its_first_held_claim() -> None:
+    """Each sentence is judged once whole: a held claim is sent then, not when the reply ends."""
+    check = CheckedReply(OFTEN, HARBOR)
+    words = "According to the handbook: the Harbor Line runs every 15 minutes [1]. Pier Street opens"
+    sent = {word: check.feed(word) for word in re.findall(r"\S+\s*", words)}
+    # Nothing until the claim's sentence is whole (the next one has begun): then all of it.
+    assert [word for word, out in sent.items() if out] == ["Pier "]
+    assert sent["Pier "] == "According to the handbook: the Harbor Line runs every 15 minutes [1]."
+    assert (
+        check.feed(" at 5:15 on weekdays [1].") == ""
+        and check.close() == " Pier Street opens at 5:15 on weekdays [1]."
+    )
+    assert check.verbatim
+
+
+def test_a_checked_reply_ends_at_its_first_claim_no_source_holds() -> None:
+    """What came before it is sent; a reply with nothing held before it is the abstention."""
+    for reply, sent in [
+        (
+            "It runs every 15 minutes [1]. It was opened by Ines Varga in 1901.",
+            "It runs every 15 minutes [1].",
+        ),
+        (
+            "It runs every 15 minutes [1]. The sources do not say when it closes.",
+            "It runs every 15 minutes [1].",
+        ),
+        ("It was opened in 1901. It runs every 15 minutes [1].", ABSTAIN),
+        # Of the sentence that ends it, the opening clause a source holds (up to a comma).
+        ("It runs every 15 minutes, says Ines Varga [1].", "It runs every 15 minutes [1]."),
+        (
+            "Pier Street opens at 5:15 [1]. Trains run every 15 minutes, from 1901.",
+            "Pier Street opens at 5:15 [1]. Trains run every 15 minutes [1].",
+        ),
+        ("It was opened, says Ines Varga, in 1901 [1].", ABSTAIN),  # no opening clause names a held fact
+    ]:
+        assert checked_reply(reply, OFTEN, HARBOR) == sent, reply
+
+
+def test_a_checked_reply_is_the_same_however_it_is_streamed() -> None:
+    replies = [
+        "The Harbor Line runs every 15 minutes during the day [1].",
+        "Every 15 minutes. This can be confirmed in source [1].",
+        "It runs every 15 minutes [2]. Pier Street opens at 5:15 [1].",
+        "It runs every 15 minutes.  The Granite Line has 6-car trains [2].",
+        "It runs every 15 minutes [1]. It was opened by Ines Varga in 1901.",
+        "It runs every 15 minutes [1]. Pier Street opens at 5:15, as Ines Varga wrote in 1901.",
+        "The trains are comfortable, clean and quiet [1].",
+        "The Harbor Line runs frequently during the day [1].",
+    ]
+    for reply in replies:
+        whole = checked_reply(reply, OFTEN, HARBOR)
+        for size in (1, 3, 7):
+            check = CheckedReply(OFTEN, HARBOR)
+            streamed = "".join(check.feed(reply[i : i + size]) for i in range(0, len(reply), size))
+            assert streamed + check.close() == whole, (reply, size)

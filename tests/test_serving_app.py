@@ -294,9 +294,10 @@ def test_checked_grounding_sends_the_reply_once_checked_against_its_sources(
     served,  # noqa: ANN001
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The model answers freely (no grammar); its reply is held until whole, then sent as it is
-    when its cited source holds it, with the right marker when another source does, else as the
-    abstention sentence; streamed, it comes as one delta."""
+    """The model answers freely (no grammar); each sentence of its reply is held until whole,
+    then sent as it is when its cited source holds it, with the right marker when another source
+    does; a reply with nothing held is the abstention sentence. Streamed, a sentence comes once
+    whole: a one-sentence reply as one delta."""
     from ragtune.core.prompt import ABSTAIN
     from ragtune.serving.engine import Delta
 
@@ -315,22 +316,27 @@ def test_checked_grounding_sends_the_reply_once_checked_against_its_sources(
     body = chat(client, **ask, rag={"grounding": "free"})
     n = next(i for i, s in enumerate(body["sources"], start=1) if "1871" in s["text"])
     for words, sent in [
-        (["It was ", "built in ", f"1871 [{n}]."], f"It was built in 1871 [{n}]."),
-        (["It was ", "built in ", "1871."], f"It was built in 1871 [{n}]."),
-        (["It was ", "built in ", "1923 ", f"[{n}]."], ABSTAIN),
-        (["The sources ", "do not say."], ABSTAIN),
+        (["It was ", "built in ", f"1871 [{n}]."], [f"It was built in 1871 [{n}]."]),
+        (["It was ", "built in ", "1871."], [f"It was built in 1871. [{n}]"]),
+        (["It was ", "built in ", "1923 ", f"[{n}]."], [ABSTAIN]),
+        (["The sources ", "do not say."], [ABSTAIN]),
+        # Sent sentence by sentence; a second claim no source holds ends the reply.
+        (
+            [f"Built in 1871 [{n}]. ", "It still ", "stands. ", "Ines Varga ", "built it."],
+            [f"Built in 1871 [{n}].", " It still stands."],
+        ),
     ]:
         reply["words"] = words
         calls.clear()
         body = chat(client, **ask, rag={"grounding": "checked"})
         assert calls[0].grammar is None and calls[0].allowed_token_ids is None
-        assert body["choices"][0]["message"]["content"] == sent, words
+        assert body["choices"][0]["message"]["content"] == "".join(sent), words
         assert body["usage"]["completion_tokens"] == len(words)
         streamed = {**ask, "max_tokens": 50, "stream": True, "rag": {"grounding": "checked"}}
         with client.stream("POST", "/v1/chat/completions", json=streamed) as resp:
             lines = [line for line in resp.iter_lines() if line.startswith("data: {")]
         texts = [c["delta"].get("content") for line in lines for c in json.loads(line[6:])["choices"]]
-        assert [t for t in texts if t] == [sent]
+        assert [t for t in texts if t] == sent
 
 
 def test_below_the_relevance_floor_the_reply_is_the_abstention_in_every_grounding(

@@ -302,8 +302,8 @@ class GenerationService:
                 first = self._observe(delta, first, started, kind, len(prep.prompt_ids))
                 if prep.checked is None:
                     yield delta
-                elif (whole := await prep.checked.add(delta)) is not None:
-                    yield whole
+                elif (checked := prep.checked.add(delta)) is not None:
+                    yield checked
 
     async def _generate(
         self, target: Target, prompt_ids: list[int], options: SamplingOptions, request_id: str

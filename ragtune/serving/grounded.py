@@ -6,7 +6,7 @@ request, which of them the engine is handed: the abstention alone when no run of
 comes within the relevance floor (`min_similarity`) of the question; else, for strict grounding,
 the tokens the answer may use; for extractive grounding, the grammar of the quotations it may
 choose from. Nothing for free decoding above the floor; checked grounding's check runs on the
-whole reply, after generation (`Checked`).
+reply as it is generated, a sentence at a time (`Checked`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from ragtune.serving.grounding import (
     QUOTE_LEAD,
     QUOTE_WINDOW,
     QUOTES,
+    CheckedReply,
     Grounding,
     Ranked,
     allowed_token_ids,
-    checked_reply,
     choice_grammar,
     rank_quotations,
 )
@@ -105,29 +105,36 @@ class Grounder:
 
 
 class Checked:
-    """Checked grounding's hold on one request's replies: each choice's deltas are kept until it
-    is whole, then checked against the sources (serving.grounding.checked_reply) and sent as one
-    delta. A reply the check changes loses its logprobs: they were for the words it had."""
+    """Checked grounding's hold on one request's replies: each choice's text is checked sentence
+    by sentence as it comes (serving.grounding.CheckedReply) and sent from its first claim the
+    sources hold; the rest comes when the choice ends. Logprobs come with the text while it is
+    the model's own; a reply the check changes loses the rest of them (they were for the words
+    it had)."""
 
     def __init__(self, question: str, texts: list[str]):
         self.question = question
         self.texts = texts
+        self.replies: dict[int, CheckedReply] = {}
         self.held: dict[int, list[Delta]] = {}
 
-    async def add(self, delta: Delta) -> Delta | None:
-        """The checked reply once `delta` ends its choice; else None."""
+    def add(self, delta: Delta) -> Delta | None:
+        """What may be sent of `delta`'s choice now (the end of it when `delta` ends it); None
+        when nothing may be yet."""
+        check = self.replies.setdefault(delta.index, CheckedReply(self.question, self.texts))
         parts = self.held.setdefault(delta.index, [])
         parts.append(delta)
-        if delta.finish_reason is None:
+        text = check.feed(delta.text)
+        if delta.finish_reason is not None:
+            text += check.close()
+            del self.replies[delta.index]
+        elif not text:
             return None
         del self.held[delta.index]
-        text = "".join(d.text for d in parts)
-        reply = await asyncio.to_thread(checked_reply, text, self.question, self.texts)
         return Delta(
             delta.index,
-            reply,
+            text,
             sum(d.tokens for d in parts),
             delta.finish_reason,
-            tuple(lp for d in parts for lp in d.logprobs) if reply == text else (),
+            tuple(lp for d in parts for lp in d.logprobs) if check.verbatim else (),
             next((d.cached_tokens for d in parts if d.cached_tokens is not None), None),
         )
