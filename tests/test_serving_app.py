@@ -297,18 +297,20 @@ def test_checked_grounding_sends_the_reply_once_checked_against_its_sources(
     """The model answers freely (no grammar); each sentence of its reply is held until whole,
     then sent as it is when its cited source holds it, with the right marker when another source
     does; a reply with nothing held is the abstention sentence. Streamed, a sentence comes once
-    whole: a one-sentence reply as one delta."""
+    whole: a one-sentence reply as one delta. Where the check ends a reply, generation stops."""
     from ragtune.core.prompt import ABSTAIN
     from ragtune.serving.engine import Delta
 
     client, engine, _ = served
     calls: list[object] = []
     reply = {"words": []}
+    generated: list[str] = []
 
     async def scripted(prompt_ids, options, request_id, adapter):  # noqa: ANN001, ANN202
         calls.append(options)
         words = reply["words"]
         for i, word in enumerate(words):
+            generated.append(word)
             yield Delta(0, word, 1, "stop" if i == len(words) - 1 else None)
 
     monkeypatch.setattr(engine, "generate", scripted)
@@ -325,13 +327,20 @@ def test_checked_grounding_sends_the_reply_once_checked_against_its_sources(
             [f"Built in 1871 [{n}]. ", "It still ", "stands. ", "Ines Varga ", "built it."],
             [f"Built in 1871 [{n}].", " It still stands."],
         ),
+        # Ended once the next sentence begins: the rest is never generated.
+        (
+            [f"Built in 1871 [{n}]. ", "Ines Varga ", "built it. ", "It has ", "a lamp."],
+            [f"Built in 1871 [{n}]."],
+        ),
     ]:
         reply["words"] = words
         calls.clear()
+        generated.clear()
         body = chat(client, **ask, rag={"grounding": "checked"})
         assert calls[0].grammar is None and calls[0].allowed_token_ids is None
         assert body["choices"][0]["message"]["content"] == "".join(sent), words
-        assert body["usage"]["completion_tokens"] == len(words)
+        stopped = 4 if words[-1] == "a lamp." else len(words)
+        assert generated == words[:stopped] and body["usage"]["completion_tokens"] == stopped
         streamed = {**ask, "max_tokens": 50, "stream": True, "rag": {"grounding": "checked"}}
         with client.stream("POST", "/v1/chat/completions", json=streamed) as resp:
             lines = [line for line in resp.iter_lines() if line.startswith("data: {")]

@@ -4,5 +4,5 @@ errors (typed errors with their HTTP status), names (the pattern of collection, 
 profile names), prompt (the context block: how retrieved chunks are laid into a prompt, for
 serving and for training alike), models and adapters (the model and adapter folders: import,
 checks, fingerprints), packing (an adapter's files as one blob for the store), console (how a
-command line fails).
+command line fails), cpu (what the CPU has for bf16).
 """

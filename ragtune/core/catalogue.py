@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from ragtune.core.cpu import Bf16
+
 
 @dataclass(frozen=True)
 class Part:
@@ -34,10 +36,13 @@ class Part:
 
 @dataclass(frozen=True)
 class Measured:
-    """Decode throughput through `ragtune serve` (bf16), greedy, 1 and 8 concurrent streams."""
+    """Decode throughput through `ragtune serve`, greedy, 1 and 8 concurrent streams
+    (`python -m bench.decode_speed`), on 2 cores of a CPU of one bf16 class (core.cpu: the
+    engine runs bf16 with AMX or AVX512-BF16, float32 without)."""
 
     tok_s_1: float
     tok_s_8: float
+    bf16: Bf16
     cpu: str
     date: str
 
@@ -54,7 +59,7 @@ class Entry:
     sha256: str
     gguf_name: str  # the assembled file's name (for provenance)
     imported_mb: int  # the bf16 folder on disk
-    measured: Measured | None
+    measured: tuple[Measured, ...]  # one per bf16 class measured
     chat: bool = True
     # How the `grounded` profile holds this model's answers (serving.builtin): 'checked', its own
     # answer checked against the sources it cites, for a model that reads them; 'extractive', a
@@ -82,7 +87,8 @@ def _chunks(prefix: str, version: str, count: int) -> tuple[Part, ...]:
     )
 
 
-_AMX = "Intel Xeon with AMX, 2 cores"
+_XEON = "Intel Xeon with AMX"
+_EPYC = "AMD EPYC, AVX2"
 
 CATALOGUE: dict[str, Entry] = {
     e.name: e
@@ -98,7 +104,7 @@ CATALOGUE: dict[str, Entry] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
             imported_mb=273,
-            measured=Measured(42.0, 273.0, _AMX, "2026-12-06"),
+            measured=(Measured(42.0, 273.0, "AMX", _XEON, "2026-12-06"),),
             grounding="extractive",
         ),
         Entry(
@@ -112,7 +118,7 @@ CATALOGUE: dict[str, Entry] = {
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
             imported_mb=1272,
-            measured=Measured(15.7, 137.0, _AMX, "2026-12-06"),
+            measured=(Measured(15.7, 137.0, "AMX", _XEON, "2026-12-06"),),
             grounding="extractive",  # its free answers are often a bare "[1]" (bench/results/checked.md)
         ),
         Entry(
@@ -126,7 +132,7 @@ CATALOGUE: dict[str, Entry] = {
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             imported_mb=3566,
-            measured=Measured(7.5, 57.0, _AMX, "2026-12-06"),
+            measured=(Measured(7.5, 57.0, "AMX", _XEON, "2026-12-06"),),
         ),
     )
 }

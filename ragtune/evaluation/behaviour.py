@@ -84,7 +84,7 @@ def eval_behaviour(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ragtune.retrieval.embedder import cpu_has_bf16
+    from ragtune.core.cpu import cpu_has_bf16
 
     console = console or Console(stderr=True)
     rows = load_heldout(data)[:limit]

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ragtune.core.cpu import cpu_has_bf16
 from ragtune.core.errors import RagtuneError
 
 logger = logging.getLogger(__name__)
@@ -127,15 +128,6 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return (x / norms).astype(np.float32, copy=False)
-
-
-def cpu_has_bf16() -> bool:
-    """AMX-BF16 or AVX512-BF16: bf16 matmuls run natively (3x fp32 for MiniLM on this CPU)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
 def model_fingerprint(path: Path) -> str:

@@ -285,6 +285,8 @@ class GenerationService:
             req, max_tokens=max_tokens, vocab_size=len(self.tokenizer), shape=shape, constraint=constraint
         )
         sources = [Source.of(i, h, c.text) for i, (h, c) in enumerate(zip(hits, kept, strict=False), start=1)]
+        if checked is not None:
+            checked.choices = options.n
         return Prepared(new_id("req"), target, prompt_ids, options, sources, checked=checked)
 
     # -- generation ----------------------------------------------------------------------
@@ -302,8 +304,11 @@ class GenerationService:
                 first = self._observe(delta, first, started, kind, len(prep.prompt_ids))
                 if prep.checked is None:
                     yield delta
-                elif (checked := prep.checked.add(delta)) is not None:
-                    yield checked
+                else:
+                    if (checked := prep.checked.add(delta)) is not None:
+                        yield checked
+                    if prep.checked.done:  # the check ended every reply: stop generating
+                        break
 
     async def _generate(
         self, target: Target, prompt_ids: list[int], options: SamplingOptions, request_id: str

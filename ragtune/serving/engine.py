@@ -115,7 +115,7 @@ def resolved_dtype(dtype: str) -> str:
         return dtype
     import torch
 
-    from ragtune.retrieval.embedder import cpu_has_bf16
+    from ragtune.core.cpu import cpu_has_bf16
 
     return "bfloat16" if torch.cuda.is_available() or cpu_has_bf16() else "float32"
 

@@ -107,26 +107,37 @@ class Grounder:
 class Checked:
     """Checked grounding's hold on one request's replies: each choice's text is checked sentence
     by sentence as it comes (serving.grounding.CheckedReply) and sent from its first claim the
-    sources hold; the rest comes when the choice ends. Logprobs come with the text while it is
-    the model's own; a reply the check changes loses the rest of them (they were for the words
-    it had)."""
+    sources hold; a choice ends where the check ends it (the caller stops generating once every
+    choice has: `done`), else where the model does. Logprobs come with the text while it is the
+    model's own; a reply the check changes loses the rest of them (they were for the words it
+    had)."""
 
-    def __init__(self, question: str, texts: list[str]):
+    def __init__(self, question: str, texts: list[str], choices: int = 1):
         self.question = question
         self.texts = texts
+        self.choices = choices
         self.replies: dict[int, CheckedReply] = {}
         self.held: dict[int, list[Delta]] = {}
+        self.ended: set[int] = set()
+
+    @property
+    def done(self) -> bool:
+        """Whether every choice has ended."""
+        return len(self.ended) == self.choices
 
     def add(self, delta: Delta) -> Delta | None:
-        """What may be sent of `delta`'s choice now (the end of it when `delta` ends it); None
-        when nothing may be yet."""
+        """What may be sent of `delta`'s choice now, ending it where the model or the check
+        does; None when nothing may be sent yet."""
+        if delta.index in self.ended:
+            return None
         check = self.replies.setdefault(delta.index, CheckedReply(self.question, self.texts))
         parts = self.held.setdefault(delta.index, [])
         parts.append(delta)
         text = check.feed(delta.text)
-        if delta.finish_reason is not None:
+        finish = delta.finish_reason or ("stop" if check.ended else None)
+        if finish is not None:
             text += check.close()
-            del self.replies[delta.index]
+            self.ended.add(delta.index)
         elif not text:
             return None
         del self.held[delta.index]
@@ -134,7 +145,7 @@ class Checked:
             delta.index,
             text,
             sum(d.tokens for d in parts),
-            delta.finish_reason,
+            finish,
             tuple(lp for d in parts for lp in d.logprobs) if check.verbatim else (),
             next((d.cached_tokens for d in parts if d.cached_tokens is not None), None),
         )

@@ -273,7 +273,7 @@ class CheckedReply:
         self.waiting: list[str] = []  # sentences before the first held claim (each with its space)
         self.used: list[int] = []  # the source holding each claim sent
         self.holders: set[int] = set()  # every source holding one of them
-        self.ended = False
+        self.ended = False  # a claim no source holds, or the model's abstention, ended it
         self.sent = ""
         self.verbatim = True  # whether all sent so far is the reply's own text
 

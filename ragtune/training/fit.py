@@ -9,8 +9,8 @@ from typing import Any
 
 from rich.console import Console
 
+from ragtune.core.cpu import cpu_has_bf16
 from ragtune.core.errors import RagtuneError
-from ragtune.retrieval.embedder import cpu_has_bf16
 from ragtune.training.loss import assistant_loss
 from ragtune.training.loss import collate as collate_labelled
 from ragtune.training.settings import TrainingSettings
