@@ -52,16 +52,14 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    url = args.server.rstrip("/") + "/v1/chat/completions"
-    base = next(
-        m["id"]
-        for m in httpx.get(args.server.rstrip("/") + "/v1/models").json()["data"]
-        if m.get("kind") == "base"
-    )
+    url = args.server.rstrip("/")
+    base = next(m["id"] for m in httpx.get(url + "/v1/models").json()["data"] if m.get("kind") == "base")
     asyncio.run(run_level(url, bodies(base, 1, 8), concurrency=1))  # warm-up
     levels = {}
     for concurrency, n in ((1, 3), (8, 16)):
         level = asyncio.run(run_level(url, bodies(base, n, args.tokens), concurrency=concurrency))
+        if level["errors"]:
+            raise SystemExit(f"{level['errors']} of {n} requests failed: {level['first_error']}")
         levels[concurrency] = {
             k: level[k] for k in ("requests", "errors", "wall_s", "throughput_tok_s", "ttft_p50_ms")
         }

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from bench.machine import bf16_class
+from ragtune.core.cpu import bf16_class
 
 REPO = Path(__file__).resolve().parents[1]
 # The demo questions the README shows (its quick start and grounding sections).
@@ -84,7 +84,7 @@ def cpu() -> str:
         return platform.processor()
     fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
     name, model = fields.get("Model name", "?").strip(), fields.get("Model", "?").strip()
-    return f"{name} (model {model}, {bf16_class()}), {os.cpu_count()} cores"
+    return f"{name} (model {model}, bf16: {bf16_class()}), {os.cpu_count()} cores"
 
 
 def main() -> None:

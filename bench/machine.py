@@ -22,16 +22,11 @@ def mem_gib() -> float:
     return round(int(total.split()[0]) / 2**20, 1) if total else 0.0
 
 
-def bf16_class() -> str:
-    """What the CPU has for bf16 (the engine's dtype and speed follow it): AMX, AVX512-BF16, or
-    neither (AVX2: the engine runs float32)."""
-    flags = (_proc_field("/proc/cpuinfo", "flags") or "").split()
-    return "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "AVX2"
-
-
 def machine() -> dict[str, object]:
     """The machine fields every result records."""
     import os
+
+    from ragtune.core.cpu import bf16_class
 
     return {"cpu": cpu_model(), "bf16": bf16_class(), "cores": os.cpu_count(), "mem_gib": mem_gib()}
 

@@ -87,8 +87,8 @@ def _chunks(prefix: str, version: str, count: int) -> tuple[Part, ...]:
     )
 
 
-_XEON = "Intel Xeon with AMX"
-_EPYC = "AMD EPYC, AVX2"
+_XEON = "Intel Xeon with AMX (bf16)"
+_EPYC = "AMD EPYC with AVX2 (float32)"
 
 CATALOGUE: dict[str, Entry] = {
     e.name: e
@@ -104,7 +104,10 @@ CATALOGUE: dict[str, Entry] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
             imported_mb=273,
-            measured=(Measured(42.0, 273.0, "AMX", _XEON, "2026-12-06"),),
+            measured=(
+                Measured(42.0, 273.0, "AMX", _XEON, "2026-12-06"),
+                Measured(13.9, 77.0, "none", _EPYC, "2026-12-07"),
+            ),
             grounding="extractive",
         ),
         Entry(
@@ -118,7 +121,10 @@ CATALOGUE: dict[str, Entry] = {
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
             imported_mb=1272,
-            measured=(Measured(15.7, 137.0, "AMX", _XEON, "2026-12-06"),),
+            measured=(
+                Measured(15.7, 137.0, "AMX", _XEON, "2026-12-06"),
+                Measured(5.5, 28.7, "none", _EPYC, "2026-12-07"),
+            ),
             grounding="extractive",  # its free answers are often a bare "[1]" (bench/results/checked.md)
         ),
         Entry(
@@ -132,7 +138,10 @@ CATALOGUE: dict[str, Entry] = {
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             imported_mb=3566,
-            measured=(Measured(7.5, 57.0, "AMX", _XEON, "2026-12-06"),),
+            measured=(
+                Measured(7.5, 57.0, "AMX", _XEON, "2026-12-06"),
+                Measured(2.05, 10.3, "none", _EPYC, "2026-12-07"),
+            ),
         ),
     )
 }

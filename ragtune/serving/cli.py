@@ -115,8 +115,9 @@ def models_available(ctx: typer.Context) -> None:
     for entry in CATALOGUE.values():
         speeds: list[str] = []
         for m in sorted(entry.measured, key=lambda m: m.bf16 != here_bf16):  # this kind of CPU first
-            cpus.add(f"{m.bf16}: {m.cpu}, {m.date}")
-            speed = f"{m.tok_s_1:g}/{m.tok_s_8:g} ({m.bf16})"
+            kind = m.bf16 if m.bf16 != "none" else "no bf16"
+            cpus.add(f"{kind}: {m.cpu}, {m.date}")
+            speed = f"{m.tok_s_1:g}/{m.tok_s_8:g} ({kind})"
             speeds.append(f"[bold]{speed}[/]" if m.bf16 == here_bf16 else speed)
         here = check_model_dir(settings.models_dir / entry.name) is None
         table.add_row(
