@@ -9,7 +9,13 @@ import pytest
 from conftest import make_lora_adapter
 
 from ragtune.core.catalogue import CATALOGUE
-from ragtune.serving.builtin import GROUNDED_PROFILE, READER_ADAPTER, model_grounding, with_grounded
+from ragtune.serving.builtin import (
+    GROUNDED_PROFILE,
+    READER_ADAPTER,
+    demo_profile,
+    model_grounding,
+    with_grounded,
+)
 from ragtune.serving.settings import ProfileSettings, Settings
 
 
@@ -84,3 +90,20 @@ def test_the_grounding_follows_the_base_model(tmp_path: Path, base_model: Path) 
     assert (checked.grounding, checked.min_similarity) == ("checked", 0.60)
     quoting = with_grounded(settings_with(tmp_path, base_model)).serving.profiles[GROUNDED_PROFILE]
     assert (quoting.grounding, quoting.min_similarity) == ("extractive", 0.67)
+
+
+def test_the_demo_profile_holds_answers_as_grounded_does_until_its_adapter_is_trained(
+    tmp_path: Path, base_model: Path
+) -> None:
+    """`ragtune demo`'s profile: free decoding for the house-style adapter's own words; without
+    it, the base model's grounding and floor (free, the default model answered none of the
+    newcomer's six questions with its citation, bench/results/models.md)."""
+    quoting = demo_profile(settings_with(tmp_path, base_model), None)
+    assert (quoting.collection, quoting.top_k, quoting.grounding, quoting.min_similarity) == (
+        "demo",
+        3,
+        "extractive",
+        0.67,
+    )
+    styled = demo_profile(settings_with(tmp_path, base_model), "house-style")
+    assert (styled.adapter, styled.grounding, styled.min_similarity) == ("house-style", None, None)

@@ -78,6 +78,22 @@ def with_grounded(settings: Settings) -> Settings:
     return settings.model_copy(update={"serving": serving})
 
 
+def demo_profile(settings: Settings, adapter: str | None) -> ProfileSettings:
+    """The demo's profile: the handbook's collection, with the house-style adapter when it is
+    trained (its style needs free decoding). Without it the answers are held to the handbook as
+    `grounded` holds this base model's (quoted, or checked where the model reads), under the same
+    relevance floor: free, a model that cannot read answers the newcomer's questions uncited
+    (bench/results/models.md)."""
+    grounding = None if adapter else model_grounding(settings.base_model_path)
+    return ProfileSettings(
+        adapter=adapter,
+        collection="demo",
+        top_k=3,
+        grounding=grounding,
+        min_similarity=profile_floor(grounding) if grounding else None,
+    )
+
+
 DEMO_OWNER = {"owner": "ragtune-demo"}
 
 

@@ -22,7 +22,7 @@ from ragtune.serving import launch
 from ragtune.serving.builtin import (
     DEMO_ADAPTER,
     EXAMPLES,
-    model_grounding,
+    demo_profile,
     sync_demo_documents,
     trained_adapter,
     with_grounded,
@@ -205,7 +205,6 @@ def demo(
 ) -> None:
     """Serve the demo domain: Northwind Rail's handbook and, once trained, its house-style adapter."""
     from ragtune.retrieval import Library
-    from ragtune.serving.settings import ProfileSettings
 
     settings = _reload(ctx, config, base_model=model, serving={"host": host, "port": port})
     sock = launch.bind(settings)
@@ -223,20 +222,15 @@ def demo(
     adapter = trained_adapter(
         settings,
         DEMO_ADAPTER,
-        "the `demo` profile serves the base model with retrieval. `make demo-adapter` trains it "
+        "the `demo` profile serves the base model, its answers held to the handbook as `grounded` holds "
+        "them. `make demo-adapter` trains it "
         "(about 12 minutes on 2 CPU cores)",
     )
     adapters = dict(settings.serving.adapters)
     if adapter:
         adapters[adapter] = adapter
     profiles = dict(settings.serving.profiles)
-    # Without the adapter's house style, a model that reads gets its answers checked against
-    # the handbook, as the `grounded` profile does; the style's own words need free decoding.
-    checked = adapter is None and model_grounding(settings.base_model_path) == "checked"
-    demo_profile = ProfileSettings(
-        adapter=adapter, collection="demo", top_k=3, grounding="checked" if checked else None
-    )
-    profiles.setdefault("demo", demo_profile)
+    profiles.setdefault("demo", demo_profile(settings, adapter))
     serving = settings.serving.model_copy(update={"adapters": adapters, "profiles": profiles})
     settings = with_grounded(settings.model_copy(update={"serving": serving}))
     launch.serve(settings, sock)
