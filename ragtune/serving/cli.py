@@ -222,9 +222,8 @@ def demo(
     adapter = trained_adapter(
         settings,
         DEMO_ADAPTER,
-        "the `demo` profile serves the base model, its answers held to the handbook as `grounded` holds "
-        "them. `make demo-adapter` trains it "
-        "(about 12 minutes on 2 CPU cores)",
+        "the `demo` profile serves the base model, its answers held to the handbook as `grounded` "
+        "holds them. `make demo-adapter` trains it (about 12 minutes on 2 CPU cores)",
     )
     adapters = dict(settings.serving.adapters)
     if adapter:

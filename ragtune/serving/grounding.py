@@ -85,9 +85,6 @@ def allowed_token_ids(tokenizer: Any, prompt_ids: Sequence[int], context_texts: 
     return sorted(ids)
 
 
-# The longest quotation, in sentences: the reader's targets are one sentence, or two where a
-# short source's first is brief (training.reader); a third covers sentences split at
-# abbreviations ("U . S .").
 def _literal(text: str) -> str:
     """`text` as a string literal of vLLM's EBNF grammars (JSON escapes, UTF-8 kept)."""
     return json.dumps(text, ensure_ascii=False)
