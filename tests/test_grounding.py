@@ -18,9 +18,11 @@ from ragtune.serving.grounding import (
     allowed_token_ids,
     checked_reply,
     choice_grammar,
+    polar,
     quotations,
     rank_quotations,
     sentences,
+    unnamed,
 )
 
 
@@ -158,6 +160,23 @@ def test_the_relevance_floor_tells_sources_about_the_question_from_others(embedd
     assert (near.coverage, far.coverage) == (1.0, 0.0)
     assert not near.off_topic(0.62) and far.off_topic(0.62) and not far.off_topic(0.0)
     assert rank_quotations("Anything?", [], embedder, k=1).off_topic(0.1)  # nothing retrieved
+
+
+def test_a_yes_no_question_about_a_thing_no_source_names_is_told_apart() -> None:
+    """A quotation says yes or no only of what its source names: a yes/no question's terms that
+    no source holds (the words of asking left out), none for other questions."""
+    assert polar("Is there wifi on the Heron Line?") and polar("does it run at night?")
+    assert not polar("Who designed the stations of the Wren Line?") and not polar("")
+    assert unnamed("Is there wifi on the Heron Line?", LINES) == ["wifi"]
+    # "Day" is held ("during the day"); "Christmas" is not.
+    assert unnamed("Does the Larch Line run on Christmas Day?", LINES) == ["christma"]
+    # Named by a source (in another form: "allowed", "Bicycles"): a quotation answers.
+    assert unnamed("Are bicycles allowed on the Heron Line?", LINES) == []
+    assert unnamed("Can you tell me whether the Wren Line was opened in 1902?", LINES) == []
+    # Asked in other words than the source's: the rule cannot tell, and abstains.
+    assert set(unnamed("Can I take my bike on the Heron Line?", LINES)) == {"take", "bike"}
+    # Not a yes/no question: the rule does not apply (the relevance floor does).
+    assert unnamed("What is the wifi password on the Heron Line?", LINES) == []
 
 
 def test_a_source_that_contradicts_the_embedder_is_not_off_topic(embedder) -> None:  # noqa: ANN001

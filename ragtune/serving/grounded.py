@@ -28,6 +28,7 @@ from ragtune.serving.grounding import (
     allowed_token_ids,
     choice_grammar,
     rank_quotations,
+    unnamed,
 )
 from ragtune.serving.protocol import RagOptions
 from ragtune.serving.resolve import Target
@@ -95,7 +96,8 @@ class Grounder:
         if asked.grounding in ("free", "checked"):  # checked: after generation (Checked)
             return {}
         if asked.grounding == "extractive":
-            if ranked is None or not ranked.quotes:
+            # A quotation says yes or no only of what its source names.
+            if ranked is None or not ranked.quotes or unnamed(query, texts):
                 return {"grammar": choice_grammar([])}
             # A clear lead is quoted as ranked; a close call is the model's to make, among the close.
             offered = ranked.quotes[:1] if ranked.lead > QUOTE_LEAD else ranked.close(QUOTE_WINDOW)

@@ -24,6 +24,8 @@ the reply's token budget cannot hold are left out, unless none fits: cut, they w
 marker. The model is never asked whether to abstain: measured, a small model's opening adds
 little to the relevance floor and costs answers (bench/results/model-abstains.md); these
 numbers were profile options once, and bench/results/checked.md says why they are not now.
+A yes/no question with a term no source holds is the abstention too (`unnamed`): a quotation
+says yes or no only of what its source names.
 
 With `grounding: checked` the model answers freely and each sentence of the reply is sent once
 it is whole and checked against the sources (`CheckedReply`): kept when the sources it cites
@@ -234,6 +236,35 @@ def _named(text: str) -> list[str]:
         words = _WORD.findall(sentence)
         out += [w for i, w in enumerate(words) if any(c.isdigit() for c in w) or (i and w[0].isupper())]
     return out
+
+
+# A yes/no question opens with an auxiliary ("Is there wifi on ...?", "Does ... run on Sundays?");
+# the words of asking are not the thing asked about ("Can you tell me whether ...").
+_AUXILIARIES = "is are was were am do does did can could shall should may might must will would has have had"
+_POLAR = frozenset(_AUXILIARIES.split())
+_ASKING = f"{_AUXILIARIES} any some me my we our us you your please tell know whether"
+
+
+@lru_cache(maxsize=1)
+def _asking() -> frozenset[str]:
+    return frozenset(_terms().terms(_ASKING))
+
+
+def polar(question: str) -> bool:
+    """Whether a question asks yes or no: it opens with an auxiliary."""
+    words = _WORD.findall(question)
+    return bool(words) and words[0].lower() in _POLAR
+
+
+def unnamed(question: str, context_texts: Sequence[str]) -> list[str]:
+    """A yes/no question's terms that no source holds (none for other questions). A quotation says
+    yes or no only of what its source names: "Is there wifi on the Granite Line?" quoted "The
+    Granite Line runs between Elm Terrace and Bramley [1]" answers nothing (bench/results/polar.md)."""
+    if not polar(question):
+        return []
+    tokenizer = _terms()
+    held = set(tokenizer.terms(" ".join(context_texts)))
+    return [t for t in dict.fromkeys(tokenizer.query_terms(question)) if t not in held and t not in _asking()]
 
 
 def checked_reply(reply: str, question: str, context_texts: Sequence[str]) -> str:
