@@ -124,6 +124,7 @@ def main() -> None:
         "ttft_p50_s": round(statistics.median(ttft), 3),
         "ttft_p90_s": round(ttft[int(0.9 * (len(ttft) - 1))], 3),
         "readme_ttft_p50_s": round(statistics.median(readme), 3),
+        "reply_p50_s": round(statistics.median(r["total_s"] for r in rows), 3),
         "holds_answer": f"{sum(graded)}/{len(graded)}",
         "max_tokens": args.max_tokens,
         "repeats": args.repeats,

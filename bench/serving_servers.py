@@ -7,6 +7,7 @@ left is the server in front of the engine: ragtune's FastAPI app vs vLLM's own O
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from ragtune.serving.engine import resolved_block_size, resolved_dtype, resolved_executor
+from ragtune.serving.engine import resolved_block_size, resolved_dtype, resolved_executor, speculative_config
 from ragtune.serving.settings import EngineSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +45,7 @@ def engine_flags(engine: EngineSettings) -> list[str]:
         "--max-cpu-loras", str(engine.max_cpu_loras),
         *(["--block-size", str(block)] if (block := resolved_block_size(engine.block_size)) else []),
         *(["--distributed-executor-backend", executor] if (executor := resolved_executor(engine)) else []),
+        *(["--speculative-config", json.dumps(spec)] if (spec := speculative_config(engine)) else []),
     ]  # fmt: skip
 
 

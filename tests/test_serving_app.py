@@ -254,6 +254,11 @@ def test_the_documented_multi_gpu_settings_reach_vllm_unchanged(base_model: Path
     assert one.block_size == 32  # on a CPU; vLLM's own choice there is 128 (serving.engine)
     finer = AsyncEngineArgs(**engine_args(base_model, load_settings(engine={"block_size": 32}).engine))
     assert finer.block_size == 32
+    # n-gram speculative decoding by default (docs/performance.md), off with 0.
+    spec = one.speculative_config
+    assert (spec["method"], spec["num_speculative_tokens"]) == ("ngram", 4)
+    off = AsyncEngineArgs(**engine_args(base_model, load_settings(engine={"speculative_tokens": 0}).engine))
+    assert off.speculative_config is None
 
 
 def test_extractive_grounding_offers_the_ranked_quotations(
@@ -262,8 +267,9 @@ def test_extractive_grounding_offers_the_ranked_quotations(
 ) -> None:
     """One engine call, whose grammar offers the ranker's first quotation alone when it leads
     the second by more than QUOTE_LEAD, else the close ones; never the abstention above the
-    floor (the model is not asked whether to abstain). The echo engine ignores grammars: what is
-    checked is what the engine is asked for."""
+    floor (the model is not asked whether to abstain), nor to a yes/no question about a thing no
+    source names. The echo engine ignores grammars: what is checked is what the engine is asked
+    for."""
     from ragtune.serving.grounding import QUOTE_LEAD, QUOTE_WINDOW, choice_grammar, rank_quotations
 
     client, engine, library = served
@@ -288,6 +294,14 @@ def test_extractive_grounding_offers_the_ranked_quotations(
     # The lighthouse's first quotation leads the second by 2 standard deviations: offered alone.
     (alone,) = offers["When was the lighthouse built?"]
     assert "1871" in alone
+    # A yes/no question about a thing no source names is not answered by a quotation.
+    yes_no = [("Is there a lift in the lighthouse?", False), ("Is the lighthouse granite?", True)]
+    for question, quoted in yes_no:
+        calls.clear()
+        ask = {"model": "notes", "messages": [{"role": "user", "content": question}]}
+        body = chat(client, **ask, rag={"grounding": "extractive"})
+        assert len(calls) == 1 and (calls[0].grammar != choice_grammar([])) is quoted, question
+        assert body["sources"]  # retrieved and shown, as below the floor
 
 
 def test_checked_grounding_sends_the_reply_once_checked_against_its_sources(

@@ -166,6 +166,20 @@ class _DropSeedWarning(logging.Filter):
 _DROP_SEED_WARNING = _DropSeedWarning()
 
 
+def speculative_config(settings: EngineSettings) -> dict[str, Any] | None:
+    """vLLM's n-gram speculative decoding (`speculative_tokens`): the next tokens guessed by
+    finding the last 2 to 4 tokens earlier in the prompt and the reply, checked by the model in
+    one pass (bench/results/speculative.md)."""
+    if not settings.speculative_tokens:
+        return None
+    return {
+        "method": "ngram",
+        "num_speculative_tokens": settings.speculative_tokens,
+        "prompt_lookup_min": 2,
+        "prompt_lookup_max": 4,
+    }
+
+
 def engine_args(model_path: Path, settings: EngineSettings) -> dict[str, Any]:
     """vLLM's AsyncEngineArgs for these settings: the parallel sizes pass through, and
     `settings.extra` last, so any other engine argument (a Ray executor for several nodes,
@@ -198,6 +212,9 @@ def engine_args(model_path: Path, settings: EngineSettings) -> dict[str, Any]:
     executor = resolved_executor(settings)
     if executor is not None:
         args["distributed_executor_backend"] = executor
+    spec = speculative_config(settings)
+    if spec is not None:
+        args["speculative_config"] = spec
     args |= settings.extra
     return args
 

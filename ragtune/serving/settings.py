@@ -86,6 +86,14 @@ class EngineSettings(BaseModel):
         description="compare the engine's greedy answer with transformers' at start",
     )
     seed: int = Field(0, description="the engine's sampling seed, for requests that give none")
+    speculative_tokens: int = Field(
+        4,
+        ge=0,
+        le=16,
+        description="tokens drafted a step by looking the last words up in the prompt (vLLM's 'ngram' "
+        "speculative decoding; the engine checks them in one pass, so greedy output is unchanged): an "
+        "answer that repeats its sources is decoded several tokens a step; 0: off",
+    )
     block_size: int | None = Field(
         None,
         ge=16,
