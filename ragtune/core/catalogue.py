@@ -89,6 +89,7 @@ def _chunks(prefix: str, version: str, count: int) -> tuple[Part, ...]:
 
 _XEON = "Intel Xeon with AMX (bf16)"
 _EPYC = "AMD EPYC with AVX2 (float32)"
+_ZEN4 = "AMD EPYC with AVX512-BF16 (bf16)"
 
 CATALOGUE: dict[str, Entry] = {
     e.name: e
@@ -107,6 +108,7 @@ CATALOGUE: dict[str, Entry] = {
             measured=(
                 Measured(42.0, 273.0, "AMX", _XEON, "2026-12-06"),
                 Measured(13.9, 77.0, "none", _EPYC, "2026-12-07"),
+                Measured(24.7, 155.0, "AVX512-BF16", _ZEN4, "2026-12-07"),
             ),
             grounding="extractive",
         ),
@@ -124,6 +126,7 @@ CATALOGUE: dict[str, Entry] = {
             measured=(
                 Measured(15.7, 137.0, "AMX", _XEON, "2026-12-06"),
                 Measured(5.5, 28.7, "none", _EPYC, "2026-12-07"),
+                Measured(11.0, 59.3, "AVX512-BF16", _ZEN4, "2026-12-07"),
             ),
             grounding="extractive",  # its free answers are often a bare "[1]" (bench/results/checked.md)
         ),
@@ -141,6 +144,7 @@ CATALOGUE: dict[str, Entry] = {
             measured=(
                 Measured(7.5, 57.0, "AMX", _XEON, "2026-12-06"),
                 Measured(2.05, 10.3, "none", _EPYC, "2026-12-07"),
+                Measured(4.1, 24.5, "AVX512-BF16", _ZEN4, "2026-12-07"),
             ),
         ),
     )
