@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.machine import machine  # noqa: E402
-from ragtune.retrieval import Document, Library  # noqa: E402
-from ragtune.retrieval.settings import RetrievalSettings  # noqa: E402
+from bench.scratch import collection_of  # noqa: E402
 from ragtune.retrieval.sparse import Tokenizer  # noqa: E402
 from ragtune.serving.grounding import Ranked, rank_quotations  # noqa: E402
-from ragtune.training.qa import load_qa_set, split_questions  # noqa: E402
+from ragtune.training.qa import split_questions  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 FLOORS = np.round(np.arange(0.30, 0.801, 0.01), 2)
@@ -47,24 +45,17 @@ def rankings(
 ) -> tuple[list[Ranked], list[Ranked], list[bool]]:
     """Each question's ranking of its sources: with the gold passage retrieved, and without it;
     and whether it has a word (the store's terms, stopwords out) that no passage holds."""
-    qa = load_qa_set(dataset)
-    questions = split_questions(qa, split)[:limit]
     shown, gone = [], []
     tokenizer = Tokenizer()
-    vocabulary = {t for p in qa.passages.values() for t in tokenizer.terms(f"{p.title or ''} {p.text}")}
-    unseen = [not set(tokenizer.query_terms(q.text)) <= vocabulary for q in questions]
-    with tempfile.TemporaryDirectory(prefix="ragtune-floor-") as scratch:
-        library = Library(Path(scratch), RetrievalSettings())
-        try:
-            coll = library.create("floor")
-            coll.upsert([Document(id=p.id, text=p.text, title=p.title or None) for p in qa.passages.values()])
-            for q in questions:
-                hits = coll.search(q.text, k=top_k + 8, mode="hybrid")
-                others = [h for h in hits if h.document_id != q.doc_id]
-                for out, kept in ((shown, hits[:top_k]), (gone, others[:top_k])):
-                    out.append(rank_quotations(q.text, [h.text for h in kept], coll.embedder, k=1))
-        finally:
-            library.close()
+    with collection_of(dataset) as (qa, coll):
+        questions = split_questions(qa, split)[:limit]
+        vocabulary = {t for p in qa.passages.values() for t in tokenizer.terms(f"{p.title or ''} {p.text}")}
+        unseen = [not set(tokenizer.query_terms(q.text)) <= vocabulary for q in questions]
+        for q in questions:
+            hits = coll.search(q.text, k=top_k + 8, mode="hybrid")
+            others = [h for h in hits if h.document_id != q.doc_id]
+            for out, kept in ((shown, hits[:top_k]), (gone, others[:top_k])):
+                out.append(rank_quotations(q.text, [h.text for h in kept], coll.embedder, k=1))
     return shown, gone, unseen
 
 

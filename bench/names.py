@@ -9,15 +9,13 @@ floor (`Ranked.off_topic` at the `grounded` profile's 0.67) abstains, the rule, 
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ragtune.retrieval import Document, Library
-from ragtune.retrieval.settings import RetrievalSettings
+from bench.scratch import collection_of
 from ragtune.serving.grounding import MIN_SIMILARITY, _named, _terms, rank_quotations
-from ragtune.training.qa import load_qa_set, split_questions
+from ragtune.training.qa import split_questions
 
 TOP_K = 4
 
@@ -31,25 +29,17 @@ def names_unheld(question: str, texts: list[str]) -> list[str]:
 
 
 def measure(dataset: Path, split: str, limit: int) -> None:
-    qa = load_qa_set(dataset)
-    questions = [q for q in split_questions(qa, split) if q.answerable][:limit]
     rows: dict[str, list[tuple[bool, bool]]] = {"shown": [], "gone": []}
-    with tempfile.TemporaryDirectory(prefix="ragtune-names-") as scratch:
-        library = Library(Path(scratch), RetrievalSettings())
-        try:
-            coll = library.create("names")
-            coll.upsert([Document(id=p.id, text=p.text, title=p.title or None) for p in qa.passages.values()])
-            for q in questions:
-                hits = coll.search(q.text, k=TOP_K + 8, mode="hybrid")
-                others = [h for h in hits if h.document_id != q.doc_id]
-                for case, kept in (("shown", hits[:TOP_K]), ("gone", others[:TOP_K])):
-                    if case == "shown" and q.doc_id not in [h.document_id for h in kept]:
-                        continue
-                    texts = [h.text for h in kept]
-                    ranked = rank_quotations(q.text, texts, coll.embedder, k=1)
-                    rows[case].append((ranked.off_topic(MIN_SIMILARITY), bool(names_unheld(q.text, texts))))
-        finally:
-            library.close()
+    with collection_of(dataset) as (qa, coll):
+        for q in [q for q in split_questions(qa, split) if q.answerable][:limit]:
+            hits = coll.search(q.text, k=TOP_K + 8, mode="hybrid")
+            others = [h for h in hits if h.document_id != q.doc_id]
+            for case, kept in (("shown", hits[:TOP_K]), ("gone", others[:TOP_K])):
+                if case == "shown" and q.doc_id not in [h.document_id for h in kept]:
+                    continue
+                texts = [h.text for h in kept]
+                ranked = rank_quotations(q.text, texts, coll.embedder, k=1)
+                rows[case].append((ranked.off_topic(MIN_SIMILARITY), bool(names_unheld(q.text, texts))))
     for case, found in rows.items():
         a = np.array(found, dtype=bool).reshape(-1, 2)
         print(

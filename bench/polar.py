@@ -20,19 +20,16 @@ import datetime as dt
 import json
 import os
 import re
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.machine import machine  # noqa: E402
-from ragtune.retrieval import Collection, Document, Library  # noqa: E402
-from ragtune.retrieval.settings import RetrievalSettings  # noqa: E402
+from bench.scratch import collection_of  # noqa: E402
 from ragtune.serving.grounding import MIN_SIMILARITY, polar, rank_quotations, unnamed  # noqa: E402
-from ragtune.training.qa import QASet, load_qa_set  # noqa: E402
+from ragtune.training.qa import load_qa_set  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -84,20 +81,6 @@ def capital_questions() -> tuple[Path, list[tuple[str, bool, str]]]:
         if m := re.match(r"(.+?) is the capital of (.+?)\.", p.text):
             out += [(t.format(city=m[1], country=m[2]), ok, kind) for t, ok, kind in CAPITAL_QUESTIONS]
     return EXAMPLES / "world-qa", out
-
-
-@contextmanager
-def collection_of(dataset: Path) -> Iterator[tuple[QASet, Collection]]:
-    """The QA set and a scratch collection of its passages, with the default retrieval settings."""
-    qa = load_qa_set(dataset)
-    with tempfile.TemporaryDirectory(prefix="ragtune-polar-") as scratch:
-        library = Library(Path(scratch), RetrievalSettings())
-        try:
-            coll = library.create("polar")
-            coll.upsert([Document(id=p.id, text=p.text, title=p.title or None) for p in qa.passages.values()])
-            yield qa, coll
-        finally:
-            library.close()
 
 
 def measure(dataset: Path, questions: list[tuple[str, bool, str]], top_k: int) -> list[dict]:

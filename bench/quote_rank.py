@@ -16,48 +16,39 @@ import argparse
 import datetime as dt
 import json
 import os
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.machine import machine  # noqa: E402
-from ragtune.retrieval import Document, Library  # noqa: E402
-from ragtune.retrieval.settings import RetrievalSettings  # noqa: E402
+from bench.scratch import collection_of  # noqa: E402
 from ragtune.serving.grounding import QUOTE_LEAD, QUOTE_WINDOW, QUOTES, rank_quotations  # noqa: E402
-from ragtune.training.qa import contains, load_qa_set, split_questions  # noqa: E402
+from ragtune.training.qa import contains, split_questions  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TOP_KS = (3, 4)
 
 
 def measure(dataset: Path, split: str, limit: int) -> dict:
-    qa = load_qa_set(dataset)
-    questions = [q for q in split_questions(qa, split) if q.answerable][:limit]
     tally = {k: {"first": 0, "offered": 0, "alone_wrong": 0} for k in TOP_KS}
     seen = dict.fromkeys(TOP_KS, 0)
-    with tempfile.TemporaryDirectory(prefix="ragtune-quote-rank-") as scratch:
-        library = Library(Path(scratch), RetrievalSettings())
-        try:
-            coll = library.create("q")
-            coll.upsert([Document(id=p.id, text=p.text, title=p.title or None) for p in qa.passages.values()])
-            for q in questions:
-                hits = coll.search(q.text, k=max(TOP_KS), mode="hybrid")
-                for k in TOP_KS:
-                    if q.doc_id not in [h.document_id for h in hits[:k]]:
-                        continue
-                    seen[k] += 1
-                    texts = [h.text for h in hits[:k]]
-                    r = rank_quotations(q.text, texts, coll.embedder, k=QUOTES)
-                    # what the model may choose among, as serving.grounded offers it
-                    offer = r.quotes[:1] if r.lead > QUOTE_LEAD else r.close(QUOTE_WINDOW)
-                    t = tally[k]
-                    t["first"] += contains(r.quotes[0], q.answer)
-                    t["offered"] += any(contains(o, q.answer) for o in offer)
-                    t["alone_wrong"] += len(offer) == 1 and not contains(offer[0], q.answer)
-        finally:
-            library.close()
+    with collection_of(dataset) as (qa, coll):
+        questions = [q for q in split_questions(qa, split) if q.answerable][:limit]
+        for q in questions:
+            hits = coll.search(q.text, k=max(TOP_KS), mode="hybrid")
+            for k in TOP_KS:
+                if q.doc_id not in [h.document_id for h in hits[:k]]:
+                    continue
+                seen[k] += 1
+                texts = [h.text for h in hits[:k]]
+                r = rank_quotations(q.text, texts, coll.embedder, k=QUOTES)
+                # what the model may choose among, as serving.grounded offers it
+                offer = r.quotes[:1] if r.lead > QUOTE_LEAD else r.close(QUOTE_WINDOW)
+                t = tally[k]
+                t["first"] += contains(r.quotes[0], q.answer)
+                t["offered"] += any(contains(o, q.answer) for o in offer)
+                t["alone_wrong"] += len(offer) == 1 and not contains(offer[0], q.answer)
     return {
         "questions": len(questions),
         "gold_retrieved": {str(k): v for k, v in seen.items()},
