@@ -254,11 +254,11 @@ def test_the_documented_multi_gpu_settings_reach_vllm_unchanged(base_model: Path
     assert one.block_size == 32  # on a CPU; vLLM's own choice there is 128 (serving.engine)
     finer = AsyncEngineArgs(**engine_args(base_model, load_settings(engine={"block_size": 32}).engine))
     assert finer.block_size == 32
-    # n-gram speculative decoding by default (docs/performance.md), off with 0.
-    spec = one.speculative_config
+    # n-gram speculative decoding when asked for (docs/performance.md); off by default.
+    assert one.speculative_config is None
+    on = AsyncEngineArgs(**engine_args(base_model, load_settings(engine={"speculative_tokens": 4}).engine))
+    spec = on.speculative_config
     assert (spec["method"], spec["num_speculative_tokens"]) == ("ngram", 4)
-    off = AsyncEngineArgs(**engine_args(base_model, load_settings(engine={"speculative_tokens": 0}).engine))
-    assert off.speculative_config is None
 
 
 def test_extractive_grounding_offers_the_ranked_quotations(
