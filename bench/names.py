@@ -14,17 +14,18 @@ from pathlib import Path
 import numpy as np
 
 from bench.scratch import collection_of
-from ragtune.serving.grounding import MIN_SIMILARITY, _named, _terms, rank_quotations
+from ragtune.serving.checking import names_of
+from ragtune.serving.grounding import MIN_SIMILARITY, rank_quotations, term_tokenizer
 from ragtune.training.qa import split_questions
 
 TOP_K = 4
 
 
 def names_unheld(question: str, texts: list[str]) -> list[str]:
-    """The question's names and numbers (serving.grounding._named, "I" left out) no source holds."""
-    tokenizer = _terms()
+    """The question's names and numbers (serving.checking.names_of, "I" left out) no source holds."""
+    tokenizer = term_tokenizer()
     held = set(tokenizer.terms(" ".join(texts)))
-    names = [w for w in _named(question) if w != "I" and not w.startswith("I'")]
+    names = [w for w in names_of(question) if w != "I" and not w.startswith("I'")]
     return [w for w in names if (terms := tokenizer.terms(w)) and not all(t in held for t in terms)]
 
 

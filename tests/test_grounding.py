@@ -12,11 +12,10 @@ import pytest
 from retrieval_fixtures import real_embedder
 
 from ragtune.core.prompt import ABSTAIN, ContextChunk, apply_context
+from ragtune.serving.checking import CheckedReply, checked_reply
 from ragtune.serving.grounding import (
     QUOTE_LEAD,
-    CheckedReply,
     allowed_token_ids,
-    checked_reply,
     choice_grammar,
     polar,
     quotations,

@@ -17,12 +17,12 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ragtune.retrieval.embedder import Embedder
+from ragtune.serving.checking import CheckedReply
 from ragtune.serving.engine import Delta
 from ragtune.serving.grounding import (
     QUOTE_LEAD,
     QUOTE_WINDOW,
     QUOTES,
-    CheckedReply,
     Grounding,
     Ranked,
     allowed_token_ids,
@@ -108,7 +108,7 @@ class Grounder:
 
 class Checked:
     """Checked grounding's hold on one request's replies: each choice's text is checked sentence
-    by sentence as it comes (serving.grounding.CheckedReply) and sent from its first claim the
+    by sentence as it comes (serving.checking.CheckedReply) and sent from its first claim the
     sources hold; a choice ends where the check ends it (the caller stops generating once every
     choice has: `done`), else where the model does. Logprobs come with the text while it is the
     model's own; a reply the check changes loses the rest of them (they were for the words it
