@@ -40,7 +40,7 @@ def test_a_trained_reader_adds_the_grounded_profile(reader_dir: Path, base_model
     profile = settings.serving.profiles[GROUNDED_PROFILE]
     # No collection of its own: the request names one (`rag.collection`); the adapter was
     # trained on 2 to 4 sources.
-    assert (profile.adapter, profile.collection, profile.top_k) == (READER_ADAPTER, None, 4)
+    assert (profile.adapter, profile.collection, profile.top_k) == (READER_ADAPTER, None, 3)
     # The measured values, not the constants the profile is built from: changing one of them
     # needs a new measurement. The relevance floor (bench/results/floor.md); the reader adapter
     # is trained to quote, so it quotes, whatever its base model.
@@ -54,7 +54,7 @@ def test_without_a_reader_the_base_model_answers_and_the_log_says_how_to_train_i
     settings = with_grounded(settings_with(tmp_path, base_model))
     assert settings.serving.adapters == {}
     profile = settings.serving.profiles[GROUNDED_PROFILE]
-    assert (profile.adapter, profile.top_k, profile.grounding) == (None, 4, "extractive")
+    assert (profile.adapter, profile.top_k, profile.grounding) == (None, 3, "extractive")
     out = " ".join(capsys.readouterr().err.split())  # rich wraps at the terminal width
     assert "no reader adapter" in out and "make reader-adapter" in out
 

@@ -69,9 +69,10 @@ class RetrievalOptions(BaseModel):
         None,
         description="'strict': the answer may only use words of the prompt and its sources; "
         "'extractive': it quotes sentences of one source with its [n], or abstains; 'checked': the "
-        "model's own answer, sent whole once the sources it cites hold its words (its marker set "
-        "right), else the abstention; 'free' (the "
-        "default): the model answers from the sources as it reads them (serving.grounding)",
+        "model's own answer, sent a sentence at a time while the sources it cites hold its claims "
+        "(its marker set right), ended at the first claim none holds (the abstention if that is the "
+        "first); 'free' (the default): the model answers from the sources as it reads them "
+        "(serving.grounding)",
     )
 
 
