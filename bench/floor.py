@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--split", default="train", choices=["train", "heldout", "all"])
     parser.add_argument("--limit", type=int, default=600)
     parser.add_argument(
-        "--top-k", type=int, default=4, help="sources per question (the grounded profile's 4)"
+        "--top-k", type=int, default=3, help="sources per question (the grounded profile's 3)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "floor.json")
     args = parser.parse_args()

@@ -161,6 +161,20 @@ def test_the_relevance_floor_tells_sources_about_the_question_from_others(embedd
     assert rank_quotations("Anything?", [], embedder, k=1).off_topic(0.1)  # nothing retrieved
 
 
+def test_a_source_that_names_its_subject_once_is_measured_whole(embedder) -> None:  # noqa: ANN001
+    """A source that names its subject in its first sentence and then says "it" is closer to the
+    question whole than any run of one or two of its sentences: the floor takes the closer."""
+    question = "Which country gave the Statue of Liberty to the United States?"
+    text = (
+        "The Statue of Liberty stands on an island in New York Harbor. It was dedicated in 1886. "
+        "It was a gift to the United States from the people of Italy."
+    )
+    runs = embedder.embed([q for q, _ in quotations([text])]) @ embedder.embed_query(question)
+    whole = float(embedder.embed([text]) @ embedder.embed_query(question))
+    ranked = rank_quotations(question, [text], embedder, k=1)
+    assert whole > runs.max() + 0.02 and ranked.similarity == whole, (whole, runs)
+
+
 def test_a_yes_no_question_about_a_thing_no_source_names_is_told_apart() -> None:
     """A quotation says yes or no only of what its source names: a yes/no question's terms that
     no source holds (the words of asking left out), none for other questions."""

@@ -3,9 +3,9 @@
 serving.grounding has the pieces (the relevance floor's ranking, strict grounding's vocabulary,
 extractive grounding's ranked quotations, checked grounding's check); this module decides, per
 request, which of them the engine is handed: the abstention alone when no run of the sources
-comes within the relevance floor (`min_similarity`) of the question; else, for strict grounding,
-the tokens the answer may use; for extractive grounding, the grammar of the quotations it may
-choose from. Nothing for free decoding above the floor; checked grounding's check runs on the
+(nor any source whole) comes within the relevance floor (`min_similarity`) of the question;
+else, for strict grounding, the tokens the answer may use; for extractive grounding, the grammar
+of the quotations it may choose from. Nothing for free decoding above the floor; checked grounding's check runs on the
 reply as it is generated, a sentence at a time (`Checked`).
 """
 

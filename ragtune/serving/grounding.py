@@ -131,7 +131,7 @@ def quotations(context_texts: Sequence[str], *, max_sentences: int = RANKED_RUN)
 
 class Ranked(NamedTuple):
     quotes: list[str]  # cited quotations, best first
-    similarity: float  # the closest run's cosine to the question; 0.0 when there is none
+    similarity: float  # the closest run's or whole source's cosine to the question; 0.0 when none
     coverage: float  # the largest share of the question's terms one run holds; 0.0 when none
     behind: tuple[float, ...] = ()  # each quotation's fused score below the first's (0.0 first)
 
@@ -146,8 +146,8 @@ class Ranked(NamedTuple):
 
     def off_topic(self, floor: float) -> bool:
         """Whether the sources are too far from the question to answer it (the relevance floor):
-        no run comes within `floor` of it by the embedder's cosine, and none holds most of its
-        terms. The second test guards the first: a source that contradicts what the embedder
+        no run nor whole source comes within `floor` of it by the embedder's cosine, and no run
+        holds most of its terms. The second test guards the first: a source that contradicts what the embedder
         learnt ("Havana is the capital of France ...") is further by cosine (0.61 against Paris's
         0.85), never by its words."""
         return self.similarity < floor and self.coverage <= 0.5
@@ -167,8 +167,9 @@ def rank_quotations(
     fits: Callable[[str], bool] | None = None,
 ) -> Ranked:
     """The `k` quotations of these sources closest to the question, cited ("... [n]."), best first,
-    how close the closest run comes (cosine, and share of the question's terms: the relevance
-    floor's measures, `Ranked.off_topic`), and how far each falls behind the first.
+    how close the sources come (the closest run's or whole source's cosine, and the largest share
+    of the question's terms a run holds: the relevance floor's measures, `Ranked.off_topic`), and
+    how far each quotation falls behind the first.
 
     Dense (the embedder's cosine) and BM25 (the store's tokenizer, the candidates as the corpus)
     rankings, fused by convex z-scores with hybrid retrieval's default weight (0.5, not tuned
@@ -180,14 +181,19 @@ def rank_quotations(
     if not found:
         return Ranked([], 0.0, 0.0)
     texts = [text for text, _ in found]
-    dense = embedder.embed(texts) @ embedder.embed_query(question)
+    query = embedder.embed_query(question)
+    dense = embedder.embed(texts) @ query
     tokenizer = term_tokenizer()
     terms = tokenizer.query_terms(question)
     counted = count(tokenizer, np.arange(len(texts)), texts)
     asked = set(terms)
     held = np.bincount(counted.docs[[t in asked for t in counted.terms]], minlength=len(texts))
-    # The floor's measures look at every run; the choice only at those the reply can hold.
-    similarity, coverage = float(dense.max()), float(held.max() / len(asked)) if asked else 1.0
+    # The floor's measures look at every run, and at each source whole: a source that names its
+    # subject once and then says "it" is closer whole than any run of it (bench/results/floor.md).
+    # The choice looks only at the runs the reply can hold.
+    whole = embedder.embed(list(context_texts)) @ query
+    similarity = float(max(dense.max(), whole.max()))
+    coverage = float(held.max() / len(asked)) if asked else 1.0
     kept = [i for i in range(len(found)) if fits is None or fits(cite(*found[i]))] or list(range(len(found)))
     index = SparseIndex(tokenizer)
     all_kept = len(kept) == len(texts)  # the usual case: the terms counted above serve the index too

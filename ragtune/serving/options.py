@@ -84,8 +84,8 @@ class GroundingOptions(BaseModel):
         ge=0.0,
         le=1.0,
         description="the relevance floor: the abstention, whatever the grounding, when no run of one "
-        "or two sentences of the sources comes this close to the question (embedder cosine) and none "
-        "holds most of its terms; None or 0: off",
+        "or two sentences of the sources, nor any source whole, comes this close to the question "
+        "(embedder cosine) and no run holds most of its terms; None or 0: off",
     )
 
 
