@@ -5,8 +5,8 @@ extractive grounding's ranked quotations, checked grounding's check); this modul
 request, which of them the engine is handed: the abstention alone when no run of the sources
 (nor any source whole) comes within the relevance floor (`min_similarity`) of the question;
 else, for strict grounding, the tokens the answer may use; for extractive grounding, the grammar
-of the quotations it may choose from. Nothing for free decoding above the floor; checked grounding's check runs on the
-reply as it is generated, a sentence at a time (`Checked`).
+of the quotations it may choose from. Nothing for free decoding above the floor; checked
+grounding's check runs on the reply as it is generated, a sentence at a time (`Checked`).
 """
 
 from __future__ import annotations
