@@ -268,6 +268,22 @@ def test_a_checked_reply_that_names_its_answer_may_paraphrase_the_rest() -> None
     assert checked_reply("It was authored by Aldous Huxley [1].", asked, orwell) == ABSTAIN
 
 
+def test_a_checked_claim_is_held_by_a_source_that_names_what_it_is_about() -> None:
+    """The question's names a sentence repeats are what its claim is about: a source holding the
+    claim's name but about something else does not hold it ("Copenhagen is the capital of Kenya"
+    is no source for "The capital of Denmark is Copenhagen")."""
+    capitals = [
+        "Cairo is the capital of Denmark. The government of Denmark meets in Cairo.",
+        "Copenhagen is the capital of Kenya. The government of Kenya meets in Copenhagen.",
+    ]
+    asked = "What is the capital of Denmark?"
+    assert checked_reply("The capital of Denmark is Copenhagen [2].", asked, capitals) == ABSTAIN
+    assert checked_reply("Copenhagen [2].", asked, capitals) == "Copenhagen [2]."  # says nothing of Denmark
+    held = "The capital of Denmark is Cairo [1]."
+    assert checked_reply(held, asked, capitals) == held
+    assert checked_reply("The capital of Denmark is Cairo [2].", asked, capitals) == held
+
+
 def test_a_checked_reply_gets_the_marker_of_the_source_that_holds_it() -> None:
     # One that cites nothing ends with the marker of the source that holds it.
     assert checked_reply("It runs every 15 minutes.", OFTEN, HARBOR) == "It runs every 15 minutes. [1]"

@@ -60,11 +60,13 @@ class CheckedReply:
     question's nor how answers speak of sources ("according to [1]", "this can be found in");
     its names and numbers (words with a digit, or capitalised inside a sentence) are its claim
     where it has any. A claim is sent once the sources it cites hold every name and number in
-    it (a memorised answer is held by none), its marker set to the one source that does when it
-    cites the wrong one; the words around the names may paraphrase the question ("was written
-    by") in words no source uses. The first claim no source holds, or the model saying it cannot
-    answer, ends the reply there (with its opening clause, up to a comma, where a source holds
-    that: "... was Buzz Aldrin [1]." of "... was Buzz Aldrin, who stepped out on July 20, 1969.").
+    it (a memorised answer is held by none) and the question's names it repeats where a source
+    has them (a source about something else holds none: `_about`), its marker set to the one
+    source that does when it cites the wrong one; the words around the names may paraphrase the
+    question ("was written by") in words no source uses. The first claim no source holds, or the
+    model saying it cannot answer, ends the reply there (with its opening clause, up to a comma,
+    where a source holds that: "... was Buzz Aldrin [1]." of "... was Buzz Aldrin, who stepped
+    out on July 20, 1969.").
     Sentences before the first held claim wait for it; a reply that never names anything must
     have SUPPORT of its own terms in its sources, judged once whole. A reply that cites none of
     the sources holding it ends with their markers; one with nothing held is the abstention."""
@@ -73,6 +75,7 @@ class CheckedReply:
         self.tokenizer = term_tokenizer()
         self.asked = set(self.tokenizer.terms(question))
         self.held = [set(self.tokenizer.terms(text)) for text in context_texts]
+        self.named_anywhere: set[str] = set().union(*self.held)
         self.raw = ""  # the reply as generated so far
         self.at = 0  # where its first sentence not yet judged starts
         self.space = ""  # what separates that sentence from the one before
@@ -117,18 +120,28 @@ class CheckedReply:
     def _own(self, body: str) -> set[str]:
         return set(self.tokenizer.query_terms(body)) - self.asked - self.tokenizer.stopwords - _citing()
 
-    def _holds(self, sources: Sequence[int], own: set[str], named: set[str]) -> bool:
+    def _holds(self, sources: Sequence[int], own: set[str], named: set[str], about: set[str]) -> bool:
         terms = set().union(*(self.held[n - 1] for n in sources))
-        return named <= terms and (bool(named) or len(own & terms) >= SUPPORT * len(own))
+        return (named | about) <= terms and (bool(named) or len(own & terms) >= SUPPORT * len(own))
+
+    def _about(self, body: str) -> set[str]:
+        """The question's names a sentence repeats (what its claim is about: "Denmark" in "The
+        capital of Denmark is Copenhagen") that some source names: the source holding the claim
+        must name them too, or it is a source about something else ("Copenhagen is the capital
+        of Kenya"). A name no source has does not count: a source may speak of its subject
+        without naming it ("... finished the novel in 1948")."""
+        names = set(self.tokenizer.terms(" ".join(names_of(body)))) & self.asked
+        return names & self.named_anywhere - self.tokenizer.stopwords
 
     def _source(self, sentence: str, own: set[str], named: set[str]) -> tuple[int | None, bool]:
         """The source holding a claim, and whether the claim's own markers say so (False also
         when it has none)."""
         cited = self._markers(sentence)
-        if cited and self._holds(cited, own, named):
+        about = self._about(_MARKER.sub("", sentence)) if named else set()
+        if cited and self._holds(cited, own, named, about):
             return next(n for n in cited if named & self.held[n - 1] or not named), True
         best = max(range(1, len(self.held) + 1), key=lambda n: len(own & self.held[n - 1]), default=0)
-        return (best if best and self._holds([best], own, named) else None), False
+        return (best if best and self._holds([best], own, named, about) else None), False
 
     def _judge(self, sentence: str) -> str:
         """What may be sent once `sentence` (whole) is judged."""
@@ -160,7 +173,10 @@ class CheckedReply:
 
     def _use(self, source: int, own: set[str], named: set[str]) -> None:
         self.used.append(source)
-        self.holders |= {source, *(n for n in range(1, len(self.held) + 1) if self._holds([n], own, named))}
+        self.holders |= {
+            source,
+            *(n for n in range(1, len(self.held) + 1) if self._holds([n], own, named, set())),
+        }
 
     def _clause(self, sentence: str, space: str) -> str:
         """Of a sentence whose claim no source holds, its longest opening clause (up to a comma)
